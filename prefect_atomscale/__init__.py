@@ -1,0 +1,79 @@
+"""prefect-atomscale: create Atomscale target materials and their layer stacks from Prefect.
+
+The layers, from the bottom up:
+
+- `AtomscaleCredentials` (a Prefect block) holds the API key and where the API lives;
+- `AtomscaleClient` / `AsyncAtomscaleClient` send checked requests and map every reply
+  to a model or a typed error (`exceptions`);
+- the tasks `create_target_material` and `create_layer` (and their async twins) add
+  local validation, retries of transient faults, and caching;
+- `prefect_atomscale.sandbox` is a local stand-in for the API, for demos and tests.
+
+Example:
+    ```python
+    from prefect import flow
+    from prefect_atomscale import AtomscaleCredentials, create_layer, create_target_material
+
+    @flow
+    def bto_on_sto() -> None:
+        credentials = AtomscaleCredentials.load("atomscale")
+        sample = create_target_material(credentials, "BTO on STO", "SrTiO3")
+        create_layer(credentials, layer_id=1, sample_id=sample.sample_id,
+                     composition_string="BaTiO3", orientation="001")
+    ```
+"""
+
+from prefect_atomscale.client import AsyncAtomscaleClient, AtomscaleClient
+from prefect_atomscale.composition import parse_composition
+from prefect_atomscale.credentials import AtomscaleCredentials
+from prefect_atomscale.exceptions import (
+    AtomscaleAuthError,
+    AtomscaleConfigurationError,
+    AtomscaleConflictError,
+    AtomscaleConnectionError,
+    AtomscaleError,
+    AtomscaleNotFoundError,
+    AtomscaleProtocolError,
+    AtomscaleRateLimitError,
+    AtomscaleServerError,
+    AtomscaleTimeoutError,
+    AtomscaleValidationError,
+    InvalidCompositionError,
+    InvalidOrientationError,
+)
+from prefect_atomscale.models import Layer, TargetMaterial, TargetMaterialRow
+from prefect_atomscale.orientation import normalize_orientation
+from prefect_atomscale.tasks import (
+    acreate_layer,
+    acreate_target_material,
+    create_layer,
+    create_target_material,
+)
+
+__all__ = [
+    "AsyncAtomscaleClient",
+    "AtomscaleAuthError",
+    "AtomscaleClient",
+    "AtomscaleConfigurationError",
+    "AtomscaleConflictError",
+    "AtomscaleConnectionError",
+    "AtomscaleCredentials",
+    "AtomscaleError",
+    "AtomscaleNotFoundError",
+    "AtomscaleProtocolError",
+    "AtomscaleRateLimitError",
+    "AtomscaleServerError",
+    "AtomscaleTimeoutError",
+    "AtomscaleValidationError",
+    "InvalidCompositionError",
+    "InvalidOrientationError",
+    "Layer",
+    "TargetMaterial",
+    "TargetMaterialRow",
+    "acreate_layer",
+    "acreate_target_material",
+    "create_layer",
+    "create_target_material",
+    "normalize_orientation",
+    "parse_composition",
+]

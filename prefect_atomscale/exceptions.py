@@ -1,0 +1,290 @@
+"""Errors raised by prefect-atomscale, one class per thing a user must do differently.
+
+Every error is an `AtomscaleError`; catch that to handle them all. The tree:
+
+```
+AtomscaleError                      base: .status_code, .detail, .transient
+├── AtomscaleConfigurationError     credentials or base URL cannot be used (no request sent)
+├── AtomscaleValidationError        the request is invalid: found locally, or a 400/413/422
+│   ├── InvalidCompositionError     a chemical formula that cannot be parsed
+│   └── InvalidOrientationError     Miller indices that cannot be read
+├── AtomscaleAuthError              401/403: the key is wrong, expired or lacks the scope
+├── AtomscaleNotFoundError          404: e.g. a sample_id that does not exist for this key
+├── AtomscaleConflictError          409: the service refused because of existing data
+├── AtomscaleRateLimitError         429: too many requests (transient; .retry_after)
+├── AtomscaleServerError            408/5xx: the service failed (transient)
+├── AtomscaleConnectionError        no reply: refused, dropped connection (transient)
+│   └── AtomscaleTimeoutError       no reply in time (transient)
+└── AtomscaleProtocolError          a reply we cannot use: not JSON, wrong shape, a redirect
+```
+
+`transient` is what the tasks' retry condition reads: only transient errors are
+retried, everything else fails at once. `AtomscaleValidationError` is also a
+`ValueError`, so code that validates input the usual way catches it too.
+
+Messages say what went wrong, for which sample or layer, and what to do. They never
+contain the API key: the client builds them from the URL path, the status and the
+server's `detail`, never from request headers.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+__all__ = [
+    "AtomscaleAuthError",
+    "AtomscaleConfigurationError",
+    "AtomscaleConflictError",
+    "AtomscaleConnectionError",
+    "AtomscaleError",
+    "AtomscaleNotFoundError",
+    "AtomscaleProtocolError",
+    "AtomscaleRateLimitError",
+    "AtomscaleServerError",
+    "AtomscaleTimeoutError",
+    "AtomscaleValidationError",
+    "InvalidCompositionError",
+    "InvalidOrientationError",
+]
+
+
+class AtomscaleError(Exception):
+    """Base class of every error raised by prefect-atomscale.
+
+    Attributes:
+        message: What went wrong and what to do about it.
+        status_code: The HTTP status the service answered with, if it answered.
+        detail: The service's `detail` field (string, object or list), kept as sent.
+        transient: Whether trying the same request again later may succeed.
+
+    Example:
+        ```python
+        from prefect_atomscale import AtomscaleError, parse_composition
+
+        try:
+            parse_composition("Xx2O3")
+        except AtomscaleError as exc:
+            print(type(exc).__name__, exc.transient)
+        ```
+    """
+
+    transient: ClassVar[bool] = False
+
+    def __init__(self, message: str, *, status_code: int | None = None, detail: Any = None):
+        super().__init__(message)
+        self.message = message
+        self.status_code = status_code
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Keyword-only arguments do not survive the default pickling, and Prefect
+        # pickles exceptions into failed states and across Dask workers.
+        return (_rebuild, (type(self), self.__dict__.copy()))
+
+
+def _rebuild(cls: type[AtomscaleError], state: dict[str, Any]) -> AtomscaleError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, state.get("message", ""))
+    error.__dict__.update(state)
+    return error
+
+
+class AtomscaleConfigurationError(AtomscaleError):
+    """The credentials or connection settings cannot be used; nothing was sent.
+
+    Raised for a missing or empty API key, a base URL that is not an http(s) URL, or
+    plain `http://` to a host other than this machine without `allow_insecure_http`.
+
+    Example:
+        ```python
+        from prefect_atomscale import AtomscaleConfigurationError, AtomscaleCredentials
+
+        try:
+            AtomscaleCredentials(api_key="k", base_url="api.atomscale.ai").get_client()
+        except AtomscaleConfigurationError as exc:
+            print(exc)
+        ```
+    """
+
+
+class AtomscaleValidationError(AtomscaleError, ValueError):
+    """The request is invalid: detected locally (nothing sent) or refused with 400/413/422.
+
+    Example:
+        ```python
+        from prefect_atomscale import AtomscaleValidationError, parse_composition
+
+        try:
+            parse_composition("")
+        except AtomscaleValidationError as exc:
+            print(exc)
+        ```
+    """
+
+
+class InvalidCompositionError(AtomscaleValidationError):
+    """A chemical formula that cannot be parsed; the message names the problem and where.
+
+    Attributes:
+        formula: The formula as given.
+        position: Index of the offending character in `formula`, if there is one.
+
+    Example:
+        ```python
+        from prefect_atomscale import InvalidCompositionError, parse_composition
+
+        try:
+            parse_composition("Xx2O3")
+        except InvalidCompositionError as exc:
+            print(exc.position)
+        ```
+    """
+
+    def __init__(self, message: str, *, formula: str, position: int | None = None):
+        super().__init__(message)
+        self.formula = formula
+        self.position = position
+
+
+class InvalidOrientationError(AtomscaleValidationError):
+    """Miller indices that cannot be read, such as `abc` or `0 0 1 1 1`.
+
+    Attributes:
+        orientation: The orientation as given.
+
+    Example:
+        ```python
+        from prefect_atomscale import InvalidOrientationError, normalize_orientation
+
+        try:
+            normalize_orientation("abc")
+        except InvalidOrientationError as exc:
+            print(exc.orientation)
+        ```
+    """
+
+    def __init__(self, message: str, *, orientation: str):
+        super().__init__(message)
+        self.orientation = orientation
+
+
+class AtomscaleAuthError(AtomscaleError):
+    """401 or 403: the API key is wrong, expired, revoked or lacks the needed scope.
+
+    Example:
+        ```python
+        from prefect_atomscale import AtomscaleAuthError
+
+        print(AtomscaleAuthError.transient)  # False: fix the key, then run again
+        ```
+    """
+
+
+class AtomscaleNotFoundError(AtomscaleError):
+    """404: the record (for example the parent target material) does not exist.
+
+    Example:
+        ```python
+        from prefect_atomscale import AtomscaleNotFoundError
+
+        print(AtomscaleNotFoundError.transient)  # False
+        ```
+    """
+
+
+class AtomscaleConflictError(AtomscaleError):
+    """409: the service refused the write because of data that already exists.
+
+    Example:
+        ```python
+        from prefect_atomscale import AtomscaleConflictError
+
+        print(AtomscaleConflictError.transient)  # False
+        ```
+    """
+
+
+class AtomscaleRateLimitError(AtomscaleError):
+    """429: too many requests. Transient; retried after `retry_after` seconds if given.
+
+    Attributes:
+        retry_after: Seconds the service asked us to wait (`Retry-After`), if it said.
+
+    Example:
+        ```python
+        from prefect_atomscale import AtomscaleRateLimitError
+
+        print(AtomscaleRateLimitError("slow down", status_code=429, retry_after=2).retry_after)
+        ```
+    """
+
+    transient = True
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = 429,
+        detail: Any = None,
+        retry_after: float | None = None,
+    ):
+        super().__init__(message, status_code=status_code, detail=detail)
+        self.retry_after = retry_after
+
+
+class AtomscaleServerError(AtomscaleError):
+    """408 or 5xx: the service failed to handle the request. Transient.
+
+    Example:
+        ```python
+        from prefect_atomscale import AtomscaleServerError
+
+        print(AtomscaleServerError.transient)  # True
+        ```
+    """
+
+    transient = True
+
+
+class AtomscaleConnectionError(AtomscaleError):
+    """No reply: the connection was refused, reset or dropped. Transient.
+
+    Example:
+        ```python
+        from prefect_atomscale import AtomscaleConnectionError
+
+        print(AtomscaleConnectionError.transient)  # True
+        ```
+    """
+
+    transient = True
+
+
+class AtomscaleTimeoutError(AtomscaleConnectionError):
+    """No reply within the configured timeout. Transient.
+
+    Example:
+        ```python
+        from prefect_atomscale import AtomscaleTimeoutError
+
+        print(AtomscaleTimeoutError.transient)  # True
+        ```
+    """
+
+
+class AtomscaleProtocolError(AtomscaleError):
+    """A reply we cannot use: not JSON, the wrong shape, a redirect, an unexpected status.
+
+    Usually means `base_url` points at something other than the Atomscale API (a proxy
+    page, a login portal) or the API changed.
+
+    Example:
+        ```python
+        from prefect_atomscale import AtomscaleProtocolError
+
+        print(AtomscaleProtocolError.transient)  # False
+        ```
+    """
