@@ -1,0 +1,368 @@
+"""Check and normalise what a user asks to create, before anything is sent.
+
+A `LayerRequest` or `TargetMaterialRequest` is built from task arguments; building it
+raises an `AtomscaleValidationError` for anything knowable locally (a bad formula, an
+orientation that is not Miller indices, a layer position of 0). What it holds is the
+canonical request body: the same body for the same intent, which is what the cache key
+and the exactly-once check compare.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from prefect_atomscale.composition import ELEMENTS, parse_composition
+from prefect_atomscale.exceptions import (
+    AtomscaleValidationError,
+    InvalidCompositionError,
+    InvalidOrientationError,
+)
+from prefect_atomscale.models import Layer
+from prefect_atomscale.orientation import normalize_orientation
+
+__all__ = ["LayerRequest", "TargetMaterialRequest"]
+
+# Limits the sandbox enforces too; checking here turns a 422 round trip into a local error.
+MAX_TEXT = 256
+_MP_ID = re.compile(r"^[a-z]+-\d+$")
+
+
+@dataclass(frozen=True)
+class LayerRequest:
+    """A checked request to create one layer; `body` is what goes over the wire.
+
+    Attributes:
+        sample_id: The parent target material.
+        layer_id: The layer's position in the stack.
+        body: The JSON body: given fields only, orientation in bare form.
+        elements: The formula parsed locally, used when the server returns none.
+
+    Example:
+        ```python
+        from prefect_atomscale.payloads import LayerRequest
+
+        request = LayerRequest.build(sample_id=42, layer_id=1, orientation="(001)")
+        print(request.body)
+        ```
+    """
+
+    sample_id: int
+    layer_id: int
+    body: Mapping[str, Any]
+    elements: Mapping[str, int | float] | None
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        sample_id: Any,
+        layer_id: Any,
+        composition_string: Any = None,
+        orientation: Any = None,
+        element_dict: Any = None,
+        space_group: Any = None,
+        mp_id: Any = None,
+    ) -> LayerRequest:
+        """Check the arguments of `create_layer` and build the request.
+
+        Args:
+            sample_id: Id of the parent target material, an integer >= 1.
+            layer_id: Position in the stack, an integer >= 1.
+            composition_string: A chemical formula such as `BaTiO3`.
+            orientation: Miller indices such as `001`, `(1-10)` or `11-20`.
+            element_dict: Element -> amount; derived by the server if omitted.
+            space_group: Hermann-Mauguin symbol; filled in by the server if matched.
+            mp_id: Materials Project id such as `mp-5020`.
+
+        Returns:
+            The checked request.
+
+        Raises:
+            AtomscaleValidationError: For any argument that cannot be sent; subclasses
+                `InvalidCompositionError` and `InvalidOrientationError` for those two.
+
+        Example:
+            ```python
+            from prefect_atomscale.payloads import LayerRequest
+
+            print(LayerRequest.build(sample_id=1, layer_id=2, composition_string="GaN").body)
+            ```
+        """
+        where = f"layer {layer_id!r} of target material {sample_id!r}"
+        layer_position = _positive_int(
+            "layer_id", layer_id, where, "the layer's position in the stack, 1 for the first"
+        )
+        parent = _positive_int(
+            "sample_id", sample_id, where, "the sample_id that create_target_material returned"
+        )
+        where = f"layer {layer_position} of target material {parent}"
+        body: dict[str, Any] = {"layer_id": layer_position, "sample_id": parent}
+        elements = None
+        if composition_string is not None:
+            formula = _text("composition_string", composition_string, where)
+            try:
+                elements = parse_composition(formula)
+            except InvalidCompositionError as exc:
+                raise InvalidCompositionError(
+                    f"{where.capitalize()}: {exc.message}",
+                    formula=exc.formula,
+                    position=exc.position,
+                ) from None
+            body["composition_string"] = formula
+        if orientation is not None:
+            try:
+                body["orientation"] = normalize_orientation(orientation)
+            except InvalidOrientationError as exc:
+                raise InvalidOrientationError(
+                    f"{where.capitalize()}: {exc.message}", orientation=exc.orientation
+                ) from None
+        if element_dict is not None:
+            body["element_dict"] = _element_dict(element_dict, where)
+        if space_group is not None:
+            body["space_group"] = _text("space_group", space_group, where)
+        if mp_id is not None:
+            mp = _text("mp_id", mp_id, where)
+            if not _MP_ID.match(mp):
+                raise AtomscaleValidationError(
+                    f"{where.capitalize()}: mp_id {mp!r} is not a Materials Project id. Write "
+                    "it as on materialsproject.org, e.g. 'mp-5020', or leave it out to let "
+                    "the service match one."
+                )
+            body["mp_id"] = mp
+        return cls(sample_id=parent, layer_id=layer_position, body=body, elements=elements)
+
+    def describe(self) -> str:
+        """Name the layer for messages and logs, e.g. `layer 3 (BaTiO3 001) of target material 42`.
+
+        Returns:
+            A short human description.
+
+        Example:
+            ```python
+            from prefect_atomscale.payloads import LayerRequest
+
+            request = LayerRequest.build(sample_id=42, layer_id=3, composition_string="BaTiO3")
+            print(request.describe())
+            ```
+        """
+        what = " ".join(
+            str(self.body[field])
+            for field in ("composition_string", "orientation")
+            if field in self.body
+        )
+        label = f" ({what})" if what else ""
+        return f"layer {self.layer_id}{label} of target material {self.sample_id}"
+
+    def canonical_json(self) -> str:
+        """Return the body as canonical JSON: same intent, same text.
+
+        Returns:
+            The body with sorted keys and no insignificant whitespace.
+
+        Example:
+            ```python
+            from prefect_atomscale.payloads import LayerRequest
+
+            print(LayerRequest.build(sample_id=1, layer_id=1).canonical_json())
+            ```
+        """
+        return json.dumps(self.body, sort_keys=True, separators=(",", ":"))
+
+    def matches(self, layer: Layer) -> bool:
+        """Tell whether an existing layer is the one this request would create.
+
+        Compares position, parent, and every field the request sets.
+
+        Args:
+            layer: A layer read back from the service.
+
+        Returns:
+            True if the layer already is what this request asks for.
+
+        Example:
+            ```python
+            from prefect_atomscale import Layer
+            from prefect_atomscale.payloads import LayerRequest
+
+            request = LayerRequest.build(sample_id=1, layer_id=1, composition_string="GaN")
+            print(request.matches(Layer(id=7, layer_id=1, sample_id=1, composition_string="GaN")))
+            ```
+        """
+        existing = layer.model_dump()
+        return all(existing.get(field) == value for field, value in self.body.items())
+
+    def complete(self, layer: Layer) -> Layer:
+        """Fill in `element_dict` from the local parse when the server returned none.
+
+        Args:
+            layer: The layer the service answered with.
+
+        Returns:
+            The same layer, with `element_dict` set where it could be.
+
+        Example:
+            ```python
+            from prefect_atomscale import Layer
+            from prefect_atomscale.payloads import LayerRequest
+
+            request = LayerRequest.build(sample_id=1, layer_id=1, composition_string="GaN")
+            print(request.complete(Layer(id=7, layer_id=1, sample_id=1)).element_dict)
+            ```
+        """
+        if layer.element_dict is not None or self.elements is None:
+            return layer
+        return layer.model_copy(update={"element_dict": dict(self.elements)})
+
+
+@dataclass(frozen=True)
+class TargetMaterialRequest:
+    """A checked request to create one target material.
+
+    Attributes:
+        sample_name: The name, stripped of surrounding whitespace.
+        substrate: The substrate, stripped of surrounding whitespace.
+        body: The JSON body, `{"sample": {...}}`.
+
+    Example:
+        ```python
+        from prefect_atomscale.payloads import TargetMaterialRequest
+
+        print(TargetMaterialRequest.build(sample_name="BTO/STO", substrate="SrTiO3").body)
+        ```
+    """
+
+    sample_name: str
+    substrate: str
+    body: Mapping[str, Any]
+
+    @classmethod
+    def build(
+        cls, *, sample_name: Any, substrate: Any, sample_metadata: Any = None
+    ) -> TargetMaterialRequest:
+        """Check the arguments of `create_target_material` and build the request.
+
+        Args:
+            sample_name: A non-empty name.
+            substrate: A non-empty substrate, e.g. `SrTiO3`.
+            sample_metadata: A JSON-serialisable mapping, or None for `{}`.
+
+        Returns:
+            The checked request.
+
+        Raises:
+            AtomscaleValidationError: For an empty or non-text name or substrate, or
+                metadata that is not a JSON object.
+
+        Example:
+            ```python
+            from prefect_atomscale.payloads import TargetMaterialRequest
+
+            print(TargetMaterialRequest.build(sample_name="GaN film", substrate="Al2O3").describe())
+            ```
+        """
+        where = f"target material {sample_name!r}"
+        name = _text("sample_name", sample_name, where)
+        base = _text("substrate", substrate, where)
+        metadata = {} if sample_metadata is None else sample_metadata
+        if not isinstance(metadata, Mapping):
+            raise AtomscaleValidationError(
+                f"Target material {name!r}: sample_metadata must be a mapping (a JSON "
+                f"object), got {type(metadata).__name__}. Pass a dict such as "
+                "{'growth': 'PLD'} or leave it out."
+            )
+        try:
+            metadata = json.loads(json.dumps(dict(metadata), allow_nan=False))
+        except (TypeError, ValueError) as exc:
+            raise AtomscaleValidationError(
+                f"Target material {name!r}: sample_metadata cannot be sent as JSON ({exc}). "
+                "Use only strings, numbers, booleans, None, lists and dicts."
+            ) from None
+        body = {"sample": {"sample_name": name, "substrate": base, "sample_metadata": metadata}}
+        return cls(sample_name=name, substrate=base, body=body)
+
+    def describe(self) -> str:
+        """Name the target material for messages and logs.
+
+        Returns:
+            E.g. `target material 'BTO/STO' on SrTiO3`.
+
+        Example:
+            ```python
+            from prefect_atomscale.payloads import TargetMaterialRequest
+
+            print(TargetMaterialRequest.build(sample_name="X", substrate="MgO").describe())
+            ```
+        """
+        return f"target material {self.sample_name!r} on {self.substrate}"
+
+    def canonical_json(self) -> str:
+        """Return the body as canonical JSON: same intent, same text.
+
+        Returns:
+            The body with sorted keys and no insignificant whitespace.
+
+        Example:
+            ```python
+            from prefect_atomscale.payloads import TargetMaterialRequest
+
+            print(TargetMaterialRequest.build(sample_name="X", substrate="MgO").canonical_json())
+            ```
+        """
+        return json.dumps(self.body, sort_keys=True, separators=(",", ":"))
+
+
+def _positive_int(name: str, value: Any, where: str, meaning: str) -> int:
+    # bool is an int subclass; True as a layer position is always a mistake.
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        shown = "nothing" if value is None else repr(value)
+        raise AtomscaleValidationError(
+            f"{where.capitalize()}: {name} must be a whole number >= 1 ({meaning}), got {shown}."
+        )
+    return value
+
+
+def _text(name: str, value: Any, where: str) -> str:
+    if not isinstance(value, str):
+        raise AtomscaleValidationError(
+            f"{where.capitalize()}: {name} must be text, got {type(value).__name__} {value!r}."
+        )
+    text = value.strip()
+    if not text:
+        raise AtomscaleValidationError(
+            f"{where.capitalize()}: {name} is empty. Give a value, or leave the argument out."
+        )
+    if len(text) > MAX_TEXT:
+        raise AtomscaleValidationError(
+            f"{where.capitalize()}: {name} is {len(text)} characters long; the limit is {MAX_TEXT}."
+        )
+    return text
+
+
+def _element_dict(value: Any, where: str) -> dict[str, int | float]:
+    if not isinstance(value, Mapping) or not value:
+        raise AtomscaleValidationError(
+            f"{where.capitalize()}: element_dict must be a non-empty mapping of element to "
+            f"amount, e.g. {{'Ba': 1, 'Ti': 1, 'O': 3}}; got {value!r}. Or leave it out and "
+            "the service derives it from composition_string."
+        )
+    for element, amount in value.items():
+        if element not in ELEMENTS:
+            raise AtomscaleValidationError(
+                f"{where.capitalize()}: element_dict has {element!r}, which is not an element "
+                "symbol. Write symbols as in the periodic table, e.g. 'Ba', 'O'."
+            )
+        if (
+            isinstance(amount, bool)
+            or not isinstance(amount, int | float)
+            or not (math.isfinite(amount) and amount > 0)
+        ):
+            raise AtomscaleValidationError(
+                f"{where.capitalize()}: element_dict[{element!r}] must be a positive number, "
+                f"got {amount!r}."
+            )
+    return dict(value)
