@@ -1,0 +1,103 @@
+"""Cache keys for the create tasks: which account, which request, which task version.
+
+Prefect's stock policies hash the task inputs, and the credentials block is one of them.
+That goes wrong twice: the block hashes with its secret masked, so two accounts would
+share entries, and a block loaded by name hashes differently from the same block built
+in memory. `AtomscaleRequestCache` therefore keys on the account fingerprint (a hash of
+base URL and API key, never the key), the canonical request body and a version, and on
+nothing else. Task inputs that fail validation get no key: the task raises its own
+clear error, without Prefect's "Error computing cache key" traceback first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Protocol
+
+from prefect.cache_policies import CachePolicy
+from prefect.context import TaskRunContext
+
+from prefect_atomscale.credentials import AtomscaleCredentials
+from prefect_atomscale.exceptions import AtomscaleError
+
+__all__ = ["DEFAULT_CACHE_EXPIRATION", "AtomscaleRequestCache"]
+
+# A re-run within this time reuses the record created before instead of posting again.
+# Thirty days covers re-running a campaign after a fix; pass
+# `create_layer.with_options(cache_expiration=...)` to change it, or `refresh_cache=True`
+# to force a new write (e.g. after deleting the record on Atomscale).
+DEFAULT_CACHE_EXPIRATION = timedelta(days=30)
+
+
+class _CanonicalRequest(Protocol):
+    def canonical_json(self) -> str: ...
+
+
+@dataclass
+class AtomscaleRequestCache(CachePolicy):
+    """Cache key = task name + version + account fingerprint + canonical request body.
+
+    Attributes:
+        task_name: Keeps two tasks with equal bodies apart.
+        version: Bump it when a task's request or reply changes meaning.
+        build_request: Builds the checked request from the task's inputs.
+
+    Example:
+        ```python
+        from prefect import task
+        from prefect_atomscale.caching import AtomscaleRequestCache
+        from prefect_atomscale.payloads import TargetMaterialRequest
+
+        policy = AtomscaleRequestCache(
+            task_name="my_task", version="1",
+            build_request=lambda inputs: TargetMaterialRequest.build(
+                sample_name=inputs["name"], substrate=inputs["substrate"]),
+        )
+
+        @task(cache_policy=policy)
+        def my_task(credentials, name: str, substrate: str) -> None: ...
+        ```
+    """
+
+    task_name: str = ""
+    version: str = "1"
+    build_request: Callable[[dict[str, Any]], _CanonicalRequest] | None = None
+
+    def compute_key(
+        self,
+        task_ctx: TaskRunContext,
+        inputs: dict[str, Any],
+        flow_parameters: dict[str, Any],
+        **kwargs: Any,
+    ) -> str | None:
+        """Compute the key, or None when the inputs are invalid (the task then raises).
+
+        Args:
+            task_ctx: The task run context (unused).
+            inputs: The task's arguments by name; must hold `credentials`.
+            flow_parameters: The flow's parameters (unused).
+            **kwargs: Further arguments Prefect may pass (unused).
+
+        Returns:
+            A hex digest, or None.
+
+        Example:
+            ```python
+            from prefect_atomscale.tasks import create_layer
+
+            print(create_layer.cache_policy)
+            ```
+        """
+        credentials = inputs.get("credentials")
+        if not isinstance(credentials, AtomscaleCredentials) or self.build_request is None:
+            return None
+        try:
+            request = self.build_request(inputs)
+            fingerprint = credentials.account_fingerprint()
+        except AtomscaleError:
+            return None
+        material = "\0".join([self.task_name, self.version, fingerprint, request.canonical_json()])
+        return hashlib.sha256(material.encode()).hexdigest()
