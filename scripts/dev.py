@@ -1,0 +1,76 @@
+"""Set up a local virtual environment and run the demo, the tests or the linters in it.
+
+    python scripts/dev.py demo     # the example flow against the bundled sandbox
+    python scripts/dev.py test     # the test suite (extra arguments go to pytest)
+    python scripts/dev.py lint     # ruff and mypy on the package
+
+Needs only Python 3.11+ and pip. The first run creates `.venv` beside this repository
+and installs the package with its test extras into it; later runs reinstall only when
+pyproject.toml changes. Nothing is installed outside `.venv`. Uses the standard library
+only, since it runs before anything else is installed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV = ROOT / ".venv"
+STAMP = VENV / ".prefect-atomscale-installed"
+BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
+PYTHON = BIN / ("python.exe" if os.name == "nt" else "python")
+
+
+def _run(*command: str | Path) -> int:
+    return subprocess.call([str(part) for part in command], cwd=ROOT)
+
+
+def _ensure_venv() -> None:
+    """Create `.venv` and install the package into it, unless that is already done."""
+    wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    if STAMP.exists() and STAMP.read_text() == wanted and PYTHON.exists():
+        return
+    if sys.version_info < (3, 11):
+        sys.exit(f"prefect-atomscale needs Python 3.11 or newer; this is {sys.version.split()[0]}.")
+    print(f"Setting up {VENV.relative_to(ROOT)} (first run only; takes a minute or two) ...")
+    install = ["install", "--quiet", "--disable-pip-version-check", "-e", f"{ROOT}[test]"]
+    if not PYTHON.exists():
+        try:
+            venv.create(VENV, with_pip=True)
+        except subprocess.CalledProcessError:
+            # Some Linux distributions ship Python without ensurepip; fall back to a
+            # bare venv filled by this interpreter's pip (pip >= 22.3 has --python).
+            venv.create(VENV, with_pip=False, clear=True)
+    has_pip = (
+        subprocess.call(
+            [PYTHON, "-m", "pip", "--version"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        == 0
+    )
+    pip = [PYTHON, "-m", "pip"] if has_pip else [sys.executable, "-m", "pip", "--python", PYTHON]
+    if _run(*pip, *install) != 0:
+        sys.exit("Installing prefect-atomscale into .venv failed; see pip's message above.")
+    STAMP.write_text(wanted)
+
+
+def main(argv: list[str]) -> int:
+    """Dispatch `demo`, `test` or `lint`; return the exit code of what ran."""
+    if not argv or argv[0] not in ("demo", "test", "lint"):
+        print(__doc__)
+        return 2
+    command, rest = argv[0], argv[1:]
+    _ensure_venv()
+    if command == "demo":
+        return _run(PYTHON, "flows/build_stack.py", *rest)
+    if command == "test":
+        return _run(PYTHON, "-m", "pytest", *rest)
+    return _run(PYTHON, "-m", "ruff", "check", ".") or _run(PYTHON, "-m", "mypy")
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
