@@ -46,6 +46,7 @@ TARGET_MATERIALS = "/target-materials/"
 LAYERS = "/target-materials/layers/"
 
 _ROWS = TypeAdapter(list[TargetMaterialRow])
+_MIN_SCRUBBED_KEY = 8
 
 
 @dataclass(frozen=True)
@@ -78,8 +79,10 @@ class _Base:
 
     def __init__(self, http: httpx.Client | httpx.AsyncClient, *, secret: str | None = None):
         self._base_url = str(http.base_url).rstrip("/")
-        # Kept only to scrub it from error text in case a proxy or server echoes it.
-        self._secret = secret if secret is not None else http.headers.get("X-API-KEY")
+        # Kept only to scrub it from error text in case a proxy or server echoes it. A
+        # key too short to be real would only mangle ordinary words, so it is not scrubbed.
+        key = secret if secret is not None else http.headers.get("X-API-KEY")
+        self._secret = key if key and len(key) >= _MIN_SCRUBBED_KEY else None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(base_url={self._base_url!r})"

@@ -10,7 +10,7 @@ before Prefect's own backoff starts, since Prefect's delays cannot depend on the
 from __future__ import annotations
 
 import asyncio
-import time
+from time import sleep
 from typing import Any
 
 from prefect.tasks import exponential_backoff
@@ -70,7 +70,7 @@ def retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
     if wait is None:
         return False
     if wait:
-        time.sleep(wait)
+        sleep(wait)
     return True
 
 
