@@ -30,8 +30,13 @@ if __package__ in (None, ""):
     # Run as `python flows/build_stack.py`: make the repository root importable.
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from prefect_atomscale import AtomscaleCredentials, Layer, TargetMaterial
-from prefect_atomscale import create_layer, create_target_material
+from prefect_atomscale import (
+    AtomscaleCredentials,
+    Layer,
+    TargetMaterial,
+    create_layer,
+    create_target_material,
+)
 
 __all__ = ["BuiltStack", "LayerSpec", "build_stack", "format_stack"]
 
@@ -67,7 +72,7 @@ def build_stack(
     credentials: AtomscaleCredentials,
     sample_name: str = DEMO_SAMPLE_NAME,
     substrate: str = DEMO_SUBSTRATE,
-    layers: list[LayerSpec] = DEMO_LAYERS,  # noqa: B006 - Prefect copies parameters
+    layers: list[LayerSpec] = DEMO_LAYERS,
     sample_metadata: dict[str, Any] | None = None,
 ) -> BuiltStack:
     """Create a target material, then one `create_layer` task per layer, run concurrently.
@@ -147,7 +152,8 @@ def format_stack(stack: BuiltStack) -> str:
         f" ({len(stack.layers)} layers, {stack.reused} reused from cache)",
     ]
     lines += [
-        "  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows
+        "  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
     ]
     lines.append(f"  {'=' * max(sum(widths) + 10, 20)}  substrate {material.substrate}")
     return "\n".join(lines)

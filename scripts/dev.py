@@ -35,7 +35,7 @@ def _ensure_venv() -> None:
     wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
     if STAMP.exists() and STAMP.read_text() == wanted and PYTHON.exists():
         return
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 - this file runs before any check
         sys.exit(f"prefect-atomscale needs Python 3.11 or newer; this is {sys.version.split()[0]}.")
     print(f"Setting up {VENV.relative_to(ROOT)} (first run only; takes a minute or two) ...")
     install = ["install", "--quiet", "--disable-pip-version-check", "-e", f"{ROOT}[test]"]
