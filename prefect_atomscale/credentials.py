@@ -45,6 +45,7 @@ class ConnectionSettings(NamedTuple):
         api_key: The key itself; keep it out of logs, messages and cache keys.
         timeout: Seconds allowed for reading, writing and waiting for a pooled connection.
         connect_timeout: Seconds allowed for opening a connection.
+        max_connections: Size of the connection pool.
 
     Example:
         ```python
@@ -59,6 +60,7 @@ class ConnectionSettings(NamedTuple):
     api_key: SecretStr
     timeout: float
     connect_timeout: float
+    max_connections: int = 20
 
     def httpx_timeout(self) -> httpx.Timeout:
         """Return the timeouts as an `httpx.Timeout`.
@@ -117,6 +119,12 @@ class ConnectionSettings(NamedTuple):
                 "Accept": "application/json",
             },
             "timeout": self.httpx_timeout(),
+            # Keep-alive for every pooled connection, so concurrent tasks reuse rather
+            # than reopen them.
+            "limits": httpx.Limits(
+                max_connections=self.max_connections,
+                max_keepalive_connections=self.max_connections,
+            ),
             # A redirect would carry X-API-KEY to wherever it points; refuse to follow,
             # and let the client report it as a misconfigured base URL instead.
             "follow_redirects": False,
@@ -136,6 +144,7 @@ class AtomscaleCredentials(CredentialsBlock):
         base_url: Root URL of the API.
         timeout: Seconds to wait for a reply, a write, or a free pooled connection.
         connect_timeout: Seconds to wait for a new connection.
+        max_connections: Connections one process keeps open to the API.
         allow_insecure_http: Allow sending the key over plain http to a remote host.
 
     Example:
@@ -180,6 +189,16 @@ class AtomscaleCredentials(CredentialsBlock):
         title="Connect timeout (seconds)",
         description="Seconds to wait when opening a new connection to the API.",
     )
+    max_connections: int = Field(
+        default=20,
+        ge=1,
+        le=1000,
+        title="Max connections",
+        description=(
+            "Most connections one process keeps open to the API for this account; tasks "
+            "running concurrently share them."
+        ),
+    )
     allow_insecure_http: bool = Field(
         default=False,
         title="Allow insecure HTTP",
@@ -212,6 +231,7 @@ class AtomscaleCredentials(CredentialsBlock):
             api_key=self._resolve_api_key(),
             timeout=self.timeout,
             connect_timeout=self.connect_timeout,
+            max_connections=self.max_connections,
         )
 
     def account_fingerprint(self) -> str:

@@ -21,7 +21,7 @@ from prefect_atomscale.credentials import AtomscaleCredentials
 
 __all__ = ["async_client_for", "client_for", "close_all"]
 
-_PoolKey = tuple[int, str, float, float]
+_PoolKey = tuple[int, str, float, float, int]
 
 _lock = threading.Lock()
 _sync_clients: dict[_PoolKey, AtomscaleClient] = {}
@@ -33,7 +33,13 @@ _async_clients: weakref.WeakKeyDictionary[
 def _pool_key(credentials: AtomscaleCredentials) -> _PoolKey:
     settings = credentials.resolve()
     # The pid keeps a forked child from sharing its parent's sockets.
-    return (os.getpid(), settings.fingerprint(), settings.timeout, settings.connect_timeout)
+    return (
+        os.getpid(),
+        settings.fingerprint(),
+        settings.timeout,
+        settings.connect_timeout,
+        settings.max_connections,
+    )
 
 
 def client_for(credentials: AtomscaleCredentials) -> AtomscaleClient:
