@@ -70,6 +70,11 @@ def _create_layer(request: LayerRequest) -> _Call:
     return _Call("POST", LAYERS, f"creating {request.describe()}", request.body)
 
 
+def _update_layer(request: LayerRequest) -> _Call:
+    # The API finds the layer to change by (sample_id, layer_id), both in the body.
+    return _Call("PATCH", LAYERS, f"updating {request.describe()}", request.body)
+
+
 def _list_rows(purpose: str) -> _Call:
     return _Call("GET", TARGET_MATERIALS, purpose)
 
@@ -316,6 +321,28 @@ class AtomscaleClient(_Base):
         call = _create_layer(request)
         return self._parse(call, self._send(call), Layer.model_validate)
 
+    def update_layer(self, request: LayerRequest) -> Layer:
+        """Change the layer at the request's position (`PATCH /target-materials/layers/`).
+
+        Args:
+            request: The checked request; its `(sample_id, layer_id)` names the layer.
+
+        Returns:
+            The updated layer.
+
+        Example:
+            ```python
+            from prefect_atomscale import AtomscaleClient, AtomscaleCredentials
+            from prefect_atomscale.payloads import LayerRequest
+
+            with AtomscaleClient.from_credentials(AtomscaleCredentials.load("atomscale")) as c:
+                request = LayerRequest.build(sample_id=42, layer_id=1, composition_string="AlN")
+                c.update_layer(request)
+            ```
+        """
+        call = _update_layer(request)
+        return self._parse(call, self._send(call), Layer.model_validate)
+
     def list_rows(self, purpose: str = "listing target materials") -> list[TargetMaterialRow]:
         """List every layer of the organisation, joined with its target material.
 
@@ -356,6 +383,31 @@ class AtomscaleClient(_Base):
         """
         rows = self.list_rows(f"checking whether {request.describe()} already exists")
         return _layers_at(rows, request)
+
+    def find_target_materials(self, request: TargetMaterialRequest) -> list[TargetMaterial]:
+        """Return listed target materials identical to the request, lowest `sample_id` first.
+
+        Identical means same name, substrate and metadata. The list endpoint may omit
+        target materials that have no layers yet, so an empty answer is not proof.
+
+        Args:
+            request: The target material to look for.
+
+        Returns:
+            Matching target materials.
+
+        Example:
+            ```python
+            from prefect_atomscale import AtomscaleClient, AtomscaleCredentials
+            from prefect_atomscale.payloads import TargetMaterialRequest
+
+            with AtomscaleClient.from_credentials(AtomscaleCredentials.load("atomscale")) as c:
+                request = TargetMaterialRequest.build(sample_name="X", substrate="MgO")
+                print(c.find_target_materials(request))
+            ```
+        """
+        rows = self.list_rows(f"checking whether {request.describe()} already exists")
+        return _materials_like(rows, request)
 
     def close(self) -> None:
         """Close the underlying connection pool.
@@ -474,6 +526,28 @@ class AsyncAtomscaleClient(_Base):
         call = _create_layer(request)
         return self._parse(call, await self._send(call), Layer.model_validate)
 
+    async def update_layer(self, request: LayerRequest) -> Layer:
+        """Change the layer at the request's position (`PATCH /target-materials/layers/`).
+
+        Args:
+            request: The checked request; its `(sample_id, layer_id)` names the layer.
+
+        Returns:
+            The updated layer.
+
+        Example:
+            ```python
+            from prefect_atomscale.payloads import LayerRequest
+
+            async def change(client):
+                return await client.update_layer(
+                    LayerRequest.build(sample_id=42, layer_id=1, composition_string="AlN")
+                )
+            ```
+        """
+        call = _update_layer(request)
+        return self._parse(call, await self._send(call), Layer.model_validate)
+
     async def list_rows(self, purpose: str = "listing target materials") -> list[TargetMaterialRow]:
         """List every layer of the organisation, joined with its target material.
 
@@ -511,6 +585,27 @@ class AsyncAtomscaleClient(_Base):
         """
         rows = await self.list_rows(f"checking whether {request.describe()} already exists")
         return _layers_at(rows, request)
+
+    async def find_target_materials(self, request: TargetMaterialRequest) -> list[TargetMaterial]:
+        """Return listed target materials identical to the request, lowest `sample_id` first.
+
+        Args:
+            request: The target material to look for.
+
+        Returns:
+            Matching target materials (see the sync twin for what "listed" means).
+
+        Example:
+            ```python
+            from prefect_atomscale.payloads import TargetMaterialRequest
+
+            async def existing(client):
+                request = TargetMaterialRequest.build(sample_name="X", substrate="MgO")
+                return await client.find_target_materials(request)
+            ```
+        """
+        rows = await self.list_rows(f"checking whether {request.describe()} already exists")
+        return _materials_like(rows, request)
 
     async def aclose(self) -> None:
         """Close the underlying connection pool.
@@ -550,6 +645,18 @@ def _layers_at(rows: list[TargetMaterialRow], request: LayerRequest) -> list[Lay
         if layer is not None
     ]
     return sorted(found, key=lambda layer: layer.id)
+
+
+def _materials_like(
+    rows: list[TargetMaterialRow], request: TargetMaterialRequest
+) -> list[TargetMaterial]:
+    found = {
+        material.sample_id: material
+        for row in rows
+        for material in [row.as_target_material()]
+        if material is not None and request.matches(material)
+    }
+    return [found[sample_id] for sample_id in sorted(found)]
 
 
 def _detail(response: httpx.Response) -> Any:

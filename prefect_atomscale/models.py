@@ -100,6 +100,9 @@ class TargetMaterialRow(_Reply):
         orientation: The layer's orientation.
         space_group: The layer's space group.
         mp_id: The layer's Materials Project id.
+        user_id: The target material's owner.
+        version: The target material's record version.
+        last_updated: When the target material last changed.
 
     Example:
         ```python
@@ -121,6 +124,9 @@ class TargetMaterialRow(_Reply):
     orientation: str | None = None
     space_group: str | None = None
     mp_id: str | None = None
+    user_id: str | None = None
+    version: int | None = None
+    last_updated: str | None = None
 
     def as_layer(self) -> Layer | None:
         """Return the row's layer, or None if the row carries no layer.
@@ -138,3 +144,29 @@ class TargetMaterialRow(_Reply):
         if self.id is None or self.layer_id is None:
             return None
         return Layer.model_validate(self.model_dump())
+
+    def as_target_material(self) -> TargetMaterial | None:
+        """Return the row's target material, or None if the row names none.
+
+        Returns:
+            The target-material part of the row.
+
+        Example:
+            ```python
+            from prefect_atomscale import TargetMaterialRow
+
+            row = TargetMaterialRow(sample_id=42, sample_name="GaN film", substrate="Al2O3")
+            print(row.as_target_material())
+            ```
+        """
+        if self.sample_id is None or self.sample_name is None or self.substrate is None:
+            return None
+        return TargetMaterial(
+            sample_id=self.sample_id,
+            sample_name=self.sample_name,
+            substrate=self.substrate,
+            sample_metadata=self.sample_metadata or {},
+            user_id=self.user_id,
+            version=self.version,
+            last_updated=self.last_updated,
+        )

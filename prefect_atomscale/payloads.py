@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import reprlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +23,7 @@ from prefect_atomscale.exceptions import (
     InvalidCompositionError,
     InvalidOrientationError,
 )
-from prefect_atomscale.models import Layer
+from prefect_atomscale.models import Layer, TargetMaterial
 from prefect_atomscale.orientation import normalize_orientation
 
 __all__ = ["LayerRequest", "TargetMaterialRequest"]
@@ -30,6 +31,13 @@ __all__ = ["LayerRequest", "TargetMaterialRequest"]
 # Limits the sandbox enforces too; checking here turns a 422 round trip into a local error.
 MAX_TEXT = 256
 _MP_ID = re.compile(r"^[a-z]+-\d+$")
+# Values quoted in messages are cut short: a message must not copy a 10,000-character input.
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 60
+
+
+def _shown(value: Any) -> str:
+    return _REPR.repr(value)
 
 
 @dataclass(frozen=True)
@@ -93,33 +101,34 @@ class LayerRequest:
             print(LayerRequest.build(sample_id=1, layer_id=2, composition_string="GaN").body)
             ```
         """
-        where = f"layer {layer_id!r} of target material {sample_id!r}"
+        where = f"Layer {_shown(layer_id)} of target material {_shown(sample_id)}"
         layer_position = _positive_int(
             "layer_id", layer_id, where, "the layer's position in the stack, 1 for the first"
         )
         parent = _positive_int(
             "sample_id", sample_id, where, "the sample_id that create_target_material returned"
         )
-        where = f"layer {layer_position} of target material {parent}"
+        where = f"Layer {layer_position} of target material {parent}"
         body: dict[str, Any] = {"layer_id": layer_position, "sample_id": parent}
         elements = None
         if composition_string is not None:
-            formula = _text("composition_string", composition_string, where)
+            # The parser checks everything about a formula (text, empty, length), so that
+            # any bad formula is an InvalidCompositionError, as parse_composition raises.
             try:
-                elements = parse_composition(formula)
+                elements = parse_composition(composition_string)
             except InvalidCompositionError as exc:
                 raise InvalidCompositionError(
-                    f"{where.capitalize()}: {exc.message}",
+                    f"{where}: {exc.message}",
                     formula=exc.formula,
                     position=exc.position,
                 ) from None
-            body["composition_string"] = formula
+            body["composition_string"] = composition_string.strip()
         if orientation is not None:
             try:
                 body["orientation"] = normalize_orientation(orientation)
             except InvalidOrientationError as exc:
                 raise InvalidOrientationError(
-                    f"{where.capitalize()}: {exc.message}", orientation=exc.orientation
+                    f"{where}: {exc.message}", orientation=exc.orientation
                 ) from None
         if element_dict is not None:
             body["element_dict"] = _element_dict(element_dict, where)
@@ -129,7 +138,7 @@ class LayerRequest:
             mp = _text("mp_id", mp_id, where)
             if not _MP_ID.match(mp):
                 raise AtomscaleValidationError(
-                    f"{where.capitalize()}: mp_id {mp!r} is not a Materials Project id. Write "
+                    f"{where}: mp_id {mp!r} is not a Materials Project id. Write "
                     "it as on materialsproject.org, e.g. 'mp-5020', or leave it out to let "
                     "the service match one."
                 )
@@ -265,9 +274,9 @@ class TargetMaterialRequest:
             print(TargetMaterialRequest.build(sample_name="GaN film", substrate="Al2O3").describe())
             ```
         """
-        where = f"target material {sample_name!r}"
-        name = _text("sample_name", sample_name, where)
-        base = _text("substrate", substrate, where)
+        where = f"Target material {_shown(sample_name)}"
+        name = _text("sample_name", sample_name, where, required="Give the target material a name")
+        base = _text("substrate", substrate, where, required="Give the substrate, e.g. 'SrTiO3'")
         metadata = {} if sample_metadata is None else sample_metadata
         if not isinstance(metadata, Mapping):
             raise AtomscaleValidationError(
@@ -300,6 +309,31 @@ class TargetMaterialRequest:
         """
         return f"target material {self.sample_name!r} on {self.substrate}"
 
+    def matches(self, material: TargetMaterial) -> bool:
+        """Tell whether an existing target material is the one this request would create.
+
+        Args:
+            material: A target material read back from the service.
+
+        Returns:
+            True if name, substrate and metadata are all equal.
+
+        Example:
+            ```python
+            from prefect_atomscale import TargetMaterial
+            from prefect_atomscale.payloads import TargetMaterialRequest
+
+            request = TargetMaterialRequest.build(sample_name="X", substrate="MgO")
+            print(request.matches(TargetMaterial(sample_id=1, sample_name="X", substrate="MgO")))
+            ```
+        """
+        sample = self.body["sample"]
+        return bool(
+            material.sample_name == sample["sample_name"]
+            and material.substrate == sample["substrate"]
+            and material.sample_metadata == sample["sample_metadata"]
+        )
+
     def canonical_json(self) -> str:
         """Return the body as canonical JSON: same intent, same text.
 
@@ -319,26 +353,26 @@ class TargetMaterialRequest:
 def _positive_int(name: str, value: Any, where: str, meaning: str) -> int:
     # bool is an int subclass; True as a layer position is always a mistake.
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        shown = "nothing" if value is None else repr(value)
+        shown = "nothing" if value is None else _shown(value)
         raise AtomscaleValidationError(
-            f"{where.capitalize()}: {name} must be a whole number >= 1 ({meaning}), got {shown}."
+            f"{where}: {name} must be a whole number >= 1 ({meaning}), got {shown}."
         )
     return value
 
 
-def _text(name: str, value: Any, where: str) -> str:
+def _text(name: str, value: Any, where: str, required: str | None = None) -> str:
+    """Check one text field; `required` says what to give when it may not be left out."""
     if not isinstance(value, str):
         raise AtomscaleValidationError(
-            f"{where.capitalize()}: {name} must be text, got {type(value).__name__} {value!r}."
+            f"{where}: {name} must be text, got {type(value).__name__} {_shown(value)}."
         )
     text = value.strip()
     if not text:
-        raise AtomscaleValidationError(
-            f"{where.capitalize()}: {name} is empty. Give a value, or leave the argument out."
-        )
+        fix = required or "Give a value, or leave the argument out"
+        raise AtomscaleValidationError(f"{where}: {name} is empty. {fix}.")
     if len(text) > MAX_TEXT:
         raise AtomscaleValidationError(
-            f"{where.capitalize()}: {name} is {len(text)} characters long; the limit is {MAX_TEXT}."
+            f"{where}: {name} is {len(text)} characters long; the limit is {MAX_TEXT}."
         )
     return text
 
@@ -346,14 +380,14 @@ def _text(name: str, value: Any, where: str) -> str:
 def _element_dict(value: Any, where: str) -> dict[str, int | float]:
     if not isinstance(value, Mapping) or not value:
         raise AtomscaleValidationError(
-            f"{where.capitalize()}: element_dict must be a non-empty mapping of element to "
-            f"amount, e.g. {{'Ba': 1, 'Ti': 1, 'O': 3}}; got {value!r}. Or leave it out and "
+            f"{where}: element_dict must be a non-empty mapping of element to "
+            f"amount, e.g. {{'Ba': 1, 'Ti': 1, 'O': 3}}; got {_shown(value)}. Or leave it out and "
             "the service derives it from composition_string."
         )
     for element, amount in value.items():
         if element not in ELEMENTS:
             raise AtomscaleValidationError(
-                f"{where.capitalize()}: element_dict has {element!r}, which is not an element "
+                f"{where}: element_dict has {element!r}, which is not an element "
                 "symbol. Write symbols as in the periodic table, e.g. 'Ba', 'O'."
             )
         if (
@@ -362,7 +396,7 @@ def _element_dict(value: Any, where: str) -> dict[str, int | float]:
             or not (math.isfinite(amount) and amount > 0)
         ):
             raise AtomscaleValidationError(
-                f"{where.capitalize()}: element_dict[{element!r}] must be a positive number, "
+                f"{where}: element_dict[{element!r}] must be a positive number, "
                 f"got {amount!r}."
             )
     return dict(value)

@@ -4,8 +4,9 @@
 `acreate_layer` check their input locally (no request for a mistake that is knowable
 here), retry transient faults with Prefect's retry machinery (see `retries`), and cache
 their result by account and request (see `caching`), so re-running a finished flow
-sends nothing. On a retry, a layer task first looks for the layer its previous attempt
-may have written before the reply was lost, and adopts it instead of writing twice.
+sends nothing. They never create a record twice: before writing they look for one that
+may already exist (see `reconcile`), and runs of the same request take turns through
+the cache lock, also across processes (see `locking`).
 """
 
 from __future__ import annotations
@@ -19,9 +20,20 @@ from prefect.runtime import task_run as current_task_run
 
 from prefect_atomscale.caching import DEFAULT_CACHE_EXPIRATION, AtomscaleRequestCache
 from prefect_atomscale.credentials import AtomscaleCredentials
+from prefect_atomscale.locking import lock_manager
 from prefect_atomscale.models import Layer, TargetMaterial
 from prefect_atomscale.payloads import LayerRequest, TargetMaterialRequest
 from prefect_atomscale.pool import async_client_for, client_for
+from prefect_atomscale.reconcile import (
+    Adopt,
+    Create,
+    IfExists,
+    Update,
+    check_if_exists,
+    claim_new_position,
+    decide_layer,
+    remember_created,
+)
 from prefect_atomscale.retries import (
     DEFAULT_RETRIES,
     DEFAULT_RETRY_DELAYS,
@@ -74,6 +86,9 @@ def _is_retry() -> bool:
     return context is not None and context.task_run.run_count > 1
 
 
+_LOCKS = lock_manager()
+
+
 def _settings(name: str, build: Any, condition: Any, run_name: Any) -> dict[str, Any]:
     """The retry and cache settings shared by a task and its async twin."""
     return {
@@ -83,37 +98,77 @@ def _settings(name: str, build: Any, condition: Any, run_name: Any) -> dict[str,
         "retry_delay_seconds": DEFAULT_RETRY_DELAYS,
         "retry_jitter_factor": RETRY_JITTER_FACTOR,
         "retry_condition_fn": condition,
+        # SERIALIZABLE: runs of one request take turns, and the second finds the first's
+        # record in the cache instead of writing again. The lock is shared by all four
+        # tasks and, through lock files, by every process on this Prefect home.
         "cache_policy": AtomscaleRequestCache(
             task_name=name.removeprefix("a"), version=TASK_VERSION, build_request=build
-        ),
+        ).configure(isolation_level="SERIALIZABLE", lock_manager=_LOCKS),
         "cache_expiration": DEFAULT_CACHE_EXPIRATION,
         "persist_result": True,
     }
 
 
-def _adopted(request: LayerRequest, existing: list[Layer]) -> Layer | None:
-    """The layer an earlier attempt already wrote, if one matches this request."""
-    matching = [layer for layer in existing if request.matches(layer)]
-    if not matching:
-        return None
-    get_run_logger().info(
-        "Found %s already created (record %s) by an earlier attempt; using it instead of "
-        "writing again.",
-        request.describe(),
-        matching[0].id,
-    )
-    return request.complete(matching[0])
+def _must_look_first(credentials: AtomscaleCredentials, request: LayerRequest) -> bool:
+    """Whether a layer may already sit at the request's position (see `reconcile`)."""
+    if _is_retry():
+        return True
+    account = credentials.account_fingerprint()
+    return not claim_new_position(account, request.sample_id, request.layer_id)
 
 
-def _log_created(request: LayerRequest, layer: Layer) -> Layer:
-    get_run_logger().info(
-        "Created %s as record %s (space group %s, %s).",
-        request.describe(),
-        layer.id,
-        layer.space_group or "not matched",
-        layer.mp_id or "no Materials Project id",
-    )
+def _finish_layer(request: LayerRequest, decision: Adopt | Update | Create, layer: Layer) -> Layer:
+    """Log what happened to the layer and fill in what the server left out."""
+    logger = get_run_logger()
+    if isinstance(decision, Adopt) and decision.equal:
+        logger.info(
+            "Found %s already created (record %s); using it instead of writing again.",
+            request.describe(),
+            layer.id,
+        )
+    elif isinstance(decision, Adopt):
+        logger.warning(
+            "Kept record %s at the position of %s as it is (if_exists='reuse'): it is %s.",
+            layer.id,
+            request.describe(),
+            layer.composition_string,
+        )
+    elif isinstance(decision, Update):
+        logger.info(
+            "Updated record %s from %s to %s.",
+            layer.id,
+            decision.existing.composition_string,
+            request.describe(),
+        )
+    else:
+        logger.info(
+            "Created %s as record %s (space group %s, %s).",
+            request.describe(),
+            layer.id,
+            layer.space_group or "not matched",
+            layer.mp_id or "no Materials Project id",
+        )
     return request.complete(layer)
+
+
+def _adopted_material(
+    request: TargetMaterialRequest, found: list[TargetMaterial]
+) -> TargetMaterial:
+    material = found[0]
+    get_run_logger().info(
+        "Found %s already created (sample_id %s); using it instead of creating another.",
+        request.describe(),
+        material.sample_id,
+    )
+    return material
+
+
+def _created_material(
+    credentials: AtomscaleCredentials, request: TargetMaterialRequest, material: TargetMaterial
+) -> TargetMaterial:
+    remember_created(credentials.account_fingerprint(), material.sample_id)
+    get_run_logger().info("Created %s as sample_id %s.", request.describe(), material.sample_id)
+    return material
 
 
 @task(
@@ -133,8 +188,10 @@ def create_target_material(
     """Create a target material ("sample"): a name, a substrate, and metadata.
 
     Layers are added afterwards with `create_layer`, using the returned `sample_id`.
-    Cached by account and arguments: calling it again with the same arguments returns
-    the same target material without a request.
+    A target material with the same name, substrate and metadata that the service
+    already lists is returned instead of creating another (the list shows target
+    materials once they have layers). Cached by account and arguments: calling it again
+    with the same arguments returns the same target material without a request.
 
     Args:
         credentials: The Atomscale account to create it in.
@@ -164,9 +221,10 @@ def create_target_material(
     request = TargetMaterialRequest.build(
         sample_name=sample_name, substrate=substrate, sample_metadata=sample_metadata
     )
-    material = client_for(credentials).create_target_material(request)
-    get_run_logger().info("Created %s as sample_id %s.", request.describe(), material.sample_id)
-    return material
+    client = client_for(credentials)
+    if found := client.find_target_materials(request):
+        return _adopted_material(request, found)
+    return _created_material(credentials, request, client.create_target_material(request))
 
 
 @task(
@@ -214,9 +272,10 @@ async def acreate_target_material(
     request = TargetMaterialRequest.build(
         sample_name=sample_name, substrate=substrate, sample_metadata=sample_metadata
     )
-    material = await async_client_for(credentials).create_target_material(request)
-    get_run_logger().info("Created %s as sample_id %s.", request.describe(), material.sample_id)
-    return material
+    client = async_client_for(credentials)
+    if found := await client.find_target_materials(request):
+        return _adopted_material(request, found)
+    return _created_material(credentials, request, await client.create_target_material(request))
 
 
 @task(**_settings("create_layer", _layer_request, retry_if_transient, _layer_run_name))
@@ -229,14 +288,18 @@ def create_layer(
     element_dict: dict[str, int | float] | None = None,
     space_group: str | None = None,
     mp_id: str | None = None,
+    if_exists: IfExists = "error",
 ) -> Layer:
     """Add one layer to a target material's stack (`POST /target-materials/layers/`).
 
     The formula and orientation are checked before anything is sent; the orientation
     is sent in the bare form the API uses (`(001)` becomes `001`). Transient faults are
-    retried; on a retry the task first looks for the layer its earlier attempt may have
-    written, so a lost reply never creates the layer twice. Cached by account and
-    request: calling it again with the same arguments returns the layer without a POST.
+    retried. Before writing, the task looks for a layer already at this position (on
+    every retry, and on a first attempt unless this process just created the target
+    material): an equal one is adopted, so a lost reply, a killed run or two runs at
+    once never create the layer twice; a different one is handled as `if_exists` says.
+    Cached by account and request: calling it again with the same arguments returns
+    the layer without a request.
 
     Args:
         credentials: The Atomscale account.
@@ -249,14 +312,19 @@ def create_layer(
         space_group: Hermann-Mauguin symbol, e.g. `P4mm`; filled in by the service if
             it matches the formula.
         mp_id: Materials Project id, e.g. `mp-5020`; filled in by the service if matched.
+        if_exists: What to do if a different layer already sits at this position:
+            `"error"` (default) fails with `AtomscaleConflictError`, `"update"` changes
+            it to this one (PATCH), `"reuse"` keeps it as it is.
 
     Returns:
-        The created layer.
+        The created (or adopted, or updated) layer.
 
     Raises:
         InvalidCompositionError: The formula cannot be parsed; nothing is sent.
         InvalidOrientationError: The orientation is not Miller indices; nothing is sent.
         AtomscaleValidationError: Any other bad argument (nothing sent), or a 400/422.
+        AtomscaleConflictError: A different layer is at this position and `if_exists`
+            is "error".
         AtomscaleError: Any other failure, after retries for transient ones.
 
     Example:
@@ -281,10 +349,16 @@ def create_layer(
         space_group=space_group,
         mp_id=mp_id,
     )
+    policy = check_if_exists(if_exists)
     client = client_for(credentials)
-    if _is_retry() and (adopted := _adopted(request, client.find_layers(request))):
-        return adopted
-    return _log_created(request, client.create_layer(request))
+    decision: Adopt | Update | Create = Create()
+    if _must_look_first(credentials, request):
+        decision = decide_layer(request, client.find_layers(request), policy)
+    if isinstance(decision, Adopt):
+        return _finish_layer(request, decision, decision.layer)
+    if isinstance(decision, Update):
+        return _finish_layer(request, decision, client.update_layer(request))
+    return _finish_layer(request, decision, client.create_layer(request))
 
 
 @task(**_settings("acreate_layer", _layer_request, aretry_if_transient, _layer_run_name))
@@ -297,6 +371,7 @@ async def acreate_layer(
     element_dict: dict[str, int | float] | None = None,
     space_group: str | None = None,
     mp_id: str | None = None,
+    if_exists: IfExists = "error",
 ) -> Layer:
     """Add one layer to a target material's stack; the async twin of `create_layer`.
 
@@ -309,14 +384,18 @@ async def acreate_layer(
         element_dict: Element -> amount; derived by the service if omitted.
         space_group: Hermann-Mauguin symbol, e.g. `P4mm`.
         mp_id: Materials Project id, e.g. `mp-5020`.
+        if_exists: What to do if a different layer already sits at this position:
+            `"error"` (default), `"update"` or `"reuse"`, as for `create_layer`.
 
     Returns:
-        The created layer.
+        The created (or adopted, or updated) layer.
 
     Raises:
         InvalidCompositionError: The formula cannot be parsed; nothing is sent.
         InvalidOrientationError: The orientation is not Miller indices; nothing is sent.
         AtomscaleValidationError: Any other bad argument (nothing sent), or a 400/422.
+        AtomscaleConflictError: A different layer is at this position and `if_exists`
+            is "error".
         AtomscaleError: Any other failure, after retries for transient ones.
 
     Example:
@@ -344,7 +423,13 @@ async def acreate_layer(
         space_group=space_group,
         mp_id=mp_id,
     )
+    policy = check_if_exists(if_exists)
     client = async_client_for(credentials)
-    if _is_retry() and (adopted := _adopted(request, await client.find_layers(request))):
-        return adopted
-    return _log_created(request, await client.create_layer(request))
+    decision: Adopt | Update | Create = Create()
+    if _must_look_first(credentials, request):
+        decision = decide_layer(request, await client.find_layers(request), policy)
+    if isinstance(decision, Adopt):
+        return _finish_layer(request, decision, decision.layer)
+    if isinstance(decision, Update):
+        return _finish_layer(request, decision, await client.update_layer(request))
+    return _finish_layer(request, decision, await client.create_layer(request))

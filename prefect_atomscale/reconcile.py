@@ -1,0 +1,203 @@
+"""Decide what a create task does when its record may already exist: adopt, update, create.
+
+The API's answer to a second POST of the same layer position is unknown; assume it
+stores a second row. So a task looks before it writes whenever a layer may already be
+there: on every retry (the earlier attempt's reply may have been lost after the write
+landed), and on a first attempt unless this process itself created the target material
+and has not written that position since (then it is certainly empty, and skipping the
+look-up keeps a new stack at one request per layer).
+What it finds decides:
+
+- a layer equal to the request: adopt it, write nothing (exactly-once);
+- a different layer at that position: `if_exists` says what to do: `"error"` (the
+  default) refuses, `"update"` changes it with PATCH, `"reuse"` keeps it as it is;
+- nothing: create it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+from prefect_atomscale.exceptions import AtomscaleConflictError, AtomscaleValidationError
+from prefect_atomscale.models import Layer
+from prefect_atomscale.payloads import LayerRequest
+
+__all__ = [
+    "Adopt",
+    "Create",
+    "IfExists",
+    "Update",
+    "check_if_exists",
+    "claim_new_position",
+    "decide_layer",
+    "remember_created",
+]
+
+IfExists = Literal["error", "update", "reuse"]
+"""What `create_layer` does when a different layer already sits at its position."""
+
+
+@dataclass(frozen=True)
+class Adopt:
+    """Use this existing layer; write nothing.
+
+    Attributes:
+        layer: The layer already at the position.
+        equal: Whether it is what the request asks for (else kept by `if_exists="reuse"`).
+    """
+
+    layer: Layer
+    equal: bool = True
+
+
+@dataclass(frozen=True)
+class Update:
+    """Change the existing layer at the position with PATCH.
+
+    Attributes:
+        existing: The layer as it is now.
+    """
+
+    existing: Layer
+
+
+@dataclass(frozen=True)
+class Create:
+    """Nothing is at the position: create the layer."""
+
+
+def check_if_exists(if_exists: object) -> IfExists:
+    """Check an `if_exists` argument locally.
+
+    Args:
+        if_exists: The value given.
+
+    Returns:
+        The value, typed.
+
+    Raises:
+        AtomscaleValidationError: If it is not one of "error", "update", "reuse".
+
+    Example:
+        ```python
+        from prefect_atomscale.reconcile import check_if_exists
+
+        print(check_if_exists("update"))
+        ```
+    """
+    choices = get_args(IfExists)
+    if if_exists not in choices:
+        raise AtomscaleValidationError(
+            f"if_exists must be one of {', '.join(map(repr, choices))}, got {if_exists!r}."
+        )
+    return if_exists  # type: ignore[return-value]
+
+
+def decide_layer(
+    request: LayerRequest, existing: list[Layer], if_exists: IfExists
+) -> Adopt | Update | Create:
+    """Decide what to do given the layers already at the request's position.
+
+    Args:
+        request: The layer to create.
+        existing: Layers at its `(sample_id, layer_id)`, oldest first.
+        if_exists: What to do about a different layer there.
+
+    Returns:
+        The decision.
+
+    Raises:
+        AtomscaleConflictError: A different layer is there and `if_exists` is "error".
+
+    Example:
+        ```python
+        from prefect_atomscale import Layer
+        from prefect_atomscale.payloads import LayerRequest
+        from prefect_atomscale.reconcile import decide_layer
+
+        request = LayerRequest.build(sample_id=1, layer_id=1, composition_string="GaN")
+        there = Layer(id=5, layer_id=1, sample_id=1, composition_string="GaN")
+        print(decide_layer(request, [there], "error"))  # Adopt(...)
+        ```
+    """
+    equal = [layer for layer in existing if request.matches(layer)]
+    if equal:
+        return Adopt(equal[0])
+    if not existing:
+        return Create()
+    current = existing[0]
+    if if_exists == "update":
+        return Update(current)
+    if if_exists == "reuse":
+        return Adopt(current, equal=False)
+    raise AtomscaleConflictError(
+        f"Cannot create {request.describe()}: record {current.id} already sits at that "
+        f"position as {current.composition_string or 'a layer without a formula'} "
+        f"{current.orientation or ''}".rstrip()
+        + ". Pass if_exists='update' to change it to what you asked for, "
+        "if_exists='reuse' to keep it, or use another layer_id.",
+        detail=current.model_dump(),
+    )
+
+
+# Target materials this process created, by account, each with the layer positions this
+# process has written (or tried to) since. A position not in that set cannot hold a
+# layer yet, so its look-up is skipped; any other must be looked up. Bounded, since a
+# long-lived worker creates many; forgetting one only costs look-ups.
+_CREATED_LIMIT = 10_000
+_created: OrderedDict[tuple[str, int], set[int]] = OrderedDict()
+_created_lock = threading.Lock()
+
+
+def remember_created(account: str, sample_id: int) -> None:
+    """Record that this process created target material `sample_id` in `account`.
+
+    Args:
+        account: The account fingerprint.
+        sample_id: The new target material, which has no layers yet.
+
+    Example:
+        ```python
+        from prefect_atomscale.reconcile import claim_new_position, remember_created
+
+        remember_created("acct", 42)
+        print(claim_new_position("acct", 42, 1))  # True: nothing can be there yet
+        ```
+    """
+    with _created_lock:
+        _created[(account, sample_id)] = set()
+        while len(_created) > _CREATED_LIMIT:
+            _created.popitem(last=False)
+
+
+def claim_new_position(account: str, sample_id: int, layer_id: int) -> bool:
+    """Claim a layer position known to be empty; say whether the look-up can be skipped.
+
+    True only if this process created the target material and has not written, or
+    tried to write, that position since; the position is then marked as written, so a
+    later write there (another formula, or a re-run after a failure) looks first.
+
+    Args:
+        account: The account fingerprint.
+        sample_id: The target material.
+        layer_id: The position about to be written.
+
+    Returns:
+        True if the position is certainly empty.
+
+    Example:
+        ```python
+        from prefect_atomscale.reconcile import claim_new_position
+
+        print(claim_new_position("acct", 7, 1))  # False: not created by this process
+        ```
+    """
+    with _created_lock:
+        written = _created.get((account, sample_id))
+        if written is None or layer_id in written:
+            return False
+        written.add(layer_id)
+        return True
