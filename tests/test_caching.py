@@ -82,31 +82,42 @@ def test_loaded_and_in_memory_blocks_share_entries(sandbox: SandboxHandle, uniqu
 
 
 def test_other_accounts_never_hit_each_others_entries(sandbox: SandboxHandle, unique: str) -> None:
-    results = {}
-    for key in (KEY_A, KEY_A2, KEY_B):
-        credentials = AtomscaleCredentials(api_key=key, base_url=sandbox.url)
-        results[key] = build(credentials, unique, ["ZnO"])
-    # Three keys: three target materials and three layers, none taken from a cache.
-    assert requests_to(sandbox, "POST", TARGET_MATERIALS) == 3
-    assert requests_to(sandbox, "POST", LAYERS) == 3
-    assert len({layers[0].id for layers in results.values()}) == 3
-    # Another base URL for the same key is another account too.
-    other_host = AtomscaleCredentials(
-        api_key=KEY_A, base_url=sandbox.url.replace("127.0.0.1", "localhost")
-    )
-    sandbox.reset_stats()
-    build(other_host, unique, ["ZnO"])
+    def run_as(key: str, base_url: str = sandbox.url) -> list[Layer]:
+        sandbox.reset_stats()
+        return build(AtomscaleCredentials(api_key=key, base_url=base_url), unique, ["ZnO"])
+
+    first = run_as(KEY_A)
     assert requests_to(sandbox, "POST", LAYERS) == 1
+    # Lab B: another organisation, so its own target material and layer.
+    lab_b = run_as(KEY_B)
+    assert requests_to(sandbox, "POST", TARGET_MATERIALS) == 1
+    assert requests_to(sandbox, "POST", LAYERS) == 1
+    assert lab_b[0].id != first[0].id
+    # A second key of lab A, and the first key under another host name: each misses
+    # the cache (a hit would send nothing) and asks the service, which already has
+    # the records, so they are adopted rather than written again.
+    for key, base_url in [
+        (KEY_A2, sandbox.url),
+        (KEY_A, sandbox.url.replace("127.0.0.1", "localhost")),
+    ]:
+        again = run_as(key, base_url)
+        assert requests_to(sandbox, "GET", TARGET_MATERIALS) >= 1
+        assert requests_to(sandbox, "POST", TARGET_MATERIALS) == 0
+        assert requests_to(sandbox, "POST", LAYERS) == 0
+        assert again == first
 
 
-def test_refresh_cache_forces_a_write(
+def test_refresh_cache_runs_the_task_again_without_writing_twice(
     credentials: AtomscaleCredentials, sandbox: SandboxHandle, unique: str
 ) -> None:
     first = build(credentials, unique, ["LaAlO3"])
     sandbox.reset_stats()
     second = build(credentials, unique, ["LaAlO3"], refresh_cache=True)
-    assert requests_to(sandbox, "POST", LAYERS) == 1
-    assert second[0].id != first[0].id
+    # The task ran (it asked the service) and found its record, so it did not post.
+    assert requests_to(sandbox, "GET", TARGET_MATERIALS) >= 1
+    assert requests_to(sandbox, "POST", LAYERS) == 0
+    assert second == first
+    assert sandbox.count_layers(sample_id=first[0].sample_id) == 1
 
 
 def test_cache_expiration_can_be_changed(
@@ -116,7 +127,9 @@ def test_cache_expiration_can_be_changed(
     build(credentials, unique, ["MgO"], cache_expiration=timedelta(milliseconds=1))
     sandbox.reset_stats()
     build(credentials, unique, ["MgO"], cache_expiration=timedelta(milliseconds=1))
-    assert requests_to(sandbox, "POST", LAYERS) == 1
+    # Expired: the layer task ran again (a look-up), and adopted what it had created.
+    assert requests_to(sandbox, "GET", TARGET_MATERIALS) >= 1
+    assert requests_to(sandbox, "POST", LAYERS) == 0
 
 
 def test_cache_keys_and_stored_results_never_contain_the_key(

@@ -236,14 +236,21 @@ def test_unknown_target_material_is_a_404_attempted_once(
 
 @pytest.mark.parametrize(("key", "status"), [("wrong-key", 401), (KEY_READ_ONLY, 403)])
 def test_auth_errors_are_attempted_once_and_never_show_the_key(
-    sandbox: SandboxHandle, key: str, status: int, unique: str
+    credentials: AtomscaleCredentials, sandbox: SandboxHandle, key: str, status: int, unique: str
 ) -> None:
-    credentials = AtomscaleCredentials(api_key=key, base_url=sandbox.url)
-    state = run_layer(fast_layer, credentials, layer_id=1, sample_id=1, composition_string="GaN")
+    material = make_material(credentials, unique)
+    sandbox.reset_stats()
+    other = AtomscaleCredentials(api_key=key, base_url=sandbox.url)
+    state = run_layer(
+        fast_layer, other, layer_id=1, sample_id=material.sample_id, composition_string="GaN"
+    )
     exc = error_of(state)
     assert isinstance(exc, AtomscaleAuthError) and exc.status_code == status
     assert key not in str(exc) and key not in repr(exc)
-    assert requests_to(sandbox, "POST", LAYERS) == 1
+    # Refused at the first request that needs the right (the look-up for an existing
+    # layer for a wrong key, the write for a read-only key), and never retried.
+    assert sandbox.stats.requests == (1 if status == 401 else 2)
+    assert requests_to(sandbox, "POST", LAYERS) == (0 if status == 401 else 1)
 
 
 def test_unreachable_service_is_a_connection_error(unique: str) -> None:

@@ -1,0 +1,201 @@
+"""Exactly once: under faults, after a SIGKILL, with two runs at once, after a change.
+
+Each test counts rows in the sandbox's own database: every layer position present
+once, never twice. `benchmarks/exactly_once.py` runs the same scenarios at full size.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import prefect.settings
+import pytest
+from conftest import KEY_A, PREFECT_HOME
+from prefect import flow
+
+from flows.build_stack import LayerSpec, build_stack
+from prefect_atomscale import (
+    AtomscaleConflictError,
+    AtomscaleCredentials,
+    AtomscaleError,
+    Layer,
+    create_layer,
+    create_target_material,
+)
+from prefect_atomscale.sandbox import SandboxHandle
+
+ROOT = Path(__file__).resolve().parent.parent
+ALL_FAULTS = [
+    "503",
+    "429",
+    "reset",
+    "502_html",
+    "drop_after_commit",
+    "500_after_commit",
+    "slow_after_commit",
+]
+
+
+def positions(sandbox: SandboxHandle, sample_id: int) -> Counter[int]:
+    """How many rows the sandbox stores at each layer position of one target material."""
+    return Counter(row["layer_id"] for row in sandbox.layer_rows(sample_id=sample_id))
+
+
+def test_fault_storm_leaves_every_layer_exactly_once(sandbox: SandboxHandle, unique: str) -> None:
+    """20% of writes faulted, every kind: 3 stacks x 40 layers, 0 missing, 0 duplicates."""
+    credentials = AtomscaleCredentials(api_key=KEY_A, base_url=sandbox.url, timeout=1.0)
+    layers = [LayerSpec(composition=f, orientation="001") for f in ["BaTiO3", "SrTiO3"] * 20]
+    sandbox.faults.set(
+        rate=0.2, kinds=ALL_FAULTS, seed=2026, slow_seconds=1.5, retry_after_seconds=1
+    )
+    built, failures = [], []
+    for number in range(3):
+        for _run in range(4):  # a plain re-run finishes what ran out of retries
+            try:
+                built.append(build_stack(credentials, f"{unique}-{number}", "SrTiO3", layers))
+                break
+            except AtomscaleError as exc:
+                failures.append(str(exc))
+        else:
+            pytest.fail(f"stack {number} did not complete in 4 runs: {failures}")
+    injected = sandbox.stats.faults
+    sandbox.faults.clear()
+
+    assert sum(injected.values()) >= 20, injected  # the storm really happened
+    for stack in built:
+        assert positions(sandbox, stack.target_material.sample_id) == Counter(range(1, 41))
+        assert [layer.layer_id for layer in stack.layers] == list(range(1, 41))
+    for message in failures:  # a failed run names the layer that ran out of retries
+        assert re.search(r"layer \d+ \(\w+ 001\) of target material \d+", message), message
+
+
+def _save_block(sandbox: SandboxHandle) -> str:
+    block = f"atomscale-{uuid.uuid4().hex[:8]}"
+    AtomscaleCredentials(api_key=KEY_A, base_url=sandbox.url).save(block)
+    return block
+
+
+def _driver(block: str, name: str, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "tests/stack_driver.py",
+        "--block",
+        block,
+        "--sample-name",
+        name,
+        "--layers",
+        "40",
+        *extra,
+    ]
+
+
+def _env() -> dict[str, str]:
+    return {
+        **os.environ,
+        "PREFECT_API_URL": str(prefect.settings.PREFECT_API_URL.value()),
+        "PREFECT_HOME": str(PREFECT_HOME),
+    }
+
+
+def _materials_named(sandbox: SandboxHandle, name: str) -> list[int]:
+    return [
+        row["sample_id"]
+        for row in sandbox.target_materials(organisation="lab-a")
+        if row["sample_name"] == name
+    ]
+
+
+def test_a_run_killed_halfway_is_completed_by_a_rerun(sandbox: SandboxHandle, unique: str) -> None:
+    block = _save_block(sandbox)
+    run = subprocess.Popen(
+        _driver(block, unique, "--pace", "0.1"),
+        cwd=ROOT,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while (
+            sandbox.count_layers(organisation="lab-a") == 0
+            or not _materials_named(sandbox, unique)
+            or sum(positions(sandbox, _materials_named(sandbox, unique)[0]).values()) < 20
+        ):
+            assert run.poll() is None, "the run ended before it could be killed"
+            assert time.monotonic() < deadline, "the run never got halfway"
+            time.sleep(0.02)
+        run.send_signal(signal.SIGKILL)
+    finally:
+        run.wait(timeout=30)
+    (sample_id,) = _materials_named(sandbox, unique)
+    assert 20 <= sum(positions(sandbox, sample_id).values()) < 40
+
+    rerun = subprocess.run(
+        _driver(block, unique), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=180
+    )
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert _materials_named(sandbox, unique) == [sample_id]
+    assert positions(sandbox, sample_id) == Counter(range(1, 41))
+
+
+def test_the_same_flow_started_twice_at_once_writes_once(
+    sandbox: SandboxHandle, unique: str
+) -> None:
+    block = _save_block(sandbox)
+    runs = [
+        subprocess.Popen(
+            _driver(block, unique),
+            cwd=ROOT,
+            env=_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outputs = [run.communicate(timeout=180)[0] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], outputs
+    (sample_id,) = _materials_named(sandbox, unique)
+    assert positions(sandbox, sample_id) == Counter(range(1, 41))
+
+
+def test_a_changed_layer_is_refused_or_updated_never_doubled(
+    credentials: AtomscaleCredentials, sandbox: SandboxHandle, unique: str
+) -> None:
+    @flow
+    def two_layers(second: str, if_exists: str = "error") -> list[Layer]:
+        material = create_target_material(credentials, unique, "SrTiO3")
+        return [
+            create_layer(credentials, 1, material.sample_id, "SrRuO3", "001"),
+            create_layer(credentials, 2, material.sample_id, second, "001", if_exists=if_exists),
+        ]
+
+    first = two_layers("BaTiO3")
+    sample_id = first[0].sample_id
+
+    with pytest.raises(AtomscaleConflictError) as info:
+        two_layers("PbTiO3")
+    message = str(info.value)
+    assert f"Cannot create layer 2 (PbTiO3 001) of target material {sample_id}" in message
+    assert f"record {first[1].id} already sits at that position as BaTiO3" in message
+    assert "if_exists='update'" in message
+
+    updated = two_layers("PbTiO3", if_exists="update")
+    assert updated[1].id == first[1].id and updated[1].composition_string == "PbTiO3"
+    rows = sandbox.layer_rows(sample_id=sample_id)
+    assert [(row["layer_id"], row["composition_string"]) for row in rows] == [
+        (1, "SrRuO3"),
+        (2, "PbTiO3"),
+    ]
+
+    kept = two_layers("LaAlO3", if_exists="reuse")
+    assert kept[1].composition_string == "PbTiO3"
+    assert positions(sandbox, sample_id) == Counter([1, 2])
