@@ -86,7 +86,7 @@ def _save_block(sandbox: SandboxHandle) -> str:
 def _driver(block: str, name: str, *extra: str) -> list[str]:
     return [
         sys.executable,
-        "tests/stack_driver.py",
+        "scripts/run_stack.py",
         "--block",
         block,
         "--sample-name",

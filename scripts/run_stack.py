@@ -1,6 +1,6 @@
 """Run one stack flow in its own process, for the kill and double-start tests.
 
-    python tests/stack_driver.py --block NAME --sample-name NAME --layers 40 [--pace 0.05]
+    python scripts/run_stack.py --block NAME --sample-name NAME --layers 40 [--pace 0.05]
 
 With `--pace`, layers are created one at a time with that pause between them, so a
 test can kill the process while the stack is half built; without it, all layers are
