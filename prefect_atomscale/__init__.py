@@ -5,8 +5,9 @@ The layers, from the bottom up:
 - `AtomscaleCredentials` (a Prefect block) holds the API key and where the API lives;
 - `AtomscaleClient` / `AsyncAtomscaleClient` send checked requests and map every reply
   to a model or a typed error (`exceptions`);
-- the tasks `create_target_material` and `create_layer` (and their async twins) add
-  local validation, retries of transient faults, and caching;
+- the tasks `create_target_material`, `create_layer` and `create_layers` (a whole
+  stack in one task), each with an async twin, add local validation, retries of
+  transient faults, caching, and exactly-once writes;
 - `prefect_atomscale.sandbox` is a local stand-in for the API, for demos and tests.
 
 Example:
@@ -23,6 +24,7 @@ Example:
     ```
 """
 
+from prefect_atomscale.bulk import acreate_layers, create_layers
 from prefect_atomscale.client import AsyncAtomscaleClient, AtomscaleClient
 from prefect_atomscale.composition import parse_composition
 from prefect_atomscale.credentials import AtomscaleCredentials
@@ -71,8 +73,10 @@ __all__ = [
     "TargetMaterial",
     "TargetMaterialRow",
     "acreate_layer",
+    "acreate_layers",
     "acreate_target_material",
     "create_layer",
+    "create_layers",
     "create_target_material",
     "normalize_orientation",
     "parse_composition",

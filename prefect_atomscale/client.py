@@ -12,7 +12,7 @@ from __future__ import annotations
 import email.utils
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -73,6 +73,11 @@ def _create_layer(request: LayerRequest) -> _Call:
 def _update_layer(request: LayerRequest) -> _Call:
     # The API finds the layer to change by (sample_id, layer_id), both in the body.
     return _Call("PATCH", LAYERS, f"updating {request.describe()}", request.body)
+
+
+def _replace_layers(sample_id: int, requests: Sequence[LayerRequest], purpose: str) -> _Call:
+    path = f"/target-materials/{sample_id}/layers"
+    return _Call("POST", path, purpose, [dict(request.body) for request in requests])
 
 
 def _list_rows(purpose: str) -> _Call:
@@ -409,6 +414,51 @@ class AtomscaleClient(_Base):
         rows = self.list_rows(f"checking whether {request.describe()} already exists")
         return _materials_like(rows, request)
 
+    def replace_layers(
+        self, sample_id: int, requests: Sequence[LayerRequest], purpose: str
+    ) -> None:
+        """Replace a target material's whole stack (`POST /target-materials/{id}/layers`).
+
+        Every existing layer of the target material is removed, in one transaction.
+
+        Args:
+            sample_id: The target material.
+            requests: The new stack.
+            purpose: What the call is for, quoted in errors.
+
+        Example:
+            ```python
+            from prefect_atomscale import AtomscaleClient, AtomscaleCredentials
+            from prefect_atomscale.payloads import LayerRequest
+
+            with AtomscaleClient.from_credentials(AtomscaleCredentials.load("atomscale")) as c:
+                stack = [LayerRequest.build(sample_id=42, layer_id=1, composition_string="GaN")]
+                c.replace_layers(42, stack, "writing the stack of target material 42")
+            ```
+        """
+        call = _replace_layers(sample_id, requests, purpose)
+        self._decode(call, self._send(call))
+
+    def layers_of(self, sample_id: int, purpose: str) -> list[Layer]:
+        """Return the layers the service lists for one target material, oldest first.
+
+        Args:
+            sample_id: The target material.
+            purpose: What the listing is for, quoted in errors.
+
+        Returns:
+            Its layers, in record-id order.
+
+        Example:
+            ```python
+            from prefect_atomscale import AtomscaleClient, AtomscaleCredentials
+
+            with AtomscaleClient.from_credentials(AtomscaleCredentials.load("atomscale")) as c:
+                print(c.layers_of(42, "reading target material 42"))
+            ```
+        """
+        return _layers_of(self.list_rows(purpose), sample_id)
+
     def close(self) -> None:
         """Close the underlying connection pool.
 
@@ -607,6 +657,43 @@ class AsyncAtomscaleClient(_Base):
         rows = await self.list_rows(f"checking whether {request.describe()} already exists")
         return _materials_like(rows, request)
 
+    async def replace_layers(
+        self, sample_id: int, requests: Sequence[LayerRequest], purpose: str
+    ) -> None:
+        """Replace a target material's whole stack (`POST /target-materials/{id}/layers`).
+
+        Args:
+            sample_id: The target material.
+            requests: The new stack.
+            purpose: What the call is for, quoted in errors.
+
+        Example:
+            ```python
+            async def rewrite(client, stack):
+                await client.replace_layers(42, stack, "writing the stack of 42")
+            ```
+        """
+        call = _replace_layers(sample_id, requests, purpose)
+        self._decode(call, await self._send(call))
+
+    async def layers_of(self, sample_id: int, purpose: str) -> list[Layer]:
+        """Return the layers the service lists for one target material, oldest first.
+
+        Args:
+            sample_id: The target material.
+            purpose: What the listing is for, quoted in errors.
+
+        Returns:
+            Its layers, in record-id order.
+
+        Example:
+            ```python
+            async def read(client):
+                return await client.layers_of(42, "reading target material 42")
+            ```
+        """
+        return _layers_of(await self.list_rows(purpose), sample_id)
+
     async def aclose(self) -> None:
         """Close the underlying connection pool.
 
@@ -641,6 +728,17 @@ def _layers_at(rows: list[TargetMaterialRow], request: LayerRequest) -> list[Lay
         layer
         for row in rows
         if row.sample_id == request.sample_id and row.layer_id == request.layer_id
+        for layer in [row.as_layer()]
+        if layer is not None
+    ]
+    return sorted(found, key=lambda layer: layer.id)
+
+
+def _layers_of(rows: list[TargetMaterialRow], sample_id: int) -> list[Layer]:
+    found = [
+        layer
+        for row in rows
+        if row.sample_id == sample_id
         for layer in [row.as_layer()]
         if layer is not None
     ]

@@ -32,6 +32,7 @@ __all__ = [
     "Update",
     "check_if_exists",
     "claim_new_position",
+    "claim_new_stack",
     "decide_layer",
     "remember_created",
 ]
@@ -200,4 +201,34 @@ def claim_new_position(account: str, sample_id: int, layer_id: int) -> bool:
         if written is None or layer_id in written:
             return False
         written.add(layer_id)
+        return True
+
+
+def claim_new_stack(account: str, sample_id: int) -> bool:
+    """Claim a whole target material known to have no layers; say if it can be replaced.
+
+    True only if this process created it and has written no position of it since;
+    it is then forgotten, so any later write to it looks first.
+
+    Args:
+        account: The account fingerprint.
+        sample_id: The target material.
+
+    Returns:
+        True if its stack is certainly empty.
+
+    Example:
+        ```python
+        from prefect_atomscale.reconcile import claim_new_stack, remember_created
+
+        remember_created("acct", 9)
+        print(claim_new_stack("acct", 9), claim_new_stack("acct", 9))  # True False
+        ```
+    """
+    with _created_lock:
+        written = _created.get((account, sample_id))
+        if written is None or written:
+            return False
+        # Forgotten: from now on every position of it is looked up before a write.
+        del _created[(account, sample_id)]
         return True

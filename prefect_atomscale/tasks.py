@@ -81,7 +81,16 @@ def _target_material_run_name() -> str:
     return f"create-target-material-{current_task_run.parameters.get('sample_name')}"
 
 
-def _is_retry() -> bool:
+def is_retry() -> bool:
+    """Tell whether the running task is on its second or later attempt.
+
+    Example:
+        ```python
+        from prefect_atomscale.tasks import is_retry
+
+        print(is_retry())  # False outside a task run
+        ```
+    """
     context = TaskRunContext.get()
     return context is not None and context.task_run.run_count > 1
 
@@ -89,8 +98,26 @@ def _is_retry() -> bool:
 _LOCKS = lock_manager()
 
 
-def _settings(name: str, build: Any, condition: Any, run_name: Any) -> dict[str, Any]:
-    """The retry and cache settings shared by a task and its async twin."""
+def task_options(name: str, build: Any, condition: Any, run_name: Any) -> dict[str, Any]:
+    """Return the `@task` settings every create task shares: retries, cache, lock.
+
+    Args:
+        name: The task's name; the async twin's leading "a" is dropped for its cache key,
+            so a sync and an async run of one request share the entry.
+        build: Builds the checked request from the task's inputs, for the cache key.
+        condition: The retry condition (`retry_if_transient` or its async twin).
+        run_name: Callable giving the task run's name.
+
+    Returns:
+        Keyword arguments for `prefect.task`.
+
+    Example:
+        ```python
+        from prefect_atomscale.tasks import task_options
+
+        print(sorted(task_options("x", None, None, None)))
+        ```
+    """
     return {
         "name": name,
         "task_run_name": run_name,
@@ -111,7 +138,7 @@ def _settings(name: str, build: Any, condition: Any, run_name: Any) -> dict[str,
 
 def _must_look_first(credentials: AtomscaleCredentials, request: LayerRequest) -> bool:
     """Whether a layer may already sit at the request's position (see `reconcile`)."""
-    if _is_retry():
+    if is_retry():
         return True
     account = credentials.account_fingerprint()
     return not claim_new_position(account, request.sample_id, request.layer_id)
@@ -172,7 +199,7 @@ def _created_material(
 
 
 @task(
-    **_settings(
+    **task_options(
         "create_target_material",
         _target_material_request,
         retry_if_transient,
@@ -228,7 +255,7 @@ def create_target_material(
 
 
 @task(
-    **_settings(
+    **task_options(
         "acreate_target_material",
         _target_material_request,
         aretry_if_transient,
@@ -278,7 +305,7 @@ async def acreate_target_material(
     return _created_material(credentials, request, await client.create_target_material(request))
 
 
-@task(**_settings("create_layer", _layer_request, retry_if_transient, _layer_run_name))
+@task(**task_options("create_layer", _layer_request, retry_if_transient, _layer_run_name))
 def create_layer(
     credentials: AtomscaleCredentials,
     layer_id: int,
@@ -361,7 +388,7 @@ def create_layer(
     return _finish_layer(request, decision, client.create_layer(request))
 
 
-@task(**_settings("acreate_layer", _layer_request, aretry_if_transient, _layer_run_name))
+@task(**task_options("acreate_layer", _layer_request, aretry_if_transient, _layer_run_name))
 async def acreate_layer(
     credentials: AtomscaleCredentials,
     layer_id: int,

@@ -1,0 +1,339 @@
+"""`create_layers` / `acreate_layers`: a whole layer stack written inside one task.
+
+One task per layer costs Prefect's per-task overhead per layer; for campaigns and
+back-fills of thousands of layers, these tasks write a whole stack at once with the
+same guarantees as `create_layer`: local validation of every layer before any request,
+retries of transient faults only, caching by account and request, and no layer
+written twice. How they write:
+
+- a target material this process just created, with no layer written since, gets
+  its stack in one request to the replace-stack endpoint (`POST
+  /target-materials/{sample_id}/layers`), which is atomic and safe to repeat;
+- any other target material is read once (one `GET /target-materials/`), then each
+  missing layer is posted, at most `max_concurrency` at a time on the shared pool;
+  equal layers are adopted and different ones follow `if_exists`, as in `create_layer`.
+
+If some layers fail with transient faults, the task is retried; the retry reads the
+stack again and writes only what is still missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from prefect import task
+from prefect.logging import get_run_logger
+from prefect.runtime import task_run as current_task_run
+
+from prefect_atomscale.client import AsyncAtomscaleClient, AtomscaleClient
+from prefect_atomscale.credentials import AtomscaleCredentials
+from prefect_atomscale.exceptions import (
+    AtomscaleError,
+    AtomscaleProtocolError,
+    AtomscaleValidationError,
+)
+from prefect_atomscale.models import Layer
+from prefect_atomscale.payloads import LayerRequest
+from prefect_atomscale.pool import async_client_for, client_for
+from prefect_atomscale.reconcile import (
+    Adopt,
+    Create,
+    IfExists,
+    Update,
+    check_if_exists,
+    claim_new_stack,
+    decide_layer,
+)
+from prefect_atomscale.retries import aretry_if_transient, retry_if_transient
+from prefect_atomscale.tasks import is_retry, task_options
+
+__all__ = ["DEFAULT_MAX_CONCURRENCY", "acreate_layers", "create_layers"]
+
+# Writes in flight at once when posting layer by layer; at or below the default pool
+# size (AtomscaleCredentials.max_connections), so every write has a connection ready.
+DEFAULT_MAX_CONCURRENCY = 16
+
+_LAYER_FIELDS = (
+    "layer_id",
+    "composition_string",
+    "orientation",
+    "element_dict",
+    "space_group",
+    "mp_id",
+)
+
+
+@dataclass(frozen=True)
+class _Stack:
+    """The checked requests of one stack, in the order given."""
+
+    sample_id: int
+    requests: tuple[LayerRequest, ...]
+
+    @classmethod
+    def build(cls, sample_id: Any, layers: Any) -> _Stack:
+        if isinstance(layers, str | bytes) or not isinstance(layers, Sequence) or not layers:
+            raise _invalid(
+                f"layers must be a non-empty list of layers for target material {sample_id!r}, "
+                f"each a dict of create_layer's arguments, e.g. "
+                f"[{{'composition_string': 'BaTiO3', 'orientation': '001'}}]; got {layers!r:.80}."
+            )
+        requests = []
+        for index, layer in enumerate(layers):
+            if not isinstance(layer, Mapping):
+                raise _invalid(
+                    f"Layer {index + 1} of the list for target material {sample_id!r} must be "
+                    f"a dict of create_layer's arguments, got {type(layer).__name__}."
+                )
+            unknown = set(layer) - set(_LAYER_FIELDS)
+            if unknown:
+                raise _invalid(
+                    f"Layer {index + 1} of the list for target material {sample_id!r} has "
+                    f"unknown fields {sorted(unknown)}; the fields are {', '.join(_LAYER_FIELDS)}."
+                )
+            arguments = {"layer_id": index + 1, **layer}
+            requests.append(LayerRequest.build(sample_id=sample_id, **arguments))
+        positions = [request.layer_id for request in requests]
+        if len(set(positions)) != len(positions):
+            twice = sorted({p for p in positions if positions.count(p) > 1})
+            raise _invalid(
+                f"The stack for target material {sample_id!r} puts two layers at position(s) "
+                f"{twice}; give each layer its own layer_id."
+            )
+        return cls(sample_id=requests[0].sample_id, requests=tuple(requests))
+
+    def canonical_json(self) -> str:
+        return "[" + ",".join(request.canonical_json() for request in self.requests) + "]"
+
+    def describe(self) -> str:
+        return f"the {len(self.requests)}-layer stack of target material {self.sample_id}"
+
+    def in_order(self, written: list[Layer]) -> list[Layer]:
+        """The written layers, one per request in the given order, completed locally."""
+        by_position: dict[int, Layer] = {}
+        for layer in written:  # oldest first: keep the first record at each position
+            by_position.setdefault(layer.layer_id, layer)
+        missing = [r.layer_id for r in self.requests if r.layer_id not in by_position]
+        if missing:
+            raise AtomscaleProtocolError(
+                f"After writing {self.describe()}, the service does not list positions "
+                f"{missing[:10]}; check base_url, or run again to write what is missing."
+            )
+        return [request.complete(by_position[request.layer_id]) for request in self.requests]
+
+
+def _invalid(message: str) -> AtomscaleValidationError:
+    return AtomscaleValidationError(message)
+
+
+def _stack_request(inputs: dict[str, Any]) -> _Stack:
+    return _Stack.build(inputs.get("sample_id"), inputs.get("layers"))
+
+
+def _run_name() -> str:
+    parameters = current_task_run.parameters
+    layers = parameters.get("layers")
+    count = len(layers) if isinstance(layers, Sequence) else "?"
+    return f"create-layers-s{parameters.get('sample_id')}-{count}-layers"
+
+
+def _plan(
+    stack: _Stack, existing: list[Layer], if_exists: IfExists
+) -> list[tuple[LayerRequest, Adopt | Update | Create]]:
+    at: dict[int, list[Layer]] = {}
+    for layer in existing:
+        at.setdefault(layer.layer_id, []).append(layer)
+    return [
+        (request, decide_layer(request, at.get(request.layer_id, []), if_exists))
+        for request in stack.requests
+    ]
+
+
+def _written(
+    plan: list[tuple[LayerRequest, Any]], outcomes: Sequence[Layer | AtomscaleError]
+) -> list[Layer]:
+    """The layers in stack order, or raise the error to report.
+
+    A permanent error goes first (no retry can help it); else a transient one, so that
+    Prefect retries the task and the retry writes what is still missing.
+    """
+    errors = [o for o in outcomes if isinstance(o, AtomscaleError)]
+    if errors:
+        permanent = [error for error in errors if not error.transient]
+        raise (permanent or errors)[0]
+    layers = [o for o in outcomes if isinstance(o, Layer)]
+    return [request.complete(layer) for (request, _), layer in zip(plan, layers, strict=True)]
+
+
+def _report(stack: _Stack, plan: list[tuple[LayerRequest, Any]], replaced: bool) -> None:
+    logger = get_run_logger()
+    if replaced:
+        logger.info("Wrote %s in one replace-stack request.", stack.describe())
+        return
+    counts = {"created": 0, "adopted": 0, "updated": 0}
+    for _request, decision in plan:
+        kind = {Adopt: "adopted", Update: "updated", Create: "created"}[type(decision)]
+        counts[kind] += 1
+    logger.info(
+        "Wrote %s: %s created, %s already there, %s updated.",
+        stack.describe(),
+        counts["created"],
+        counts["adopted"],
+        counts["updated"],
+    )
+
+
+def _write_one(
+    client: AtomscaleClient, request: LayerRequest, decision: Adopt | Update | Create
+) -> Layer:
+    if isinstance(decision, Adopt):
+        return decision.layer
+    if isinstance(decision, Update):
+        return client.update_layer(request)
+    return client.create_layer(request)
+
+
+async def _awrite_one(
+    client: AsyncAtomscaleClient, request: LayerRequest, decision: Adopt | Update | Create
+) -> Layer:
+    if isinstance(decision, Adopt):
+        return decision.layer
+    if isinstance(decision, Update):
+        return await client.update_layer(request)
+    return await client.create_layer(request)
+
+
+@task(**task_options("create_layers", _stack_request, retry_if_transient, _run_name))
+def create_layers(
+    credentials: AtomscaleCredentials,
+    sample_id: int,
+    layers: Sequence[Mapping[str, Any]],
+    if_exists: IfExists = "error",
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+) -> list[Layer]:
+    """Write a whole layer stack of one target material inside one task.
+
+    Args:
+        credentials: The Atomscale account.
+        sample_id: The target material, from `create_target_material`.
+        layers: One dict per layer with `create_layer`'s arguments
+            (`composition_string`, `orientation`, ...); `layer_id` defaults to the
+            layer's place in the list, 1 for the first.
+        if_exists: What to do where a different layer already sits at a position:
+            `"error"` (default), `"update"` or `"reuse"`, as for `create_layer`.
+        max_concurrency: Most layer writes in flight at once (when not replacing).
+
+    Returns:
+        The layers, in the order given.
+
+    Raises:
+        AtomscaleValidationError: A bad layer anywhere in the list; nothing is sent.
+        AtomscaleConflictError: A different layer is at a position and `if_exists` is
+            "error"; nothing is sent.
+        AtomscaleError: Any other failure, after retries for transient ones.
+
+    Example:
+        ```python
+        from prefect import flow
+        from prefect_atomscale import AtomscaleCredentials, create_layers, create_target_material
+
+        @flow
+        def superlattice() -> None:
+            credentials = AtomscaleCredentials.load("atomscale")
+            sample = create_target_material(credentials, "(BTO/STO)x20", "SrTiO3")
+            period = [{"composition_string": f, "orientation": "001"}
+                      for f in ("BaTiO3", "SrTiO3")]
+            create_layers(credentials, sample.sample_id, period * 20)
+        ```
+    """
+    stack = _Stack.build(sample_id, layers)
+    policy = check_if_exists(if_exists)
+    client = client_for(credentials)
+    purpose = f"writing {stack.describe()}"
+    if not is_retry() and claim_new_stack(credentials.account_fingerprint(), stack.sample_id):
+        client.replace_layers(stack.sample_id, stack.requests, purpose)
+        _report(stack, [], replaced=True)
+        return stack.in_order(client.layers_of(stack.sample_id, f"reading back {stack.describe()}"))
+    plan = _plan(stack, client.layers_of(stack.sample_id, f"reading {stack.describe()}"), policy)
+
+    def write(step: tuple[LayerRequest, Adopt | Update | Create]) -> Layer | AtomscaleError:
+        try:
+            return _write_one(client, *step)
+        except AtomscaleError as exc:
+            return exc
+
+    with ThreadPoolExecutor(max_workers=max(1, max_concurrency)) as pool:
+        written = _written(plan, list(pool.map(write, plan)))
+    _report(stack, plan, replaced=False)
+    return written
+
+
+@task(**task_options("acreate_layers", _stack_request, aretry_if_transient, _run_name))
+async def acreate_layers(
+    credentials: AtomscaleCredentials,
+    sample_id: int,
+    layers: Sequence[Mapping[str, Any]],
+    if_exists: IfExists = "error",
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+) -> list[Layer]:
+    """Write a whole layer stack of one target material inside one task; async twin.
+
+    Args:
+        credentials: The Atomscale account.
+        sample_id: The target material, from `acreate_target_material`.
+        layers: One dict per layer with `create_layer`'s arguments; `layer_id`
+            defaults to the layer's place in the list, 1 for the first.
+        if_exists: `"error"` (default), `"update"` or `"reuse"`, as for `create_layer`.
+        max_concurrency: Most layer writes in flight at once (when not replacing).
+
+    Returns:
+        The layers, in the order given.
+
+    Raises:
+        AtomscaleValidationError: A bad layer anywhere in the list; nothing is sent.
+        AtomscaleConflictError: A different layer is at a position and `if_exists` is
+            "error"; nothing is sent.
+        AtomscaleError: Any other failure, after retries for transient ones.
+
+    Example:
+        ```python
+        from prefect import flow
+        from prefect_atomscale import AtomscaleCredentials, acreate_layers, acreate_target_material
+
+        @flow
+        async def gan_hemt() -> None:
+            credentials = await AtomscaleCredentials.aload("atomscale")
+            sample = await acreate_target_material(credentials, "GaN HEMT", "Al2O3")
+            await acreate_layers(credentials, sample.sample_id, [
+                {"composition_string": "AlN", "orientation": "0001"},
+                {"composition_string": "GaN", "orientation": "0001"},
+            ])
+        ```
+    """
+    stack = _Stack.build(sample_id, layers)
+    policy = check_if_exists(if_exists)
+    client = async_client_for(credentials)
+    purpose = f"writing {stack.describe()}"
+    if not is_retry() and claim_new_stack(credentials.account_fingerprint(), stack.sample_id):
+        await client.replace_layers(stack.sample_id, stack.requests, purpose)
+        _report(stack, [], replaced=True)
+        written = await client.layers_of(stack.sample_id, f"reading back {stack.describe()}")
+        return stack.in_order(written)
+    existing = await client.layers_of(stack.sample_id, f"reading {stack.describe()}")
+    plan = _plan(stack, existing, policy)
+    slots = asyncio.Semaphore(max(1, max_concurrency))
+
+    async def write(step: tuple[LayerRequest, Adopt | Update | Create]) -> Layer | AtomscaleError:
+        async with slots:
+            try:
+                return await _awrite_one(client, *step)
+            except AtomscaleError as exc:
+                return exc
+
+    written = _written(plan, await asyncio.gather(*(write(step) for step in plan)))
+    _report(stack, plan, replaced=False)
+    return written
