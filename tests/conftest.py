@@ -60,10 +60,13 @@ def _calm_sandbox(request: pytest.FixtureRequest) -> Iterator[None]:
         yield
         return
     server: SandboxHandle = request.getfixturevalue("sandbox")
+    calm = {"paths": None, "methods": ["POST", "PATCH"], "retry_after_seconds": 1}
     server.faults.clear()
+    server.faults.set(**calm)
     server.reset_stats()
     yield
     server.faults.clear()
+    server.faults.set(**calm)
 
 
 @pytest.fixture
