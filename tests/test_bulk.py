@@ -158,7 +158,7 @@ def test_conflicts_follow_if_exists(
     def again(if_exists: str) -> list[Layer]:
         return create_layers(credentials, sample_id, changed, if_exists=if_exists)
 
-    with pytest.raises(AtomscaleConflictError, match="record .* already sits at that position"):
+    with pytest.raises(AtomscaleConflictError, match=r"record .* already sits at that position"):
         again("error")
     updated = again("update")
     assert [layer.composition_string for layer in updated] == ["BaTiO3", "PbTiO3"]
