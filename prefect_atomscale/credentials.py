@@ -324,7 +324,17 @@ class AtomscaleCredentials(CredentialsBlock):
     def _resolve_base_url(self) -> str:
         raw = self.base_url or os.environ.get(BASE_URL_ENV_VAR, "").strip() or DEFAULT_BASE_URL
         source = "base_url" if self.base_url else BASE_URL_ENV_VAR
-        parts = urlsplit(raw.strip())
+        try:
+            parts = urlsplit(raw.strip())
+            _ = parts.port  # raises ValueError for a port that is not a port
+            # The URL as httpx will use it: the host checked below must be the one it
+            # connects to, whatever the two parsers make of an odd URL.
+            host_httpx_uses = httpx.URL(raw.strip()).host
+        except (ValueError, httpx.InvalidURL) as exc:
+            raise AtomscaleConfigurationError(
+                f"{source} {raw!r} is not a valid URL ({exc}). Write it with its scheme "
+                f"and host, for example {DEFAULT_BASE_URL!r}."
+            ) from None
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise AtomscaleConfigurationError(
                 f"{source} {raw!r} is not an absolute http(s) URL. Write it with its "
@@ -335,7 +345,8 @@ class AtomscaleCredentials(CredentialsBlock):
                 f"{source} must be a plain API root such as {DEFAULT_BASE_URL!r}, without "
                 "credentials, a query or a fragment; put the key in api_key instead."
             )
-        insecure = parts.scheme == "http" and not _is_loopback(parts.hostname)
+        loopback = _is_loopback(parts.hostname) and _is_loopback(host_httpx_uses)
+        insecure = parts.scheme == "http" and not loopback
         if insecure and not self.allow_insecure_http:
             raise AtomscaleConfigurationError(
                 f"Refusing to send the API key over plain http to {parts.hostname}: "
