@@ -38,7 +38,6 @@ from prefect_atomscale.exceptions import (
 )
 from prefect_atomscale.models import Layer
 from prefect_atomscale.payloads import LayerRequest
-from prefect_atomscale.pool import async_client_for, client_for
 from prefect_atomscale.reconcile import (
     Adopt,
     Create,
@@ -49,7 +48,7 @@ from prefect_atomscale.reconcile import (
     decide_layer,
 )
 from prefect_atomscale.retries import aretry_if_transient, retry_if_transient
-from prefect_atomscale.tasks import is_retry, task_options
+from prefect_atomscale.tasks import async_request_client, is_retry, request_client, task_options
 
 __all__ = ["DEFAULT_MAX_CONCURRENCY", "acreate_layers", "create_layers"]
 
@@ -252,7 +251,7 @@ def create_layers(
     """
     stack = _Stack.build(sample_id, layers)
     policy = check_if_exists(if_exists)
-    client = client_for(credentials)
+    client = request_client(credentials, stack)
     purpose = f"writing {stack.describe()}"
     if not is_retry() and claim_new_stack(credentials.account_fingerprint(), stack.sample_id):
         client.replace_layers(stack.sample_id, stack.requests, purpose)
@@ -316,7 +315,7 @@ async def acreate_layers(
     """
     stack = _Stack.build(sample_id, layers)
     policy = check_if_exists(if_exists)
-    client = async_client_for(credentials)
+    client = async_request_client(credentials, stack)
     purpose = f"writing {stack.describe()}"
     if not is_retry() and claim_new_stack(credentials.account_fingerprint(), stack.sample_id):
         await client.replace_layers(stack.sample_id, stack.requests, purpose)

@@ -153,6 +153,13 @@ class _Base:
                 else "Fix the field named above and run again; retrying as is cannot succeed."
             )
             return AtomscaleValidationError(f"{head} {fix}", status_code=status, detail=detail)
+        if status in (401, 403) and detail is None:
+            return AtomscaleAuthError(
+                f"{head} The reply is not the API's JSON: a proxy, firewall or login page "
+                f"answered. Check that base_url {self._base_url!r} reaches the Atomscale API "
+                "directly from this machine.",
+                status_code=status,
+            )
         if status == 401:
             return AtomscaleAuthError(
                 f"{head} The API key was refused: it may be mistyped, expired or revoked. "
@@ -215,7 +222,9 @@ class _Base:
         elif isinstance(exc, httpx.TimeoutException):
             error = AtomscaleTimeoutError(
                 f"No reply from {where} within the timeout ({type(exc).__name__}). The request "
-                "may or may not have been applied; the task checks before it writes again."
+                "may or may not have been applied; a retry or a re-run looks before writing "
+                "again, so nothing is written twice. If this persists, check the service, or "
+                "raise the block's timeout."
             )
         elif isinstance(exc, httpx.ConnectError):
             error = AtomscaleConnectionError(
@@ -227,7 +236,8 @@ class _Base:
             error = AtomscaleConnectionError(
                 f"The connection to {where} broke before a reply arrived "
                 f"({type(exc).__name__}: {exc!s}). The request may or may not have been "
-                "applied; the task checks before it writes again."
+                "applied; a retry or a re-run looks before writing again, so nothing is "
+                "written twice. If this persists, check the network and base_url."
             )
         return self._scrub(error)
 

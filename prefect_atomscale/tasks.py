@@ -11,7 +11,7 @@ the cache lock, also across processes (see `locking`).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 from prefect import task
 from prefect.context import TaskRunContext
@@ -19,7 +19,9 @@ from prefect.logging import get_run_logger
 from prefect.runtime import task_run as current_task_run
 
 from prefect_atomscale.caching import DEFAULT_CACHE_EXPIRATION, AtomscaleRequestCache
+from prefect_atomscale.client import AsyncAtomscaleClient, AtomscaleClient
 from prefect_atomscale.credentials import AtomscaleCredentials
+from prefect_atomscale.exceptions import AtomscaleConfigurationError
 from prefect_atomscale.locking import lock_manager
 from prefect_atomscale.models import Layer, TargetMaterial
 from prefect_atomscale.payloads import LayerRequest, TargetMaterialRequest
@@ -70,15 +72,23 @@ def _target_material_request(inputs: dict[str, Any]) -> TargetMaterialRequest:
     )
 
 
+def _short(value: object, limit: int = 40) -> str:
+    # Run names are shown in the UI and stored by Prefect: keep a huge input out of them.
+    text = str(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _layer_run_name() -> str:
     parameters = current_task_run.parameters
-    name = f"create-layer-s{parameters.get('sample_id')}-L{parameters.get('layer_id')}"
+    name = (
+        f"create-layer-s{_short(parameters.get('sample_id'))}-L{_short(parameters.get('layer_id'))}"
+    )
     formula = parameters.get("composition_string")
-    return f"{name}-{formula}" if isinstance(formula, str) and formula.strip() else name
+    return f"{name}-{_short(formula)}" if isinstance(formula, str) and formula.strip() else name
 
 
 def _target_material_run_name() -> str:
-    return f"create-target-material-{current_task_run.parameters.get('sample_name')}"
+    return f"create-target-material-{_short(current_task_run.parameters.get('sample_name'))}"
 
 
 def is_retry() -> bool:
@@ -134,6 +144,74 @@ def task_options(name: str, build: Any, condition: Any, run_name: Any) -> dict[s
         "cache_expiration": DEFAULT_CACHE_EXPIRATION,
         "persist_result": True,
     }
+
+
+class _Described(Protocol):
+    def describe(self) -> str: ...
+
+
+def request_client(credentials: AtomscaleCredentials, request: _Described) -> AtomscaleClient:
+    """Return the shared client, or a configuration error that names the request.
+
+    Args:
+        credentials: The account.
+        request: What is about to be sent, named in the error.
+
+    Returns:
+        This process's shared client for the account.
+
+    Raises:
+        AtomscaleConfigurationError: The credentials cannot be used.
+
+    Example:
+        ```python
+        from prefect_atomscale import AtomscaleCredentials
+        from prefect_atomscale.payloads import LayerRequest
+        from prefect_atomscale.tasks import request_client
+
+        request = LayerRequest.build(sample_id=1, layer_id=1)
+        print(request_client(AtomscaleCredentials(api_key="k"), request))
+        ```
+    """
+    try:
+        return client_for(credentials)
+    except AtomscaleConfigurationError as exc:
+        raise AtomscaleConfigurationError(f"Cannot send {request.describe()}: {exc}") from None
+
+
+def async_request_client(
+    credentials: AtomscaleCredentials, request: _Described
+) -> AsyncAtomscaleClient:
+    """Async twin of `request_client`, for the running event loop.
+
+    Args:
+        credentials: The account.
+        request: What is about to be sent, named in the error.
+
+    Returns:
+        The shared async client for the account on this loop.
+
+    Raises:
+        AtomscaleConfigurationError: The credentials cannot be used.
+
+    Example:
+        ```python
+        import asyncio
+        from prefect_atomscale import AtomscaleCredentials
+        from prefect_atomscale.payloads import LayerRequest
+        from prefect_atomscale.tasks import async_request_client
+
+        async def main() -> None:
+            request = LayerRequest.build(sample_id=1, layer_id=1)
+            print(async_request_client(AtomscaleCredentials(api_key="k"), request))
+
+        asyncio.run(main())
+        ```
+    """
+    try:
+        return async_client_for(credentials)
+    except AtomscaleConfigurationError as exc:
+        raise AtomscaleConfigurationError(f"Cannot send {request.describe()}: {exc}") from None
 
 
 def _must_look_first(credentials: AtomscaleCredentials, request: LayerRequest) -> bool:
@@ -248,7 +326,7 @@ def create_target_material(
     request = TargetMaterialRequest.build(
         sample_name=sample_name, substrate=substrate, sample_metadata=sample_metadata
     )
-    client = client_for(credentials)
+    client = request_client(credentials, request)
     if found := client.find_target_materials(request):
         return _adopted_material(request, found)
     return _created_material(credentials, request, client.create_target_material(request))
@@ -299,7 +377,7 @@ async def acreate_target_material(
     request = TargetMaterialRequest.build(
         sample_name=sample_name, substrate=substrate, sample_metadata=sample_metadata
     )
-    client = async_client_for(credentials)
+    client = async_request_client(credentials, request)
     if found := await client.find_target_materials(request):
         return _adopted_material(request, found)
     return _created_material(credentials, request, await client.create_target_material(request))
@@ -377,7 +455,7 @@ def create_layer(
         mp_id=mp_id,
     )
     policy = check_if_exists(if_exists)
-    client = client_for(credentials)
+    client = request_client(credentials, request)
     decision: Adopt | Update | Create = Create()
     if _must_look_first(credentials, request):
         decision = decide_layer(request, client.find_layers(request), policy)
@@ -451,7 +529,7 @@ async def acreate_layer(
         mp_id=mp_id,
     )
     policy = check_if_exists(if_exists)
-    client = async_client_for(credentials)
+    client = async_request_client(credentials, request)
     decision: Adopt | Update | Create = Create()
     if _must_look_first(credentials, request):
         decision = decide_layer(request, await client.find_layers(request), policy)
