@@ -8,6 +8,8 @@ The layers, from the bottom up:
 - the tasks `create_target_material`, `create_layer` and `create_layers` (a whole
   stack in one task), each with an async twin, add local validation, retries of
   transient faults, caching, and exactly-once writes;
+- `load_stack_file` reads stack files (YAML, JSON, CSV) and `artifacts` draws stacks
+  for the Prefect UI;
 - `prefect_atomscale.sandbox` is a local stand-in for the API, for demos and tests.
 
 Example:
@@ -45,6 +47,13 @@ from prefect_atomscale.exceptions import (
 )
 from prefect_atomscale.models import Layer, TargetMaterial, TargetMaterialRow
 from prefect_atomscale.orientation import normalize_orientation
+from prefect_atomscale.stacks import (
+    InvalidStackFileError,
+    LayerSpec,
+    StackConflictError,
+    StackSpec,
+    load_stack_file,
+)
 from prefect_atomscale.tasks import (
     acreate_layer,
     acreate_target_material,
@@ -69,7 +78,11 @@ __all__ = [
     "AtomscaleValidationError",
     "InvalidCompositionError",
     "InvalidOrientationError",
+    "InvalidStackFileError",
     "Layer",
+    "LayerSpec",
+    "StackConflictError",
+    "StackSpec",
     "TargetMaterial",
     "TargetMaterialRow",
     "acreate_layer",
@@ -78,6 +91,7 @@ __all__ = [
     "create_layer",
     "create_layers",
     "create_target_material",
+    "load_stack_file",
     "normalize_orientation",
     "parse_composition",
 ]

@@ -7,10 +7,12 @@ AtomscaleError                      base: .status_code, .detail, .transient
 ├── AtomscaleConfigurationError     credentials or base URL cannot be used (no request sent)
 ├── AtomscaleValidationError        the request is invalid: found locally, or a 400/413/422
 │   ├── InvalidCompositionError     a chemical formula that cannot be parsed
-│   └── InvalidOrientationError     Miller indices that cannot be read
+│   ├── InvalidOrientationError     Miller indices that cannot be read
+│   └── InvalidStackFileError       a stack file that cannot be used (in `stacks`)
 ├── AtomscaleAuthError              401/403: the key is wrong, expired or lacks the scope
 ├── AtomscaleNotFoundError          404: e.g. a sample_id that does not exist for this key
-├── AtomscaleConflictError          409: the service refused because of existing data
+├── AtomscaleConflictError          409, or a different record where one would be written
+│   └── StackConflictError          a stack file's name is taken by another stack (in `stacks`)
 ├── AtomscaleRateLimitError         429: too many requests (transient; .retry_after)
 ├── AtomscaleServerError            408/5xx: the service failed (transient)
 ├── AtomscaleConnectionError        no reply: refused, dropped connection (transient)
