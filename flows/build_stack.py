@@ -11,7 +11,8 @@ Against a saved `AtomscaleCredentials` block (the real service, or any sandbox):
 
 In your own code, call `build_stack(credentials, sample_name=..., substrate=...,
 layers=[...])` from a flow or on its own. Layer 1 is the layer grown first, on the
-substrate.
+substrate. Each run logs one line per layer and a summary, and publishes two artifacts
+for the Prefect UI: a table of the layers and a picture of the stack.
 """
 
 from __future__ import annotations
@@ -19,11 +20,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
+from prefect.futures import wait
 from pydantic import BaseModel, Field
 
 if __package__ in (None, ""):
@@ -37,17 +40,10 @@ from prefect_atomscale import (
     create_layer,
     create_target_material,
 )
+from prefect_atomscale.artifacts import publish_stack_artifacts
+from prefect_atomscale.stacks import LayerSpec
 
-__all__ = ["BuiltStack", "LayerSpec", "build_stack", "format_stack"]
-
-
-class LayerSpec(BaseModel):
-    """One layer of a stack to create; its position is its place in the list."""
-
-    composition: str = Field(description="Chemical formula, e.g. BaTiO3 or (La0.7Sr0.3)MnO3.")
-    orientation: str | None = Field(default=None, description="Miller indices, e.g. 001.")
-    space_group: str | None = Field(default=None, description="Hermann-Mauguin symbol.")
-    mp_id: str | None = Field(default=None, description="Materials Project id, e.g. mp-5020.")
+__all__ = ["BuiltStack", "LayerSpec", "build_stack", "create_layers", "format_stack"]
 
 
 class BuiltStack(BaseModel):
@@ -56,6 +52,10 @@ class BuiltStack(BaseModel):
     target_material: TargetMaterial
     layers: list[Layer]
     reused: int = Field(default=0, description="Records taken from the cache, not created.")
+    existing: int = Field(
+        default=0, description="Layers found already at the service, so not written again."
+    )
+    summary: str = Field(default="", description="What the run did, e.g. '40 created now'.")
 
 
 DEMO_SAMPLE_NAME = "LSMO/BTO/SRO tunnel junction (demo)"
@@ -65,6 +65,122 @@ DEMO_LAYERS = [
     LayerSpec(composition="BaTiO3", orientation="(001)"),
     LayerSpec(composition="(La0.7Sr0.3)MnO3", orientation="(001)"),
 ]
+
+
+def create_layers(
+    credentials: AtomscaleCredentials,
+    material: TargetMaterial,
+    layers: Sequence[LayerSpec],
+    *,
+    existing: Mapping[int, Layer] | None = None,
+    material_cached: bool = False,
+) -> BuiltStack:
+    """Create every layer of `material` not in `existing`, one task each; call inside a flow.
+
+    All layer tasks run concurrently and are all waited for, so one failure does not
+    hide the others: each failed layer is logged with its reason, then the first
+    failure is raised with its own type (e.g. `AtomscaleValidationError`).
+
+    Args:
+        credentials: The Atomscale account.
+        material: The target material the layers belong to.
+        layers: The whole stack, first-grown first; position = place in the list.
+        existing: Layers already at the service, by position; not written again.
+        material_cached: Whether `material` itself came from the cache (for the count).
+
+    Returns:
+        The target material and all its layers in stack order.
+    """
+    logger = get_run_logger()
+    existing = dict(existing or {})
+    # When part of the stack is already there, the service was just asked what is
+    # missing; a cache entry saying otherwise (from another run of this worker) must
+    # not stop the write.
+    layer_task = create_layer.with_options(refresh_cache=True) if existing else create_layer
+    futures = {
+        position: layer_task.submit(
+            credentials,
+            layer_id=position,
+            sample_id=material.sample_id,
+            composition_string=spec.composition,
+            orientation=spec.orientation,
+            element_dict=spec.element_dict,
+            space_group=spec.space_group,
+            mp_id=spec.mp_id,
+        )
+        for position, spec in enumerate(layers, start=1)
+        if position not in existing
+    }
+    wait(list(futures.values()))
+    created: dict[int, Layer] = {}
+    failed: list[tuple[int, Any]] = []
+    from_cache = int(material_cached)
+    for position, future in futures.items():
+        state = future.state
+        if state.is_completed():
+            created[position] = state.result()
+            from_cache += state.name == "Cached"
+        else:
+            failed.append((position, state))
+    for position, spec in enumerate(layers, start=1):
+        what = " ".join(filter(None, [spec.composition, spec.orientation]))
+        if position in existing or position in created:
+            layer = existing.get(position) or created[position]
+            how = (
+                "already there"
+                if position in existing
+                else "from the cache"
+                if futures[position].state.name == "Cached"
+                else "created"
+            )
+            logger.info(
+                "L%s %s: record %s (space group %s, %s), %s.",
+                position,
+                what,
+                layer.id,
+                layer.space_group or "not matched",
+                layer.mp_id or "no Materials Project id",
+                how,
+            )
+    for position, state in failed:
+        logger.error("L%s failed: %s", position, state.message)
+    if failed:
+        logger.error(
+            "Target material %s %r: %s of %s layers failed (%s); the other %s are in place. "
+            "Fix the cause and run again: layers already created are not written twice.",
+            material.sample_id,
+            material.sample_name,
+            len(failed),
+            len(layers),
+            ", ".join(f"L{position}" for position, _ in failed),
+            len(layers) - len(failed),
+        )
+        failed[0][1].result()  # raises the first failure, with its own type
+    ordered = [
+        existing.get(position) or created[position] for position in range(1, len(layers) + 1)
+    ]
+    layers_cached = from_cache - int(material_cached)
+    done = [f"{len(created) - layers_cached} created now"]
+    if layers_cached:
+        done.append(f"{layers_cached} from the cache")
+    if existing:
+        done.append(f"{len(existing)} already there")
+    built = BuiltStack(
+        target_material=material,
+        layers=ordered,
+        reused=from_cache,
+        existing=len(existing),
+        summary=", ".join(done),
+    )
+    logger.info(
+        "Target material %s %r on %s has %s layers: %s.",
+        material.sample_id,
+        material.sample_name,
+        material.substrate,
+        len(ordered),
+        built.summary,
+    )
+    return built
 
 
 @flow(name="build-stack")
@@ -87,42 +203,15 @@ def build_stack(
     Returns:
         The target material and its layers in stack order.
     """
-    logger = get_run_logger()
     material_state = create_target_material(
         credentials, sample_name, substrate, sample_metadata, return_state=True
     )
     material: TargetMaterial = material_state.result()
-    futures = [
-        create_layer.submit(
-            credentials,
-            layer_id=position,
-            sample_id=material.sample_id,
-            composition_string=spec.composition,
-            orientation=spec.orientation,
-            space_group=spec.space_group,
-            mp_id=spec.mp_id,
-        )
-        for position, spec in enumerate(layers, start=1)
-    ]
-    created = [future.result() for future in futures]
-    reused = sum(state.name == "Cached" for state in [material_state, *(f.state for f in futures)])
-    for layer in created:
-        logger.info(
-            "Layer %s: %s %s (record %s)",
-            layer.layer_id,
-            layer.composition_string,
-            layer.orientation or "",
-            layer.id,
-        )
-    logger.info(
-        "Target material %s %r on %s has %s layers (%s records reused from the cache).",
-        material.sample_id,
-        material.sample_name,
-        material.substrate,
-        len(created),
-        reused,
+    built = create_layers(
+        credentials, material, layers, material_cached=material_state.name == "Cached"
     )
-    return BuiltStack(target_material=material, layers=created, reused=reused)
+    publish_stack_artifacts(material, built.layers, summary=built.summary)
+    return built
 
 
 def format_stack(stack: BuiltStack) -> str:

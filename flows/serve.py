@@ -1,0 +1,53 @@
+"""Serve the stack-folder flow from this process on a cron schedule: no work pool needed.
+
+The same flow `prefect.yaml` deploys (`stacks_from_folder`), served with `flow.serve`:
+this process registers the deployment with the Prefect server, then waits and runs
+its scheduled runs, and runs started from the UI, in subprocesses until Ctrl-C (which
+pauses the schedule). Needs PREFECT_API_URL pointing at a Prefect server and a saved
+AtomscaleCredentials block:
+
+    python flows/serve.py                                  # flows/examples, 06:00 UTC daily
+    python flows/serve.py --folder /data/stacks --block atomscale --cron "30 5 * * 1-5"
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    # Run as `python flows/serve.py`: make the repository root importable.
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from flows.stack_from_file import DEFAULT_BLOCK, stacks_from_folder
+
+DEFAULT_CRON = "0 6 * * *"
+DEFAULT_NAME = "served"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Serve `stacks_from_folder` until interrupted."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--folder",
+        default=str(Path(__file__).resolve().parent / "examples"),
+        help="folder of stack files (default: flows/examples)",
+    )
+    parser.add_argument("--block", default=DEFAULT_BLOCK, help="AtomscaleCredentials block name")
+    parser.add_argument("--cron", default=DEFAULT_CRON, help="cron schedule, in UTC")
+    parser.add_argument("--name", default=DEFAULT_NAME, help="deployment name")
+    args = parser.parse_args(argv)
+    stacks_from_folder.serve(
+        name=args.name,
+        cron=args.cron,
+        # Absolute, so the runs find the folder whatever directory they start in.
+        parameters={"folder": str(Path(args.folder).resolve()), "credentials_block": args.block},
+        description="Create the target material of each new stack file in the folder.",
+        tags=["atomscale"],
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
