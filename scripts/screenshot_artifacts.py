@@ -1,0 +1,180 @@
+"""Screenshot what a person sees in the Prefect UI after a stack-file flow run.
+
+Starts a real Prefect server (free loopback port, temporary home, telemetry off) and
+the Atomscale sandbox, runs `stack_from_file` on an example (the 20-period superlattice
+by default), then opens the run's pages in headless Chromium and saves screenshots:
+
+    <out>              the flow run's Artifacts tab
+    <out>-stack.png    the stack picture (markdown artifact)
+    <out>-layers.png   the layer table (table artifact)
+    <out>-block.png    the credentials block's page: description, docs link, masked key
+    <out>-block-edit.png   its edit form, with a description under every field
+
+    python scripts/screenshot_artifacts.py --out /tmp/shots/artifacts.png
+
+Needs Debian's `chromium` (`apt-get install chromium`) and no network beyond loopback.
+Screenshots use Prefect's newer UI (under /v2), whose run pages accept `?tab=`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_EXAMPLE = ROOT / "flows" / "examples" / "bto_sto_superlattice.yaml"
+PREFECT = [sys.executable, "-m", "prefect"]
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def _wait_healthy(url: str, server: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            sys.exit(f"prefect server start exited:\n{log.read_text(errors='replace')[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as reply:  # noqa: S310 - loopback
+                if reply.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    sys.exit(f"The Prefect server at {url} did not start within 120 s; see {log}.")
+
+
+def _screenshot(chromium: str, url: str, out: Path, profile: Path) -> None:
+    """One page, rendered with 10 s of virtual time so the app's requests finish."""
+    shutil.rmtree(profile, ignore_errors=True)
+    subprocess.run(
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={profile}",
+            "--window-size=1400,1000",
+            "--virtual-time-budget=10000",
+            f"--screenshot={out}",
+            url,
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    print(f"Saved {out}  ({url})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Start a server, run the flow, save the screenshots; return 0 on success."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path(tempfile.mkdtemp(prefix="atomscale-ui-")) / "artifacts-screenshot.png",
+        help="where to save the main screenshot; the others go beside it",
+    )
+    parser.add_argument("--example", type=Path, default=DEFAULT_EXAMPLE, help="stack file to run")
+    args = parser.parse_args(argv)
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        sys.exit("Chromium is not installed; on Debian: apt-get install -y chromium")
+
+    work = Path(tempfile.mkdtemp(prefix="atomscale-ui-work-"))
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    api_url = f"{base}/api"
+    server_env = {
+        name: value for name, value in os.environ.items() if not name.startswith("PREFECT_")
+    }
+    (work / "server").mkdir()
+    server_env |= {
+        "PREFECT_HOME": str(work / "server"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        # The UI calls the API at this address; by default it would try port 4200.
+        "PREFECT_UI_API_URL": api_url,
+    }
+    log = work / "server.log"
+    with log.open("wb") as out:
+        server = subprocess.Popen(
+            [*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            env=server_env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        _wait_healthy(api_url, server, log)
+        # This process is the client: set it up before Prefect is imported.
+        (work / "client").mkdir()
+        os.environ.update(
+            PREFECT_API_URL=api_url,
+            PREFECT_HOME=str(work / "client"),
+            PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        )
+        sys.path.insert(0, str(ROOT))
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+        from flows.stack_from_file import stack_from_file
+        from prefect_atomscale import AtomscaleCredentials
+        from prefect_atomscale.sandbox import run_sandbox
+
+        with run_sandbox() as sandbox:
+            block = "atomscale"
+            AtomscaleCredentials(api_key=sandbox.api_key, base_url=sandbox.url).save(block)
+            state = stack_from_file(str(args.example), block, return_state=True)
+            print(f"The flow run finished {state.name}: {state.result()}")
+        flow_run_id = state.state_details.flow_run_id
+        with get_client(sync_client=True) as client:
+            artifacts = client.read_artifacts(
+                artifact_filter=ArtifactFilter(
+                    flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])
+                )
+            )
+            document = client.read_block_document_by_name(block, "atomscale-credentials")
+        by_type = {artifact.type: artifact.id for artifact in artifacts}
+
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        stem = args.out.with_suffix("")
+        profile = work / "chromium"
+        pages = [
+            (args.out, f"{base}/v2/runs/flow-run/{flow_run_id}?tab=Artifacts"),
+            (Path(f"{stem}-stack.png"), f"{base}/v2/artifacts/artifact/{by_type['markdown']}"),
+            (Path(f"{stem}-layers.png"), f"{base}/v2/artifacts/artifact/{by_type['table']}"),
+            (Path(f"{stem}-block.png"), f"{base}/v2/blocks/block/{document.id}"),
+            (Path(f"{stem}-block-edit.png"), f"{base}/v2/blocks/block/{document.id}/edit"),
+        ]
+        for path, url in pages:
+            _screenshot(chromium, url, path, profile)
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,359 @@
+"""What a person sees in the Prefect UI: artifacts, run names, logs, failures, the block page."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import time
+import uuid
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+from uuid import UUID
+
+import pytest
+from conftest import KEY_A
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    FlowRunFilter,
+    FlowRunFilterId,
+    LogFilter,
+    LogFilterFlowRunId,
+)
+from prefect.client.schemas.objects import Artifact, TaskRun
+from prefect.events.worker import EventsWorker
+from prefect.logging.handlers import APILogWorker
+
+from flows.build_stack import LayerSpec, build_stack
+from flows.stack_from_file import stack_from_file
+from prefect_atomscale import AtomscaleCredentials, Layer, TargetMaterial
+from prefect_atomscale.artifacts import (
+    artifact_key,
+    collapse_repeats,
+    describe_stack,
+    stack_markdown,
+    stack_svg,
+    stack_table,
+)
+from prefect_atomscale.sandbox import SandboxHandle
+from prefect_atomscale.stacks import load_stack_file
+
+ROOT = Path(__file__).resolve().parent.parent
+SUPERLATTICE = ROOT / "flows" / "examples" / "bto_sto_superlattice.yaml"
+SVG = "{http://www.w3.org/2000/svg}"
+T = TypeVar("T")
+
+
+@pytest.fixture
+def block(sandbox: SandboxHandle) -> str:
+    name = f"atomscale-{uuid.uuid4().hex[:8]}"
+    AtomscaleCredentials(api_key=KEY_A, base_url=sandbox.url).save(name)
+    return name
+
+
+def eventually(read: Callable[[], T], done: Callable[[T], bool]) -> T:
+    """Read until `done`: task runs and logs reach the server through batched queues.
+
+    Nothing is asserted about time; the deadline only keeps a broken run from hanging.
+    """
+    APILogWorker.drain_all()
+    EventsWorker.drain_all()
+    deadline = time.monotonic() + 60
+    while True:
+        value = read()
+        if done(value) or time.monotonic() > deadline:
+            return value
+        time.sleep(0.2)
+
+
+def task_runs_of(flow_run_id: UUID, expected: int) -> list[TaskRun]:
+    def read() -> list[TaskRun]:
+        with get_client(sync_client=True) as client:
+            return client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])), limit=200
+            )
+
+    return eventually(read, lambda runs: len(runs) >= expected and all(r.state for r in runs))
+
+
+def artifacts_of(flow_run_id: UUID) -> dict[str, Artifact]:
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
+    return {artifact.type or "": artifact for artifact in found}
+
+
+def log_lines(flow_run_id: UUID, until: str) -> list[str]:
+    """The flow run's log messages in order, once one containing `until` has arrived."""
+
+    def read() -> list[str]:
+        with get_client(sync_client=True) as client:
+            logs = client.read_logs(
+                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])),
+                limit=200,
+            )
+        return [log.message for log in sorted(logs, key=lambda log: log.timestamp)]
+
+    return eventually(read, lambda lines: any(until in line for line in lines))
+
+
+def picture(markdown: str) -> ET.Element:
+    """The SVG inside a stack markdown artifact, parsed."""
+    match = re.search(r"!\[[^\]]*\]\(data:image/svg\+xml;base64,([A-Za-z0-9+/=]+)\)", markdown)
+    assert match, markdown[:300]
+    return ET.fromstring(base64.b64decode(match.group(1)))
+
+
+def texts(svg: ET.Element) -> list[tuple[float, float, str]]:
+    """Every text element's position and content, top to bottom, then left to right."""
+    found = [
+        (float(element.get("y", 0)), float(element.get("x", 0)), "".join(element.itertext()))
+        for element in svg.iter(f"{SVG}text")
+    ]
+    return sorted(found)
+
+
+def superlattice_file(folder: Path, name: str) -> Path:
+    path = folder / SUPERLATTICE.name
+    original = load_stack_file(SUPERLATTICE).name
+    path.write_text(SUPERLATTICE.read_text().replace(original, name))
+    return path
+
+
+def test_a_stack_flow_run_publishes_a_layer_table_and_a_picture(
+    tmp_path: Path, sandbox: SandboxHandle, block: str, unique: str
+) -> None:
+    path = superlattice_file(tmp_path, unique)
+    state = stack_from_file(str(path), block, return_state=True)
+    outcome = state.result()
+    artifacts = artifacts_of(state.state_details.flow_run_id)
+    assert set(artifacts) == {"table", "markdown"}
+    stem = f"{unique}-s{outcome.sample_id}"
+    assert artifacts["table"].key == f"layers-{stem}"
+    assert artifacts["markdown"].key == f"stack-{stem}"
+
+    table = artifacts["table"].data
+    rows = json.loads(table) if isinstance(table, str) else table
+    assert [row["position"] for row in rows] == list(range(1, 43))
+    assert list(rows[1]) == [
+        "position",
+        "formula",
+        "orientation",
+        "space group",
+        "mp id",
+        "record id",
+    ]
+    assert rows[1] | {"record id": 0} == {
+        "position": 2,
+        "formula": "BaTiO3",
+        "orientation": "(001)",
+        "space group": "P4mm",
+        "mp id": "mp-5020",
+        "record id": 0,
+    }
+    stored = sandbox.layer_rows(organisation="lab-a", sample_id=outcome.sample_id)
+    assert {row["record id"] for row in rows} == {row["id"] for row in stored}
+
+    markdown = str(artifacts["markdown"].data)
+    assert markdown.startswith(f"### {unique}\n")
+    assert f"Target material **{outcome.sample_id}** on **SrTiO3** · 42 layers" in markdown
+    assert f"from `{path}`" in markdown
+    lines = [text for _, _, text in texts(picture(markdown))]
+    # Top to bottom: the top electrode, one period marked x 20, the bottom one, the substrate.
+    assert lines[:4] == ["L42", "SrRuO3", "(001)", "Pnma"]
+    assert "\u00d7 20" in lines and "L2\u2013L41 (40 layers)" in lines
+    assert lines.index("\u00d7 20") < lines.index("L1") < lines.index("SrTiO3 substrate")
+    assert lines.count("BaTiO3") == 1  # one period drawn, not twenty
+    assert "L2-L41 20 \u00d7 (BaTiO3 (001) / SrTiO3 (001))" in markdown
+    for artifact in artifacts.values():
+        assert KEY_A not in json.dumps(artifact.model_dump(mode="json"))
+
+
+def test_the_example_flow_publishes_the_same_artifacts(
+    credentials: AtomscaleCredentials, unique: str
+) -> None:
+    state = build_stack(
+        credentials,
+        sample_name=unique,
+        substrate="Al2O3",
+        layers=[LayerSpec(composition="GaN", orientation="0001")],
+        return_state=True,
+    )
+    artifacts = artifacts_of(state.state_details.flow_run_id)
+    assert sorted(artifact.key or "" for artifact in artifacts.values()) == [
+        f"layers-{unique}-s{state.result().target_material.sample_id}",
+        f"stack-{unique}-s{state.result().target_material.sample_id}",
+    ]
+
+
+def test_task_runs_have_readable_names_and_the_flow_logs_each_layer(
+    tmp_path: Path, block: str, unique: str
+) -> None:
+    state = stack_from_file(str(superlattice_file(tmp_path, unique)), block, return_state=True)
+    flow_run_id = state.state_details.flow_run_id
+    sample_id = state.result().sample_id
+    with get_client(sync_client=True) as client:
+        flow_run = client.read_flow_run(flow_run_id)
+    task_runs = task_runs_of(flow_run_id, 44)
+    assert flow_run.name == "stack-from-file-bto_sto_superlattice.yaml"
+    names = {task_run.name for task_run in task_runs}
+    assert f"create-layer-s{sample_id}-L1-SrRuO3" in names
+    assert f"create-layer-s{sample_id}-L3-SrTiO3" in names
+    assert f"create-layer-s{sample_id}-L42-SrRuO3" in names
+    assert f"create-target-material-{unique}" in names
+    assert "find-existing-stacks" in names
+
+    lines = log_lines(flow_run_id, until="has 42 layers")
+    per_layer = [line for line in lines if re.match(r"L\d+ ", line)]
+    assert len(per_layer) == 42
+    assert per_layer[1].startswith("L2 BaTiO3 001: record ")
+    assert per_layer[1].endswith("(space group P4mm, mp-5020), created.")
+    assert (
+        f"Target material {sample_id} {unique!r} on SrTiO3 has 42 layers: 42 created now." in lines
+    )
+
+
+def test_a_failed_layer_says_which_layer_and_why(
+    tmp_path: Path, sandbox: SandboxHandle, block: str, unique: str
+) -> None:
+    # Fine locally, but longer than the service stores: refused with a 422, not retried.
+    long_symbol = "P4mm (tetragonal, ferroelectric phase)"
+    path = tmp_path / "refused.yaml"
+    path.write_text(
+        f"name: {unique}\nsubstrate: SrTiO3\nlayers:\n"
+        "  - {composition: SrRuO3, orientation: '001'}\n"
+        f"  - {{composition: BaTiO3, orientation: '001', space_group: '{long_symbol}'}}\n"
+        "  - {composition: SrRuO3, orientation: '001'}\n"
+    )
+    state = stack_from_file(str(path), block, return_state=True)
+    assert state.is_failed()
+    flow_run_id = state.state_details.flow_run_id
+    task_runs = task_runs_of(flow_run_id, 5)
+    [failed] = [run for run in task_runs if run.state and run.state.is_failed()]
+    assert failed.name.endswith("-L2-BaTiO3")
+    message = failed.state.message if failed.state else ""
+    assert "layer 2 (BaTiO3 001) of target material" in (message or "")
+    assert "422" in (message or "") and "space_group" in (message or "")
+    # The flow's own state says the same, and the other layers were created.
+    assert "layer 2 (BaTiO3 001)" in (state.message or "")
+    lines = log_lines(flow_run_id, until="layers failed")
+    assert any(line.startswith("L2 failed: Task run encountered an exception") for line in lines)
+    assert any("1 of 3 layers failed (L2); the other 2 are in place" in line for line in lines)
+    [material] = [
+        m for m in sandbox.target_materials(organisation="lab-a") if m["sample_name"] == unique
+    ]
+    stored = sandbox.layer_rows(organisation="lab-a", sample_id=material["sample_id"])
+    assert sorted(row["layer_id"] for row in stored) == [1, 3]
+
+
+def test_the_credentials_block_page_documents_every_field_and_masks_the_key(
+    sandbox: SandboxHandle,
+) -> None:
+    name = f"atomscale-{uuid.uuid4().hex[:8]}"
+    AtomscaleCredentials(api_key=KEY_A, base_url=sandbox.url).save(name)
+    with get_client(sync_client=True) as client:
+        block_type = client.read_block_type_by_slug("atomscale-credentials")
+        document = client.read_block_document_by_name(
+            name, block_type_slug="atomscale-credentials", include_secrets=False
+        )
+    assert block_type.name == "Atomscale Credentials"
+    assert block_type.description and "Atomscale API" in block_type.description
+    assert block_type.code_example and "AtomscaleCredentials.load(" in block_type.code_example
+    assert str(block_type.documentation_url).startswith("https://")
+    assert document.block_schema is not None
+    properties: dict[str, Any] = document.block_schema.fields["properties"]
+    assert set(properties) >= {"api_key", "base_url", "timeout", "connect_timeout"}
+    for field, schema in properties.items():
+        assert schema.get("description", "").endswith("."), field
+    assert document.data["api_key"] == "********"
+    assert KEY_A not in json.dumps(document.model_dump(mode="json"), default=str)
+
+
+# --------------------------------------------------------------------------- the pictures
+
+
+def layers(*formulas: str, orientation: str = "001") -> list[Layer]:
+    return [
+        Layer(id=100 + i, layer_id=i, composition_string=f, orientation=orientation)
+        for i, f in enumerate(formulas, start=1)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("keys", "segments"),
+    [
+        ([], []),
+        (["A"], [(0, 1, 1)]),
+        (["A", "B", "C"], [(0, 1, 1), (1, 1, 1), (2, 1, 1)]),
+        (["S", *["B", "T"] * 20, "S"], [(0, 1, 1), (1, 2, 20), (41, 1, 1)]),
+        # A lone layer before a superlattice that starts with the same layer.
+        (["T", *["T", "B"] * 10], [(0, 1, 1), (1, 2, 10)]),
+        (["A", "A", "A", "B"], [(0, 1, 3), (3, 1, 1)]),
+        (["A", "B", "C"] * 3 + ["D"], [(0, 3, 3), (9, 1, 1)]),
+    ],
+)
+def test_repeats_collapse_to_the_fewest_rows(
+    keys: list[str], segments: list[tuple[int, int, int]]
+) -> None:
+    assert collapse_repeats(keys) == segments
+
+
+def test_a_written_out_superlattice_is_drawn_collapsed_too() -> None:
+    flat = layers("SrRuO3", *["BaTiO3", "SrTiO3"] * 5)
+    assert describe_stack("SrTiO3", flat) == (
+        "SrTiO3 substrate → L1 SrRuO3 (001) → L2-L11 5 \u00d7 (BaTiO3 (001) / SrTiO3 (001))"
+    )
+    lines = [text for _, _, text in texts(ET.fromstring(stack_svg("SrTiO3", flat)))]
+    assert lines.count("BaTiO3") == 1 and "\u00d7 5" in lines
+    assert lines[-2:] == [
+        "SrTiO3 substrate",
+        "growth direction ↑ · L1 is grown first, on the substrate",
+    ]
+
+
+def test_counts_and_screw_axes_are_subscripts() -> None:
+    layer = Layer(id=1, layer_id=1, composition_string="Al0.25Ga0.75N", space_group="P6_3mc")
+    svg = ET.fromstring(stack_svg("Al2O3", [layer]))
+    lowered = [
+        span.text
+        for span in svg.iter(f"{SVG}tspan")
+        if span.get("font-size") and float(span.get("dy", 0)) > 0
+    ]
+    assert lowered == ["0.25", "0.75", "3", "2", "3"]
+
+
+def test_names_cannot_inject_markup() -> None:
+    material = TargetMaterial(sample_id=7, sample_name="<img src=x> *bold* [x](y)", substrate="MgO")
+    markdown = stack_markdown(material, layers("TiO2"))
+    assert markdown.startswith(r"### \<img src=x\> \*bold\* \[x\](y)")
+    ET.fromstring(stack_svg("<b>", layers("TiO2")))  # still well-formed XML
+
+
+def test_artifact_keys_follow_prefects_rules() -> None:
+    material = TargetMaterial(
+        sample_id=42,
+        sample_name="BTO/STO superlattice x20 with SRO electrodes (MBE-2024-031)",
+        substrate="SrTiO3",
+    )
+    key = artifact_key(material)
+    assert key == "bto-sto-superlattice-x20-with-sro-s42"
+    assert re.fullmatch(r"[a-z0-9-]+", key)
+    nameless = TargetMaterial(sample_id=3, sample_name="Ωμ", substrate="x")
+    assert artifact_key(nameless) == "stack-s3"
+
+
+def test_the_table_lists_layers_bottom_first_with_dashes_for_unknowns() -> None:
+    rows = stack_table(list(reversed(layers("SrRuO3", "BaTiO3"))))
+    assert rows[0] == {
+        "position": 1,
+        "formula": "SrRuO3",
+        "orientation": "(001)",
+        "space group": "—",
+        "mp id": "—",
+        "record id": 101,
+    }

@@ -1,0 +1,294 @@
+"""Scheduled deployments end to end: a real Prefect server, `prefect.yaml`, a process worker,
+and `flows/serve.py`, each running the stack-folder flow against the sandbox over HTTP.
+
+Every subprocess gets its own PREFECT_HOME (the worker's differs from the deployer's, as
+on a real worker machine) and is stopped in `finally`; every wait has a deadline, so a
+broken setup fails in minutes instead of hanging CI.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+from helpers import LAYERS, TARGET_MATERIALS, requests_to
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from prefect.deployments import run_deployment
+from prefect.settings import PREFECT_API_URL, temporary_settings
+
+from prefect_atomscale import AtomscaleCredentials
+from prefect_atomscale.sandbox import SandboxConfig, SandboxHandle, run_sandbox
+from prefect_atomscale.stacks import STACK_FILE_SUFFIXES, load_stack_file
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "flows" / "examples"
+EXAMPLE_FILES = sorted(p for p in EXAMPLES.iterdir() if p.suffix in STACK_FILE_SUFFIXES)
+# Target material name -> layers, for every example.
+EXPECTED = {
+    spec.name: len(spec.layer_specs()) for spec in (load_stack_file(p) for p in EXAMPLE_FILES)
+}
+POOL = "atomscale-process"  # as in prefect.yaml
+E2E_KEY = "test-key-e2e-deployments-0123"
+SERVER_START_SECONDS = 120
+RUN_SECONDS = 120
+PREFECT = [sys.executable, "-m", "prefect"]
+SERVE = [sys.executable, "flows/serve.py"]
+T = TypeVar("T")
+
+
+@dataclass
+class PrefectServer:
+    """A `prefect server start` subprocess."""
+
+    api_url: str
+    log: Path
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def _environment(home: Path, **extra: str) -> dict[str, str]:
+    """This process's environment without Prefect or Atomscale settings, plus `extra`."""
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(("PREFECT_", "AS_", "ATOMSCALE_"))
+    }
+    home.mkdir(parents=True, exist_ok=True)
+    env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", **extra)
+    return env
+
+
+def _start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        # A session of its own, so that stopping it also stops the processes it starts.
+        return subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+
+
+def _wait_for(what: str, check: Callable[[], T | None], seconds: float, log: Path) -> T:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = check()
+        if value is not None:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"{what} did not happen within {seconds} s. Log:\n{_tail(log)}")
+
+
+def _tail(log: Path, lines: int = 60) -> str:
+    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:]) if log.exists() else ""
+
+
+def _prefect(args: list[str], env: dict[str, str]) -> str:
+    result = subprocess.run(
+        [*PREFECT, *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, f"prefect {' '.join(args)} failed:\n{output}"
+    return output
+
+
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
+    """A real Prefect server on a free loopback port, with its own home and database."""
+    port = _free_port()
+    home = tmp_path_factory.mktemp("prefect-server")
+    api_url = f"http://127.0.0.1:{port}/api"
+    log = home / "server.log"
+    process = _start(
+        [*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        _environment(home, PREFECT_UI_API_URL=api_url),
+        log,
+    )
+    try:
+
+        def healthy() -> bool | None:
+            if process.poll() is not None:
+                raise AssertionError(f"prefect server start exited:\n{_tail(log)}")
+            try:
+                return httpx.get(f"{api_url}/health", timeout=2).status_code == 200 or None
+            except httpx.HTTPError:
+                return None
+
+        _wait_for("The Prefect server answering /api/health", healthy, SERVER_START_SECONDS, log)
+        yield PrefectServer(api_url=api_url, log=log)
+    finally:
+        _stop(process)
+
+
+@pytest.fixture
+def e2e_sandbox() -> Iterator[SandboxHandle]:
+    """A sandbox of its own: only this test's runs write to it."""
+    with run_sandbox(SandboxConfig(api_keys={E2E_KEY: "lab-e2e"})) as server:
+        yield server
+
+
+@contextmanager
+def api(server: PrefectServer) -> Iterator[None]:
+    """Point this process's Prefect client at the test's server."""
+    with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+        yield
+
+
+def stack_folder(tmp_path: Path) -> Path:
+    folder = tmp_path / "stacks"
+    folder.mkdir()
+    for example in EXAMPLE_FILES:
+        shutil.copy(example, folder / example.name)
+    return folder
+
+
+def stacks_at(sandbox: SandboxHandle) -> dict[str, int]:
+    """Target material name -> number of layers, as stored at the sandbox."""
+    return {
+        material["sample_name"]: sandbox.count_layers(sample_id=material["sample_id"])
+        for material in sandbox.target_materials(organisation="lab-e2e")
+    }
+
+
+def run_and_wait(name: str, parameters: dict[str, Any], log: Path) -> Any:
+    flow_run = run_deployment(name, parameters=parameters, timeout=RUN_SECONDS, poll_interval=1)
+    assert flow_run.state is not None
+    assert flow_run.state.is_completed(), f"{flow_run.state!r}\n{_tail(log)}"
+    return flow_run
+
+
+def test_prefect_yaml_deploys_and_a_process_worker_runs_it(
+    prefect_server: PrefectServer, e2e_sandbox: SandboxHandle, tmp_path: Path
+) -> None:
+    folder = stack_folder(tmp_path)
+    # `{{ $PWD }}` in prefect.yaml is the folder `prefect deploy` runs in, as in a shell.
+    deployer = _environment(
+        tmp_path / "deployer", PREFECT_API_URL=prefect_server.api_url, PWD=str(ROOT)
+    )
+    _prefect(["work-pool", "create", POOL, "--type", "process"], deployer)
+    output = _prefect(["--no-prompt", "deploy", "--all"], deployer)
+    assert "stacks-from-folder/nightly" in output and "stack-from-file/on-demand" in output
+
+    with api(prefect_server):
+        AtomscaleCredentials(api_key=E2E_KEY, base_url=e2e_sandbox.url).save("atomscale")
+        with get_client(sync_client=True) as client:
+            deployment = client.read_deployment_by_name("stacks-from-folder/nightly")
+            assert [s.schedule.model_dump(exclude_none=True) for s in deployment.schedules] == [
+                {"cron": "0 6 * * *", "timezone": "UTC", "day_or": True}
+            ]
+            assert deployment.parameters == {
+                "folder": "flows/examples",
+                "credentials_block": "atomscale",
+            }
+            assert deployment.work_pool_name == POOL
+            assert deployment.pull_steps == [
+                {"prefect.deployments.steps.set_working_directory": {"directory": str(ROOT)}}
+            ]
+            # So that a 06:00 run cannot start in the middle of this test.
+            client.pause_deployment(deployment.id)
+
+    worker_log = tmp_path / "worker.log"
+    worker = _start(
+        [*PREFECT, "worker", "start", "--pool", POOL, "--type", "process"],
+        _environment(
+            tmp_path / "worker",
+            PREFECT_API_URL=prefect_server.api_url,
+            PREFECT_WORKER_QUERY_SECONDS="1",
+        ),
+        worker_log,
+    )
+    try:
+        with api(prefect_server):
+            run_and_wait("stacks-from-folder/nightly", {"folder": str(folder)}, worker_log)
+            assert stacks_at(e2e_sandbox) == EXPECTED
+            assert requests_to(e2e_sandbox, "POST", LAYERS) == sum(EXPECTED.values())
+
+            # Nothing new in the folder: the next run creates nothing.
+            e2e_sandbox.reset_stats()
+            run_and_wait("stacks-from-folder/nightly", {"folder": str(folder)}, worker_log)
+            assert requests_to(e2e_sandbox, "POST", TARGET_MATERIALS) == 0
+            assert requests_to(e2e_sandbox, "POST", LAYERS) == 0
+            assert stacks_at(e2e_sandbox) == EXPECTED
+
+            with get_client(sync_client=True) as client:
+                subflows = client.read_flow_runs()
+                pictures = client.read_artifacts(
+                    artifact_filter=ArtifactFilter(key=ArtifactFilterKey(like_="stack-bto-sto"))
+                )
+        assert {run.name for run in subflows if run.parent_task_run_id} >= {
+            f"stack-from-file-{path.name}" for path in EXAMPLE_FILES
+        }
+        assert [picture.type for picture in pictures] == ["markdown"]
+        assert "Traceback" not in _tail(worker_log, 400)
+    finally:
+        _stop(worker)
+
+
+def test_serve_py_serves_the_same_flow(
+    prefect_server: PrefectServer, e2e_sandbox: SandboxHandle, tmp_path: Path
+) -> None:
+    folder = stack_folder(tmp_path)
+    block = f"atomscale-{uuid.uuid4().hex[:8]}"
+    name = f"served-{uuid.uuid4().hex[:6]}"
+    with api(prefect_server):
+        AtomscaleCredentials(api_key=E2E_KEY, base_url=e2e_sandbox.url).save(block)
+
+    log = tmp_path / "serve.log"
+    served = _start(
+        [*SERVE, "--folder", str(folder), "--block", block, "--name", name, "--cron", "15 4 * * 1"],
+        _environment(tmp_path / "serve", PREFECT_API_URL=prefect_server.api_url),
+        log,
+    )
+    try:
+        with api(prefect_server), get_client(sync_client=True) as client:
+
+            def registered() -> Any:
+                if served.poll() is not None:
+                    raise AssertionError(f"flows/serve.py exited:\n{_tail(log)}")
+                try:
+                    return client.read_deployment_by_name(f"stacks-from-folder/{name}")
+                except Exception:  # not registered yet
+                    return None
+
+            deployment = _wait_for("serve.py registering its deployment", registered, 120, log)
+            assert [s.schedule.model_dump(exclude_none=True) for s in deployment.schedules] == [
+                # No timezone given to flow.serve(cron=...): the server reads it as UTC.
+                {"cron": "15 4 * * 1", "day_or": True}
+            ]
+            assert deployment.parameters == {"folder": str(folder), "credentials_block": block}
+            run_and_wait(f"stacks-from-folder/{name}", {}, log)
+        assert stacks_at(e2e_sandbox) == EXPECTED
+    finally:
+        _stop(served)

@@ -1,0 +1,577 @@
+"""Stack files: the format, its checks, and the flows that create what files describe."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from conftest import KEY_A
+from helpers import LAYERS, TARGET_MATERIALS, requests_to
+
+from flows.stack_from_file import stack_from_file, stacks_from_folder
+from prefect_atomscale import AtomscaleCredentials, AtomscaleValidationError, TargetMaterialRow
+from prefect_atomscale.sandbox import SandboxHandle
+from prefect_atomscale.stacks import (
+    InvalidStackFileError,
+    LayerSpec,
+    RepeatBlock,
+    StackConflictError,
+    StackSpec,
+    compare_with_existing,
+    load_stack_file,
+    parse_stack,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "flows" / "examples"
+SUPERLATTICE = EXAMPLES / "bto_sto_superlattice.yaml"
+HEMT = EXAMPLES / "gan_hemt_on_sapphire.json"
+FILM = EXAMPLES / "bto_film_on_sto.csv"
+
+
+def copy_as(example: Path, folder: Path, name: str) -> Path:
+    """A copy of an example whose target material is called `name` instead."""
+    original = load_stack_file(example).name
+    target = folder / example.name
+    target.write_text(example.read_text().replace(original, name))
+    return target
+
+
+def write(folder: Path, file_name: str, text: str) -> Path:
+    path = folder / file_name
+    path.write_text(text)
+    return path
+
+
+def problems_of(path: Path) -> InvalidStackFileError:
+    with pytest.raises(InvalidStackFileError) as caught:
+        load_stack_file(path)
+    return caught.value
+
+
+@pytest.fixture
+def block(sandbox: SandboxHandle) -> str:
+    """A saved credentials block for lab A on the sandbox, under a name of its own."""
+    name = f"atomscale-{uuid.uuid4().hex[:8]}"
+    AtomscaleCredentials(api_key=KEY_A, base_url=sandbox.url).save(name)
+    return name
+
+
+def create_directly(
+    sandbox: SandboxHandle, name: str, substrate: str, layers: list[dict[str, Any]]
+) -> int:
+    """Create a target material and layers with plain HTTP: no task, no Prefect cache."""
+    headers = {"X-API-KEY": KEY_A}
+    reply = httpx.post(
+        f"{sandbox.url}{TARGET_MATERIALS}",
+        headers=headers,
+        json={"sample": {"sample_name": name, "substrate": substrate}},
+    )
+    reply.raise_for_status()
+    sample_id: int = reply.json()["sample_id"]
+    for position, layer in enumerate(layers, start=1):
+        body = {"layer_id": position, "sample_id": sample_id, **layer}
+        httpx.post(f"{sandbox.url}{LAYERS}", headers=headers, json=body).raise_for_status()
+    return sample_id
+
+
+# --------------------------------------------------------------------------- the format
+
+
+@pytest.mark.parametrize(
+    ("example", "name", "substrate", "formulas"),
+    [
+        (
+            FILM,
+            "BaTiO3 film on SrTiO3 (PLD-0412)",
+            "SrTiO3",
+            ["BaTiO3"],
+        ),
+        (
+            HEMT,
+            "AlGaN/GaN HEMT on c-sapphire (MOCVD-0117)",
+            "Al2O3",
+            ["AlN", "GaN", "AlN", "Al0.25Ga0.75N", "GaN"],
+        ),
+        (
+            SUPERLATTICE,
+            "BTO/STO superlattice x20 with SRO electrodes (MBE-2024-031)",
+            "SrTiO3",
+            ["SrRuO3", *["BaTiO3", "SrTiO3"] * 20, "SrRuO3"],
+        ),
+    ],
+)
+def test_the_examples_load(example: Path, name: str, substrate: str, formulas: list[str]) -> None:
+    spec = load_stack_file(example)
+    assert (spec.name, spec.substrate) == (name, substrate)
+    assert [layer.composition for layer in spec.layer_specs()] == formulas
+    assert spec.metadata["growth"] in ("PLD", "MOCVD", "MBE")
+
+
+def test_a_superlattice_expands_to_consecutive_positions_with_its_periods() -> None:
+    layers = load_stack_file(SUPERLATTICE).expanded_layers()
+    assert [layer.position for layer in layers] == list(range(1, 43))
+    assert layers[0].period is None and layers[-1].period is None
+    inner = layers[1:41]
+    assert [layer.period for layer in inner] == [p for p in range(1, 21) for _ in range(2)]
+    assert {layer.periods for layer in inner} == {20}
+    assert layers[3].describe() == "L4 BaTiO3 001 (period 2 of 20)"
+
+
+def test_yaml_keeps_text_fields_as_written_and_numbers_in_metadata() -> None:
+    spec = load_stack_file(SUPERLATTICE)
+    # Unquoted 001 is the integer 1 to YAML; the file means the orientation 001.
+    assert {layer.orientation for layer in spec.layer_specs()} == {"001"}
+    assert spec.metadata["temperature_C"] == 650
+    assert spec.metadata["ozone_pressure_torr"] == pytest.approx(1e-6)
+    assert spec.metadata["grown_on"] == "2024-05-14"  # a date, kept as text for JSON
+
+
+def test_yaml_reads_010_and_formulas_yaml_would_call_booleans(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "odd.yml",
+        "name: 2024031\nsubstrate: MgO\nlayers:\n"
+        "  - {composition: NO, orientation: 010}\n"
+        "  - {composition: TiO2, orientation: 110}\n",
+    )
+    spec = load_stack_file(path)
+    assert spec.name == "2024031"
+    assert [(layer.composition, layer.orientation) for layer in spec.layer_specs()] == [
+        ("NO", "010"),
+        ("TiO2", "110"),
+    ]
+
+
+def test_yaml_json_and_csv_describe_the_same_stack(tmp_path: Path) -> None:
+    layers = [("SrRuO3", "001"), ("BaTiO3", "001"), ("(La0.7Sr0.3)MnO3", "001")]
+    yaml_text = "name: MTJ 7\nsubstrate: SrTiO3\nmetadata: {growth: PLD, temperature_C: 700}\n"
+    yaml_text += "layers:\n" + "".join(
+        f"  - composition: {formula}\n    orientation: '{hkl}'\n" for formula, hkl in layers
+    )
+    as_json = {
+        "name": "MTJ 7",
+        "substrate": "SrTiO3",
+        "metadata": {"growth": "PLD", "temperature_C": 700},
+        "layers": [{"composition": formula, "orientation": hkl} for formula, hkl in layers],
+    }
+    csv_text = "# name: MTJ 7\n# substrate: SrTiO3\n# metadata.growth: PLD\n"
+    csv_text += "# metadata.temperature_C: 700\ncomposition,orientation\n"
+    csv_text += "".join(f"{formula},{hkl}\n" for formula, hkl in layers)
+    specs = [
+        load_stack_file(write(tmp_path, "s.yaml", yaml_text)),
+        load_stack_file(write(tmp_path, "s.json", json.dumps(as_json))),
+        load_stack_file(write(tmp_path, "s.csv", csv_text)),
+    ]
+    assert specs[0] == specs[1] == specs[2]
+
+
+def test_specs_can_be_built_in_code() -> None:
+    spec = StackSpec(
+        name="SL",
+        substrate="SrTiO3",
+        layers=[RepeatBlock(repeat=3, layers=[LayerSpec(composition="BaTiO3")])],
+    )
+    assert len(spec.layer_specs()) == 3
+    with pytest.raises(ValueError, match="unknown element"):
+        LayerSpec(composition="Xx2O3")
+
+
+def test_build_stack_uses_the_same_layer_spec() -> None:
+    from flows import build_stack
+
+    assert build_stack.LayerSpec is LayerSpec
+
+
+# --------------------------------------------------------------------------- the checks
+
+
+def test_an_error_names_the_file_the_layer_its_period_and_the_field(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "sl.yaml",
+        "name: SL\n"
+        "substrate: SrTiO3\n"
+        "layers:\n"
+        "  - composition: SrRuO3\n"
+        "  - repeat: 20\n"
+        "    layers:\n"
+        "      - composition: BaTiO3\n"
+        "      - composition: SrTiO3\n"
+        "        orientation: (0 0 1 1 1)\n",
+    )
+    error = problems_of(path)
+    [problem] = error.problems
+    assert (problem.position, problem.period, problem.field, problem.line) == (
+        3,
+        1,
+        "orientation",
+        9,
+    )
+    message = str(error)
+    assert message.startswith(f"{path}: layer L3 (line 9; period 1 of 20")
+    assert "field 'orientation'" in message
+    assert "not 3 or 4" in message
+    assert "Nothing was sent" in message
+
+
+def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "many.yaml",
+        "name: x\n"
+        "substrate: y\n"
+        "colour: blue\n"
+        "layers:\n"
+        "  - composition: Xx2O3\n"
+        "  - compostion: GaN\n"
+        "  - {composition: GaN, mp_id: '804'}\n",
+    )
+    error = problems_of(path)
+    found = {(problem.position, problem.field) for problem in error.problems}
+    assert found == {
+        (None, "colour"),
+        (1, "composition"),
+        (2, "composition"),
+        (2, "compostion"),
+        (3, "mp_id"),
+    }
+    assert "did you mean 'composition'?" in str(error)
+    assert str(error).startswith(f"{path} has 5 problems; nothing was sent.")
+
+
+@pytest.mark.parametrize(
+    ("file_name", "text", "expected"),
+    [
+        (
+            "nested.yaml",
+            "name: x\nsubstrate: y\nlayers:\n  - repeat: 2\n    layers:\n"
+            "      - repeat: 3\n        layers: [{composition: GaN}]\n",
+            "repeat block L1-L2 (line 5), field 'layers': a repeat block cannot contain another",
+        ),
+        (
+            "zero.yaml",
+            "name: x\nsubstrate: y\nlayers:\n  - {repeat: 0, layers: [{composition: GaN}]}\n",
+            "field 'repeat': Input should be greater than or equal to 1, got 0",
+        ),
+        ("empty.json", '{"name": "x", "substrate": "y", "layers": []}', "lists no layers"),
+        ("unnamed.json", '{"substrate": "y", "layers": [{"composition": "GaN"}]}', "'name': is"),
+        (
+            "blank.json",
+            '{"name": " ", "substrate": "y", "layers": [{"composition": "GaN"}]}',
+            "field 'name': name is empty",
+        ),
+        (
+            "alias.json",
+            '{"sample_name": "x", "substrate": "y", "layers": [{"composition": "GaN"}]}',
+            "unknown field 'sample_name'; did you mean 'name'?",
+        ),
+        (
+            "elements.json",
+            '{"name": "x", "substrate": "y", "layers": '
+            '[{"composition": "GaN", "element_dict": {"Gx": 1}}]}',
+            "layer L1, field 'element_dict': element_dict has 'Gx', which is not an element",
+        ),
+        (
+            "metadata.json",
+            '{"name": "x", "substrate": "y", "metadata": [1], "layers": [{"composition": "GaN"}]}',
+            "field 'metadata': Input should be a valid dictionary, got list [1]",
+        ),
+        ("twice.json", '{"name": "x", "name": "y"}', "field 'name': appears twice"),
+        ("syntax.yaml", "name: x\nsubstrate: [\n", "line 3: not valid YAML"),
+        ("syntax.json", '{"name": "x",\n  "substrate": }', "line 2: not valid JSON"),
+        ("list.yaml", "- composition: GaN\n", "must describe one target material"),
+        ("stack.txt", "name: x", "unsupported file type '.txt'"),
+        (
+            "rows.csv",
+            "# name: x\n# substrate: y\nlayer,composition\n1,GaN\n3,AlN\n",
+            "layer L2 (line 5), field 'layer': the row says layer '3' but it is row 2",
+        ),
+        (
+            "excel.csv",
+            "# name: x\n# substrate: y\ncomposition,orientation\nGaN,1\n",
+            "layer L1 (line 4), field 'orientation': '1' has fewer than 3 Miller indices; if a "
+            "spreadsheet turned 001 into 1",
+        ),
+        (
+            "columns.csv",
+            "# name: x\n# substrate: y\ncomposition,thickness_nm\nGaN,20\n",
+            "line 3, field 'thickness_nm': unknown column",
+        ),
+        (
+            "bare.csv",
+            "composition\nGaN\n",
+            "field 'substrate': is missing; add a line '# substrate: ...' above the column header",
+        ),
+    ],
+)
+def test_bad_files_are_refused_with_a_reason(
+    tmp_path: Path, file_name: str, text: str, expected: str
+) -> None:
+    error = problems_of(write(tmp_path, file_name, text))
+    assert expected in str(error)
+    assert str(error).startswith(str(tmp_path / file_name))
+
+
+def test_a_missing_file_is_a_stack_file_error(tmp_path: Path) -> None:
+    assert "cannot read it: No such file or directory" in str(problems_of(tmp_path / "no.yaml"))
+
+
+def test_the_error_is_a_validation_error_that_survives_pickling(tmp_path: Path) -> None:
+    error = problems_of(write(tmp_path, "x.json", '{"name": "x"}'))
+    assert isinstance(error, AtomscaleValidationError)
+    assert isinstance(error, ValueError)
+    copy = pickle.loads(pickle.dumps(error))
+    assert str(copy) == str(error)
+    assert copy.problems == error.problems
+    assert copy.path == error.path
+
+
+def test_parse_stack_checks_data_from_anywhere() -> None:
+    with pytest.raises(InvalidStackFileError, match=r"^form: layer L1, field 'orientation'"):
+        parse_stack(
+            {"name": "x", "substrate": "y", "layers": [{"composition": "GaN", "orientation": "x"}]},
+            source="form",
+        )
+
+
+# --------------------------------------------------------------------------- what exists
+
+
+def rows(
+    sample_id: int, name: str, substrate: str, *layers: tuple[str, str]
+) -> list[TargetMaterialRow]:
+    return [
+        TargetMaterialRow(
+            id=100 * sample_id + position,
+            sample_id=sample_id,
+            sample_name=name,
+            substrate=substrate,
+            layer_id=position,
+            composition_string=formula,
+            orientation=hkl,
+        )
+        for position, (formula, hkl) in enumerate(layers, start=1)
+    ]
+
+
+HETERO = parse_stack(
+    {
+        "name": "H1",
+        "substrate": "SrTiO3",
+        "layers": [
+            {"composition": "SrRuO3", "orientation": "(001)"},
+            {"composition": "BaTiO3", "orientation": "(001)"},
+        ],
+    }
+)
+
+
+def test_absent_when_no_target_material_has_the_name() -> None:
+    existing = compare_with_existing(HETERO, rows(1, "H2", "SrTiO3", ("SrRuO3", "001")))
+    assert existing.status == "absent"
+
+
+def test_complete_when_every_layer_matches_after_normalising() -> None:
+    found = rows(4, "H1", "SrTiO3", ("SrRuO3", "001"), ("BaTiO3", "001"))
+    existing = compare_with_existing(HETERO, found)
+    assert existing.status == "complete"
+    assert existing.material is not None and existing.material.sample_id == 4
+    assert sorted(existing.layers) == [1, 2]
+
+
+def test_partial_when_positions_are_missing_and_nothing_differs() -> None:
+    existing = compare_with_existing(HETERO, rows(4, "H1", "SrTiO3", ("SrRuO3", "001")))
+    assert (existing.status, existing.missing) == ("partial", [2])
+
+
+def test_conflict_when_a_layer_or_the_substrate_differs() -> None:
+    other_layer = compare_with_existing(
+        HETERO, rows(4, "H1", "SrTiO3", ("SrRuO3", "001"), ("PbTiO3", "001"))
+    )
+    assert other_layer.status == "conflict"
+    assert other_layer.problems == ["sample_id 4: L2 is PbTiO3 001, the file says L2 BaTiO3 (001)"]
+    other_substrate = compare_with_existing(HETERO, rows(4, "H1", "MgO", ("SrRuO3", "001")))
+    assert other_substrate.status == "conflict"
+    assert "substrate is 'MgO'" in other_substrate.problems[0]
+    too_many = compare_with_existing(
+        HETERO, rows(4, "H1", "SrTiO3", ("SrRuO3", "001"), ("BaTiO3", "001"), ("GaN", "0001"))
+    )
+    assert "beyond the file's 2: L3" in too_many.problems[0]
+
+
+def test_a_complete_one_wins_over_others_of_the_same_name_and_two_partial_ones_conflict() -> None:
+    complete = rows(5, "H1", "SrTiO3", ("SrRuO3", "001"), ("BaTiO3", "001"))
+    partial = rows(3, "H1", "SrTiO3", ("SrRuO3", "001"))
+    assert compare_with_existing(HETERO, partial + complete).status == "complete"
+    ambiguous = compare_with_existing(HETERO, partial + rows(6, "H1", "SrTiO3", ("SrRuO3", "001")))
+    assert ambiguous.status == "conflict"
+    assert "sample_id 3, 6" in ambiguous.problems[0]
+
+
+# --------------------------------------------------------------------------- the flows
+
+
+def test_a_bad_file_fails_the_flow_before_any_request(
+    tmp_path: Path, sandbox: SandboxHandle, block: str
+) -> None:
+    path = write(tmp_path, "bad.yaml", "name: x\nsubstrate: y\nlayers:\n  - composition: Xx2O3\n")
+    state = stack_from_file(str(path), block, return_state=True)
+    assert state.is_failed()
+    assert f"{path}: layer L1 (line 4), field 'composition'" in (state.message or "")
+    assert sandbox.stats.requests == 0
+
+
+def test_a_file_is_created_once_then_found_created(
+    tmp_path: Path, sandbox: SandboxHandle, block: str, unique: str
+) -> None:
+    path = copy_as(SUPERLATTICE, tmp_path, unique)
+    first = stack_from_file(str(path), block)
+    assert (first.status, first.name, first.layers) == ("created", unique, 42)
+    assert requests_to(sandbox, "POST", LAYERS) == 42
+    stored = sandbox.layer_rows(organisation="lab-a", sample_id=first.sample_id)
+    assert sorted(row["layer_id"] for row in stored) == list(range(1, 43))
+    by_position = {row["layer_id"]: row["composition_string"] for row in stored}
+    assert [by_position[p] for p in (1, 2, 3, 41, 42)] == [
+        "SrRuO3",
+        "BaTiO3",
+        "SrTiO3",
+        "SrTiO3",
+        "SrRuO3",
+    ]
+
+    sandbox.reset_stats()
+    again = stack_from_file(str(path), block)
+    assert (again.status, again.sample_id) == ("already created", first.sample_id)
+    assert requests_to(sandbox, "POST", LAYERS) == 0
+    assert requests_to(sandbox, "POST", TARGET_MATERIALS) == 0
+
+
+def test_created_means_at_the_service_not_in_this_cache(
+    tmp_path: Path, sandbox: SandboxHandle, block: str, unique: str
+) -> None:
+    """A stack created elsewhere (another worker, another home, the web app) is skipped."""
+    layers = [{"composition_string": f, "orientation": "0001"} for f in ("AlN", "GaN")]
+    sample_id = create_directly(sandbox, unique, "Al2O3", layers)
+    path = write(
+        tmp_path,
+        "hemt.yaml",
+        f"name: {unique}\nsubstrate: Al2O3\nlayers:\n"
+        "  - {composition: AlN, orientation: (0001)}\n  - {composition: GaN, orientation: 0001}\n",
+    )
+    sandbox.reset_stats()
+    outcome = stack_from_file(str(path), block)
+    assert (outcome.status, outcome.sample_id) == ("already created", sample_id)
+    assert requests_to(sandbox, "GET", TARGET_MATERIALS) == 1
+    assert (
+        requests_to(sandbox, "POST", LAYERS) == requests_to(sandbox, "POST", TARGET_MATERIALS) == 0
+    )
+
+
+def test_a_half_created_stack_gets_only_its_missing_layers(
+    tmp_path: Path, sandbox: SandboxHandle, block: str, unique: str
+) -> None:
+    path = copy_as(HEMT, tmp_path, unique)
+    first_two = [{"composition_string": f, "orientation": "0001"} for f in ("AlN", "GaN")]
+    sample_id = create_directly(sandbox, unique, "Al2O3", first_two)
+    sandbox.reset_stats()
+    outcome = stack_from_file(str(path), block)
+    assert (outcome.status, outcome.sample_id, outcome.layers) == ("completed", sample_id, 5)
+    assert requests_to(sandbox, "POST", TARGET_MATERIALS) == 0
+    assert requests_to(sandbox, "POST", LAYERS) == 3
+    stored = sandbox.layer_rows(organisation="lab-a", sample_id=sample_id)
+    assert sorted(row["layer_id"] for row in stored) == [1, 2, 3, 4, 5]
+    assert outcome.message == "3 created now, 2 already there"
+
+
+def test_a_different_stack_of_the_same_name_is_left_alone(
+    tmp_path: Path, sandbox: SandboxHandle, block: str, unique: str
+) -> None:
+    path = copy_as(HEMT, tmp_path, unique)
+    create_directly(
+        sandbox, unique, "Al2O3", [{"composition_string": "GaN", "orientation": "0001"}]
+    )
+    sandbox.reset_stats()
+    state = stack_from_file(str(path), block, return_state=True)
+    assert state.is_failed()
+    with pytest.raises(StackConflictError) as caught:
+        state.result()
+    assert str(caught.value).startswith(f"{path}: the account already has a target material")
+    assert "L1 is GaN 0001, the file says L1 AlN 0001" in str(caught.value)
+    assert (
+        requests_to(sandbox, "POST", LAYERS) == requests_to(sandbox, "POST", TARGET_MATERIALS) == 0
+    )
+
+
+def test_a_folder_run_creates_new_files_reports_bad_ones_and_skips_created_ones(
+    tmp_path: Path, sandbox: SandboxHandle, block: str, unique: str
+) -> None:
+    folder = tmp_path / "stacks"
+    folder.mkdir()
+    for index, example in enumerate((FILM, HEMT, SUPERLATTICE)):
+        copy_as(example, folder, f"{unique}-{index}")
+    bad = write(folder, "typo.yaml", "name: x\nsubstrate: y\nlayers:\n  - composition: BaTiO₃\n")
+    write(folder, "notes.txt", "not a stack file")
+
+    state = stacks_from_folder(str(folder), block, return_state=True)
+    assert state.is_failed()
+    assert "1 of 4 stack files" in (state.message or "")
+    assert "typo.yaml (invalid)" in (state.message or "")
+    names = {row["sample_name"] for row in sandbox.target_materials(organisation="lab-a")}
+    assert {f"{unique}-{index}" for index in range(3)} <= names
+    assert requests_to(sandbox, "POST", LAYERS) == 1 + 5 + 42
+
+    bad.unlink()
+    sandbox.reset_stats()
+    outcomes = stacks_from_folder(str(folder), block)
+    assert [outcome.status for outcome in outcomes] == ["already created"] * 3
+    assert requests_to(sandbox, "GET", TARGET_MATERIALS) == 1
+    assert (
+        requests_to(sandbox, "POST", LAYERS) == requests_to(sandbox, "POST", TARGET_MATERIALS) == 0
+    )
+
+
+def test_two_files_naming_the_same_target_material_are_both_refused(
+    tmp_path: Path, sandbox: SandboxHandle, block: str, unique: str
+) -> None:
+    copy_as(FILM, tmp_path, unique)
+    shutil.copy(tmp_path / FILM.name, tmp_path / "copy.csv")
+    state = stacks_from_folder(str(tmp_path), block, return_state=True)
+    assert state.is_failed()
+    assert "bto_film_on_sto.csv (invalid); copy.csv (invalid)" in (state.message or "")
+    assert sandbox.stats.requests == 0
+
+
+def test_the_script_creates_every_example_on_a_fresh_machine() -> None:
+    """`python flows/stack_from_file.py` as the README shows it: no server, no block."""
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(("PREFECT_", "AS_", "ATOMSCALE_"))
+    }
+    env["HOME"] = env["PREFECT_HOME"] = tempfile.mkdtemp(prefix="stack-script-home-")
+    result = subprocess.run(
+        [sys.executable, "flows/stack_from_file.py"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "bto_film_on_sto.csv: created 1 created now" in result.stdout
+    assert "gan_hemt_on_sapphire.json: created 5 created now" in result.stdout
+    assert "bto_sto_superlattice.yaml: created 42 created now" in result.stdout
+    assert "Traceback" not in output
+    assert "ERROR" not in output
