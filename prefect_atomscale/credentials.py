@@ -157,6 +157,12 @@ class AtomscaleCredentials(CredentialsBlock):
     """
 
     _block_type_name: ClassVar[str] = "Atomscale Credentials"
+    # The UI shows this under "Code example" with the block's name filled in; only a
+    # load belongs there (a save in it would get the same name substituted).
+    _code_example: ClassVar[str] = (
+        "```python\nfrom prefect_atomscale import AtomscaleCredentials\n\n"
+        'credentials = AtomscaleCredentials.load("BLOCK_NAME")\n```'
+    )
     # The package's own page; it renders this README, which documents the block.
     _documentation_url: ClassVar[str] = "https://pypi.org/project/prefect-atomscale/"  # type: ignore[assignment]
 

@@ -396,7 +396,6 @@ def _element_dict(value: Any, where: str) -> dict[str, int | float]:
             or not (math.isfinite(amount) and amount > 0)
         ):
             raise AtomscaleValidationError(
-                f"{where}: element_dict[{element!r}] must be a positive number, "
-                f"got {amount!r}."
+                f"{where}: element_dict[{element!r}] must be a positive number, got {amount!r}."
             )
     return dict(value)

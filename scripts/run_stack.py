@@ -30,6 +30,7 @@ FORMULAS = ("BaTiO3", "SrTiO3")
 
 @flow(name="stack-driver")
 def stack(block: str, sample_name: str, layers: int, pace: float) -> list[Layer]:
+    """Create a target material and `layers` alternating BaTiO3/SrTiO3 layers."""
     credentials = AtomscaleCredentials.load(block)
     material = create_target_material(credentials, sample_name, "SrTiO3")
     arguments = [
