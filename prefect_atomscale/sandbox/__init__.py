@@ -30,7 +30,12 @@ From a shell: `python -m prefect_atomscale.sandbox --help`.
 
 from prefect_atomscale.sandbox.app import SandboxApp, create_app
 from prefect_atomscale.sandbox.config import DEFAULT_ORGANISATION, ApiKeyGrant, SandboxConfig
-from prefect_atomscale.sandbox.connections import ConnectionRegistry
+from prefect_atomscale.sandbox.connections import (
+    HTTP_PARSERS,
+    ConnectionRegistry,
+    HttpParser,
+    available_http_parsers,
+)
 from prefect_atomscale.sandbox.faults import FaultConfig, FaultInjectionMiddleware, FaultKind
 from prefect_atomscale.sandbox.materials import MATERIALS, KnownMaterial, match_material
 from prefect_atomscale.sandbox.server import SandboxHandle, run_sandbox
@@ -43,6 +48,7 @@ from prefect_atomscale.sandbox.stats import (
 
 __all__ = [
     "DEFAULT_ORGANISATION",
+    "HTTP_PARSERS",
     "MATERIALS",
     "UNROUTED",
     "ApiKeyGrant",
@@ -50,6 +56,7 @@ __all__ = [
     "FaultConfig",
     "FaultInjectionMiddleware",
     "FaultKind",
+    "HttpParser",
     "KnownMaterial",
     "RequestStats",
     "RequestStatsMiddleware",
@@ -57,6 +64,7 @@ __all__ = [
     "SandboxConfig",
     "SandboxHandle",
     "StatsSnapshot",
+    "available_http_parsers",
     "create_app",
     "match_material",
     "run_sandbox",

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from types import FrameType
 
 from prefect_atomscale.sandbox.config import DEFAULT_ORGANISATION, ApiKeyGrant, SandboxConfig
+from prefect_atomscale.sandbox.connections import HTTP_PARSERS
 from prefect_atomscale.sandbox.faults import FaultConfig, FaultKind
 from prefect_atomscale.sandbox.server import run_sandbox
 
@@ -58,6 +59,12 @@ def _parser() -> argparse.ArgumentParser:
         help=f"fault kinds to draw from (default: all: {','.join(FaultKind)})",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the fault generator")
+    parser.add_argument(
+        "--http",
+        choices=HTTP_PARSERS,
+        default="auto",
+        help="HTTP/1.1 parser (default: auto, httptools if installed, else h11)",
+    )
     return parser
 
 
@@ -107,6 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             api_keys={key: ApiKeyGrant(DEFAULT_ORGANISATION) for key in keys},
             db_path=options.db,
             faults=faults,
+            http_parser=options.http,
         )
     except ValueError as exc:
         parser.error(str(exc))

@@ -15,6 +15,7 @@ import json
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic.json_schema import SkipJsonSchema
 
 __all__ = [
     "MAX_JSON_DEPTH",
@@ -66,6 +67,11 @@ def _plain_json(value: dict[str, Any]) -> dict[str, Any]:
     except ValueError as exc:
         raise ValueError("must be plain JSON: no NaN or Infinity, no unpaired surrogates") from exc
     return value
+
+
+def _no_default(schema: dict[str, Any]) -> None:
+    # A field that may be left out but not sent as null has no default to show.
+    schema.pop("default", None)
 
 
 def _first_paragraph(schema: dict[str, Any]) -> None:
@@ -222,8 +228,10 @@ class TargetMaterialPatch(BaseModel):
 
     model_config = _REQUEST
 
-    sample_name: Name | None = None
-    substrate: Name | None = None
+    # SkipJsonSchema keeps null out of the published schema, which must not promise
+    # what the validator below refuses; None stays the default for a field left out.
+    sample_name: Name | SkipJsonSchema[None] = Field(default=None, json_schema_extra=_no_default)
+    substrate: Name | SkipJsonSchema[None] = Field(default=None, json_schema_extra=_no_default)
     sample_metadata: JsonObject | None = None
 
     @field_validator("sample_name", "substrate")

@@ -254,10 +254,10 @@ def run_sandbox(
 ) -> Iterator[SandboxHandle]:
     """Serve a sandbox over HTTP for the duration of a `with` block.
 
-    Starts uvicorn (HTTP/1.1, quiet: no access log, warnings only) in a background
-    thread, returns once it accepts connections, and on exit stops it, waiting for
-    requests in flight, and closes the store. Can be used any number of times in a
-    process, also one after another on the same `db_path`.
+    Starts uvicorn (HTTP/1.1 with the configured `http_parser`; quiet: no access log,
+    warnings only) in a background thread, returns once it accepts connections, and
+    on exit stops it, waiting for requests in flight, and closes the store. Can be used
+    any number of times in a process, also one after another on the same `db_path`.
 
     Args:
         config: What to serve; a default `SandboxConfig` (one random key, temporary
@@ -293,7 +293,7 @@ def run_sandbox(
     server = uvicorn.Server(
         uvicorn.Config(
             app,
-            http=app.connections.h11_protocol(),
+            http=app.connections.protocol(app.sandbox_config.http_parser),
             ws="none",
             lifespan="on",
             log_config=None,

@@ -23,6 +23,8 @@ __all__ = ["UNROUTED", "RequestStats", "RequestStatsMiddleware", "StatsSnapshot"
 UNROUTED = "(no route)"
 """The path template recorded for a request that matched no route (a 404)."""
 
+_REMEMBERED_PATHS = 1024
+
 
 @dataclass(frozen=True)
 class StatsSnapshot:
@@ -204,6 +206,7 @@ class RequestStatsMiddleware:
         self.app = app
         self.stats = stats
         self.routes = routes
+        self._templates: dict[tuple[str, str, str], str] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve one ASGI connection scope, counting it if it is an HTTP request."""
@@ -229,6 +232,17 @@ class RequestStatsMiddleware:
                 self.stats.record_unanswered()
 
     def _template(self, scope: Scope) -> str:
+        # Matching every route again costs as much as the router's own matching, so
+        # the answers are remembered; bounded, since paths carry ids without end.
+        key = (scope["method"], scope.get("root_path", ""), scope["path"])
+        template = self._templates.get(key)
+        if template is None:
+            if len(self._templates) >= _REMEMBERED_PATHS:
+                self._templates.clear()
+            template = self._templates[key] = self._match(scope)
+        return template
+
+    def _match(self, scope: Scope) -> str:
         # The route the router will pick: the first full match, else the first match
         # of the path alone (a 405). A 404 counts as UNROUTED, not by its raw path,
         # which would let any client grow the counters without bound.
