@@ -70,6 +70,11 @@ class FlockLockManager(LockManager):
         self._held: dict[str, _Held] = {}
         self._mutex = threading.Lock()
 
+    def __reduce__(self) -> tuple[type[FlockLockManager], tuple[Path | None]]:
+        # Tasks carry their cache policy and so this manager to Dask workers: a copy
+        # there starts holding nothing, since a flock belongs to the process that took it.
+        return (type(self), (self._directory,))
+
     def _path(self, key: str) -> Path:
         if self._directory is None:
             self._directory = Path(PREFECT_HOME.value()).expanduser() / "locks" / "atomscale"
