@@ -354,7 +354,7 @@ class Row:
     api_key: Any = DEFAULT
     base_url: Any = DEFAULT
     fault: str | None = None
-    timeout: float = 1.0
+    timeout: float = 15.0  # generous: a loaded CI machine must not turn answers into timeouts
     also: tuple[str, ...] = ()
 
 

@@ -244,8 +244,8 @@ async def call(task: Any, *args: Any, **kwargs: Any) -> Any:
 
 
 def run_the_flows(sandbox: SandboxHandle, scenario_name: str) -> Scenario:
-    credentials = AtomscaleCredentials(api_key=CANARY, base_url=sandbox.url, timeout=2.0)
-    wrong = AtomscaleCredentials(api_key=WRONG, base_url=sandbox.url, timeout=2.0)
+    credentials = AtomscaleCredentials(api_key=CANARY, base_url=sandbox.url, timeout=15.0)
+    wrong = AtomscaleCredentials(api_key=WRONG, base_url=sandbox.url, timeout=15.0)
 
     @flow(name="secrets-build", persist_result=True)
     async def build() -> tuple[Any, int, int]:
@@ -526,7 +526,7 @@ def test_the_key_is_written_nowhere(
     # Errors, blocks, clients and cache keys.
     for error in scenario.errors:
         hits.search_all(f"error:{type(error).__name__}", error_texts(error))
-    credentials = AtomscaleCredentials(api_key=CANARY, base_url=sandbox.url, timeout=2.0)
+    credentials = AtomscaleCredentials(api_key=CANARY, base_url=sandbox.url, timeout=15.0)
     assert scenario.loaded is not None
     for block in (credentials, scenario.loaded):
         hits.search_all(
@@ -598,7 +598,7 @@ def cache_keys_for(
         for block in (
             credentials,
             loaded,
-            AtomscaleCredentials(api_key=WRONG, base_url=credentials.base_url, timeout=2.0),
+            AtomscaleCredentials(api_key=WRONG, base_url=credentials.base_url, timeout=15.0),
         )
     ]
     assert all(isinstance(key, str) for key in keys)
