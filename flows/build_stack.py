@@ -260,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     # (as in the demo) its telemetry heartbeat fails and logs a traceback. It inherits
     # this environment, so switch telemetry off unless the user chose otherwise.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # Its default 20 s start-up limit is too short on a busy or small machine.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     with ExitStack() as stack:
         if args.block:
             credentials = AtomscaleCredentials.load(args.block)

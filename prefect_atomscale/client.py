@@ -98,6 +98,10 @@ class _Base:
         return f"{type(self).__name__}(base_url={self._base_url!r})"
 
     def _parse(self, call: _Call, response: httpx.Response, parse: Callable[[Any], T]) -> T:
+        # Errors are raised outside the `except` blocks here and below: raised inside,
+        # they would carry the original exception as `__context__`, and that one holds
+        # the request (with its X-API-KEY header) or the reply text. `from None` only
+        # hides it from tracebacks; pickling with tblib (Dask installs it) still keeps it.
         data = self._decode(call, response)
         try:
             return parse(data)
@@ -106,16 +110,16 @@ class _Base:
                 f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}"
                 for err in exc.errors()[:3]
             )
-            raise self._scrub(
-                AtomscaleProtocolError(
-                    f"{call} while {call.purpose} answered {response.status_code} with JSON of "
-                    f"an unexpected shape ({problems}). Check that base_url "
-                    f"{self._base_url!r} is the Atomscale API; if it is, the API has changed "
-                    "and prefect-atomscale needs an update.",
-                    status_code=response.status_code,
-                    detail=data,
-                )
-            ) from None
+        raise self._scrub(
+            AtomscaleProtocolError(
+                f"{call} while {call.purpose} answered {response.status_code} with JSON of "
+                f"an unexpected shape ({problems}). Check that base_url "
+                f"{self._base_url!r} is the Atomscale API; if it is, the API has changed "
+                "and prefect-atomscale needs an update.",
+                status_code=response.status_code,
+                detail=data,
+            )
+        )
 
     def _decode(self, call: _Call, response: httpx.Response) -> Any:
         status = response.status_code
@@ -123,14 +127,15 @@ class _Base:
             try:
                 return response.json()
             except ValueError:
-                raise self._scrub(
-                    AtomscaleProtocolError(
-                        f"{call} while {call.purpose} answered {status} but the body is not "
-                        f"JSON ({_describe_body(response)}). Check that base_url "
-                        f"{self._base_url!r} is the Atomscale API and not a proxy or login page.",
-                        status_code=status,
-                    )
-                ) from None
+                pass
+            raise self._scrub(
+                AtomscaleProtocolError(
+                    f"{call} while {call.purpose} answered {status} but the body is not "
+                    f"JSON ({_describe_body(response)}). Check that base_url "
+                    f"{self._base_url!r} is the Atomscale API and not a proxy or login page.",
+                    status_code=status,
+                )
+            )
         raise self._scrub(self._error_for(call, response))
 
     def _error_for(self, call: _Call, response: httpx.Response) -> AtomscaleError:
@@ -496,7 +501,8 @@ class AtomscaleClient(_Base):
         try:
             return self._http.request(call.method, call.path, json=call.body)
         except httpx.HTTPError as exc:
-            raise self._transport_error(call, exc) from None
+            error = self._transport_error(call, exc)
+        raise error  # outside the except block: see _parse
 
 
 class AsyncAtomscaleClient(_Base):
@@ -730,7 +736,8 @@ class AsyncAtomscaleClient(_Base):
         try:
             return await self._http.request(call.method, call.path, json=call.body)
         except httpx.HTTPError as exc:
-            raise self._transport_error(call, exc) from None
+            error = self._transport_error(call, exc)
+        raise error  # outside the except block: see _parse
 
 
 def _layers_at(rows: list[TargetMaterialRow], request: LayerRequest) -> list[Layer]:
