@@ -14,11 +14,16 @@ What it offers:
 - `SandboxProcess`: the Atomscale sandbox in a child process (uvicorn on loopback), so
   that the benchmark process pays only the client side of each request. The child
   answers `stats` and `reset` on a pipe, so its counters (requests per route, TCP
-  connections accepted) can be read without anything added to the sandbox.
+  connections accepted, and the most connections open at once) can be read without
+  anything added to the sandbox.
 - `prefect_server`: one temporary Prefect server per script run
-  (`prefect_test_harness`), whose start-up and teardown times are reported apart.
-- `Samples`, `median`, `ratio`, `print_table`, `machine_line`: repetitions, medians,
-  ratios of medians, and a plain-text table.
+  (`prefect_test_harness`), whose start-up and teardown times are reported apart;
+  `settle()` waits, between measurements, until the server has stored what the last
+  flow sent it, so that its backlog does not compete with the next measurement.
+- `Samples`, `median`, `ratio`, `print_table`, `machine_line`, `verdict`: repetitions,
+  medians, ratios of medians, a plain-text table, and target checks.
+- `bench_credentials`, `layer_arguments`, `rss_bytes`, `add_repeat_argument`: the
+  credentials, layer formulas and options every script shares.
 
 `python benchmarks/_common.py serve-sandbox --api-key KEY` is the child's entry point.
 """

@@ -9,7 +9,10 @@ Measures, side by side in one run and against the same sandbox, flows that creat
   `create_layer.map(unmapped(credentials), ...)` on Prefect's default
   `ThreadPoolTaskRunner` (no thread limit, so up to one thread per layer);
 - `concurrent, threads = pool size`: the same on `ThreadPoolTaskRunner(max_workers=
-  max_connections)`, so that no task thread waits for a pooled connection.
+  max_connections)`, so that no task thread waits for a pooled connection;
+- with `--dask-workers N`, also `concurrent, Dask`: the same flow on prefect-dask's
+  `DaskTaskRunner` with a local cluster of N worker processes (each with its own
+  pool, so up to N x pool size connections), the scale-out beyond one process's GIL.
 
 For each flow it reports the body's time (timed inside the flow; Prefect's flow start-up
 and teardown are reported apart), the speed-up over the sequential flow (target: at
@@ -138,6 +141,13 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated max_connections values to run the concurrent flow with "
         "(default 20, the block's default)",
     )
+    parser.add_argument(
+        "--dask-workers",
+        type=int,
+        default=0,
+        help="also run the concurrent flow on a local Dask cluster of this many worker "
+        "processes (needs prefect-dask; default 0: skip)",
+    )
     _common.add_repeat_argument(parser, default=3)
     options = parser.parse_args(argv)
     layers, materials, repeat = options.layers, options.materials, max(1, options.repeat)
@@ -167,6 +177,26 @@ def main(argv: list[str] | None = None) -> int:
                     f"concurrent, {size} threads, pool size {size}",
                     lambda c, run, n, capped=capped: capped(c, run, n, materials),
                     credentials,
+                )
+            )
+        if options.dask_workers > 0:
+            from prefect_dask import DaskTaskRunner
+
+            on_dask = concurrent_flow.with_options(
+                task_runner=DaskTaskRunner(
+                    cluster_kwargs={
+                        "n_workers": options.dask_workers,
+                        "threads_per_worker": max(1, pool_sizes[0] // options.dask_workers),
+                        "processes": True,
+                    }
+                )
+            )
+            variants.append(
+                (
+                    f"concurrent, Dask, {options.dask_workers} worker processes, "
+                    f"pool size {pool_sizes[0]} each",
+                    lambda c, run, n: on_dask(c, run, n, materials),
+                    _common.bench_credentials(sandbox, max_connections=pool_sizes[0]),
                 )
             )
         # Warm-up: the first flow calls of a process pay imports and registrations.

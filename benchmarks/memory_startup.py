@@ -288,7 +288,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{extra_vs_flow_ms:.0f} ms to `from prefect import flow, task`; the package's "
             f"own modules take {imports.median(OWN) * 1000:.0f} ms once the Prefect modules "
             "it uses are loaded (last row, timed inside one interpreter).",
-            "Modules added beyond `import prefect` (self time, one -X importtime run): "
+            "Modules added beyond `import prefect` (self time, one -X importtime run; the "
+            "first of ours to run `from prefect import task` also carries the work of "
+            "Prefect's lazy `__getattr__` behind it): "
             + ", ".join(f"{name} {ms:.1f} ms" for name, ms in added[:8])
             + f"; {len(added)} modules, {sum(ms for _, ms in added):.0f} ms in all.",
             f"Machine: {_common.machine_line()}.",
