@@ -24,11 +24,19 @@ Example:
         create_layer(credentials, layer_id=1, sample_id=sample.sample_id,
                      composition_string="BaTiO3", orientation="001")
     ```
+
+Only the credentials block and the errors are imported with the package; everything
+else (tasks, clients, stack files, ...) is imported on first use of its name, so that
+`import prefect_atomscale` (which Prefect itself does when it loads installed
+integrations) stays cheap. `from prefect_atomscale import create_layer` works as usual.
 """
 
-from prefect_atomscale.bulk import acreate_layers, create_layers
-from prefect_atomscale.client import AsyncAtomscaleClient, AtomscaleClient
-from prefect_atomscale.composition import parse_composition
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# Eager: Prefect finds the block class on the package when it registers integrations.
 from prefect_atomscale.credentials import AtomscaleCredentials
 from prefect_atomscale.exceptions import (
     AtomscaleAuthError,
@@ -45,21 +53,62 @@ from prefect_atomscale.exceptions import (
     InvalidCompositionError,
     InvalidOrientationError,
 )
-from prefect_atomscale.models import Layer, TargetMaterial, TargetMaterialRow
-from prefect_atomscale.orientation import normalize_orientation
-from prefect_atomscale.stacks import (
-    InvalidStackFileError,
-    LayerSpec,
-    StackConflictError,
-    StackSpec,
-    load_stack_file,
-)
-from prefect_atomscale.tasks import (
-    acreate_layer,
-    acreate_target_material,
-    create_layer,
-    create_target_material,
-)
+
+if TYPE_CHECKING:  # for type checkers and editors; at run time see __getattr__
+    from prefect_atomscale.bulk import acreate_layers, create_layers
+    from prefect_atomscale.client import AsyncAtomscaleClient, AtomscaleClient
+    from prefect_atomscale.composition import parse_composition
+    from prefect_atomscale.models import Layer, TargetMaterial, TargetMaterialRow
+    from prefect_atomscale.orientation import normalize_orientation
+    from prefect_atomscale.stacks import (
+        InvalidStackFileError,
+        LayerSpec,
+        StackConflictError,
+        StackSpec,
+        load_stack_file,
+    )
+    from prefect_atomscale.tasks import (
+        acreate_layer,
+        acreate_target_material,
+        create_layer,
+        create_target_material,
+    )
+
+# Public name -> the module that defines it, imported on first access.
+_LAZY = {
+    "acreate_layers": "bulk",
+    "create_layers": "bulk",
+    "AsyncAtomscaleClient": "client",
+    "AtomscaleClient": "client",
+    "parse_composition": "composition",
+    "Layer": "models",
+    "TargetMaterial": "models",
+    "TargetMaterialRow": "models",
+    "normalize_orientation": "orientation",
+    "InvalidStackFileError": "stacks",
+    "LayerSpec": "stacks",
+    "StackConflictError": "stacks",
+    "StackSpec": "stacks",
+    "load_stack_file": "stacks",
+    "acreate_layer": "tasks",
+    "acreate_target_material": "tasks",
+    "create_layer": "tasks",
+    "create_target_material": "tasks",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
 
 __all__ = [
     "AsyncAtomscaleClient",

@@ -57,6 +57,31 @@ def test_block_type_slug_and_registration() -> None:
     assert documentation_url
 
 
+def test_importing_the_package_loads_only_the_block_and_the_errors() -> None:
+    # Prefect imports every installed integration when it loads them (server start,
+    # workers), so the package root must stay light: the tasks, clients and stack files,
+    # and the Prefect engine modules they need, load on first use of their names.
+    code = (
+        "import sys, prefect, prefect_atomscale as p;"
+        "before = set(sys.modules);"
+        "print(sorted(m for m in sys.modules if m.startswith('prefect_atomscale')));"
+        "p.create_layer;"
+        "print(sorted(set(sys.modules) - before))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    eager, loaded_on_use = (eval(line) for line in result.stdout.splitlines())
+    assert eager == [
+        "prefect_atomscale",
+        "prefect_atomscale.credentials",
+        "prefect_atomscale.exceptions",
+    ]
+    assert {"prefect_atomscale.tasks", "prefect_atomscale.client", "prefect.tasks"} <= set(
+        loaded_on_use
+    )
+
+
 def test_entry_point_points_at_the_package() -> None:
     from importlib.metadata import entry_points
 
