@@ -8,6 +8,7 @@ only when an HTTP client is built.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import os
@@ -90,10 +91,7 @@ class ConnectionSettings(NamedTuple):
             print(AtomscaleCredentials(api_key="k").resolve().fingerprint())
             ```
         """
-        material = "\0".join(
-            ["prefect-atomscale account v1", self.base_url, self.api_key.get_secret_value()]
-        )
-        return hashlib.sha256(material.encode()).hexdigest()[:32]
+        return _fingerprint(self.base_url, self.api_key.get_secret_value())
 
     def client_options(self) -> dict[str, object]:
         """Return the keyword arguments shared by `httpx.Client` and `httpx.AsyncClient`.
@@ -330,36 +328,43 @@ class AtomscaleCredentials(CredentialsBlock):
     def _resolve_base_url(self) -> str:
         raw = self.base_url or os.environ.get(BASE_URL_ENV_VAR, "").strip() or DEFAULT_BASE_URL
         source = "base_url" if self.base_url else BASE_URL_ENV_VAR
-        try:
-            parts = urlsplit(raw.strip())
-            _ = parts.port  # raises ValueError for a port that is not a port
-            # The URL as httpx will use it: the host checked below must be the one it
-            # connects to, whatever the two parsers make of an odd URL.
-            host_httpx_uses = httpx.URL(raw.strip()).host
-        except (ValueError, httpx.InvalidURL) as exc:
-            raise AtomscaleConfigurationError(
-                f"{source} {raw!r} is not a valid URL ({exc}). Write it with its scheme "
-                f"and host, for example {DEFAULT_BASE_URL!r}."
-            ) from None
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise AtomscaleConfigurationError(
-                f"{source} {raw!r} is not an absolute http(s) URL. Write it with its "
-                f"scheme and host, for example {DEFAULT_BASE_URL!r}."
-            )
-        if parts.username or parts.password or parts.query or parts.fragment:
-            raise AtomscaleConfigurationError(
-                f"{source} must be a plain API root such as {DEFAULT_BASE_URL!r}, without "
-                "credentials, a query or a fragment; put the key in api_key instead."
-            )
-        loopback = _is_loopback(parts.hostname) and _is_loopback(host_httpx_uses)
-        insecure = parts.scheme == "http" and not loopback
-        if insecure and not self.allow_insecure_http:
-            raise AtomscaleConfigurationError(
-                f"Refusing to send the API key over plain http to {parts.hostname}: "
-                "anyone on the network could read it. Use https://, or set "
-                "allow_insecure_http=True on the block if a trusted proxy handles TLS."
-            )
-        return raw.strip().rstrip("/")
+        return _checked_base_url(raw, source, self.allow_insecure_http)
+
+
+# Tasks resolve their credentials on every run; remembering the checks of the few URLs a
+# process uses saves two URL parses per task (errors are raised, never remembered).
+@functools.lru_cache(maxsize=64)
+def _checked_base_url(raw: str, source: str, allow_insecure_http: bool) -> str:
+    try:
+        parts = urlsplit(raw.strip())
+        _ = parts.port  # raises ValueError for a port that is not a port
+        # The URL as httpx will use it: the host checked below must be the one it
+        # connects to, whatever the two parsers make of an odd URL.
+        host_httpx_uses = httpx.URL(raw.strip()).host
+    except (ValueError, httpx.InvalidURL) as exc:
+        raise AtomscaleConfigurationError(
+            f"{source} {raw!r} is not a valid URL ({exc}). Write it with its scheme "
+            f"and host, for example {DEFAULT_BASE_URL!r}."
+        ) from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise AtomscaleConfigurationError(
+            f"{source} {raw!r} is not an absolute http(s) URL. Write it with its "
+            f"scheme and host, for example {DEFAULT_BASE_URL!r}."
+        )
+    if parts.username or parts.password or parts.query or parts.fragment:
+        raise AtomscaleConfigurationError(
+            f"{source} must be a plain API root such as {DEFAULT_BASE_URL!r}, without "
+            "credentials, a query or a fragment; put the key in api_key instead."
+        )
+    loopback = _is_loopback(parts.hostname) and _is_loopback(host_httpx_uses)
+    insecure = parts.scheme == "http" and not loopback
+    if insecure and not allow_insecure_http:
+        raise AtomscaleConfigurationError(
+            f"Refusing to send the API key over plain http to {parts.hostname}: "
+            "anyone on the network could read it. Use https://, or set "
+            "allow_insecure_http=True on the block if a trusted proxy handles TLS."
+        )
+    return raw.strip().rstrip("/")
 
 
 def _is_loopback(host: str) -> bool:
@@ -369,3 +374,9 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+@functools.lru_cache(maxsize=64)
+def _fingerprint(base_url: str, api_key: str) -> str:
+    material = "\0".join(["prefect-atomscale account v1", base_url, api_key])
+    return hashlib.sha256(material.encode()).hexdigest()[:32]
