@@ -18,6 +18,7 @@ sandbox server validates compositions with the same function.
 
 from __future__ import annotations
 
+import functools
 import re
 import reprlib
 import unicodedata
@@ -179,6 +180,14 @@ def parse_composition(formula: str) -> dict[str, int | float]:
             "give one such as 'BaTiO3' or '(La0.7Sr0.3)MnO3'",
             formula=formula,
         )
+    return dict(_parse_stripped(formula, start, end))
+
+
+# A campaign sends the same few formulas over and over, and each task run parses its
+# formula twice (cache key, then body): remember the recent ones. Callers get a copy,
+# so the remembered dict is never changed; errors are raised again, not remembered.
+@functools.lru_cache(maxsize=1024)
+def _parse_stripped(formula: str, start: int, end: int) -> dict[str, int | float]:
     return _parse(formula, start, end)
 
 

@@ -14,6 +14,7 @@ sandbox server can use it too.
 
 from __future__ import annotations
 
+import functools
 import re
 import reprlib
 import unicodedata
@@ -99,6 +100,13 @@ def normalize_orientation(orientation: str) -> str:
             orientation,
             f"it is {len(orientation)} characters long, the limit is {MAX_ORIENTATION_LENGTH}",
         )
+    return _normalized(orientation)
+
+
+# Each task run normalises its orientation twice (cache key, then body), and a campaign
+# uses a handful of them: remember the recent ones (errors are raised, not remembered).
+@functools.lru_cache(maxsize=256)
+def _normalized(orientation: str) -> str:
     text = orientation.strip().replace("\N{MINUS SIGN}", "-")
     if not text:
         raise _error(orientation, "it is empty")
