@@ -246,7 +246,10 @@ def _finish_layer(request: LayerRequest, decision: Adopt | Update | Create, laye
             request.describe(),
         )
     else:
-        logger.info(
+        # DEBUG, not INFO: the routine outcome, already shown by the run's name and
+        # state, while an INFO line costs every layer a trip through Prefect's log
+        # shipping (about a tenth of a layer's time in `benchmarks/per_layer.py`).
+        logger.debug(
             "Created %s as record %s (space group %s, %s).",
             request.describe(),
             layer.id,
