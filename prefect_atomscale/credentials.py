@@ -37,6 +37,13 @@ except PackageNotFoundError:  # running from a source tree that was never instal
     _VERSION = "0+unknown"
 USER_AGENT = f"prefect-atomscale/{_VERSION}"
 
+# How long an idle pooled connection is kept for the next task. httpx's 5 s default
+# closes connections during any lull of a long flow (a retry's back-off, a slow step),
+# so each burst after it opens new ones. 30 s stays under the idle timeouts common in
+# front of web APIs (60 s on AWS load balancers); a connection the server closed sooner
+# is noticed before reuse, and the rare race with it is a transient, retried error.
+KEEPALIVE_EXPIRY_SECONDS = 30.0
+
 
 class ConnectionSettings(NamedTuple):
     """Everything needed to talk to one Atomscale account, resolved and checked.
@@ -122,6 +129,7 @@ class ConnectionSettings(NamedTuple):
             "limits": httpx.Limits(
                 max_connections=self.max_connections,
                 max_keepalive_connections=self.max_connections,
+                keepalive_expiry=KEEPALIVE_EXPIRY_SECONDS,
             ),
             # A redirect would carry X-API-KEY to wherever it points; refuse to follow,
             # and let the client report it as a misconfigured base URL instead.

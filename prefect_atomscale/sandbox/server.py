@@ -300,6 +300,9 @@ def run_sandbox(
             log_level="warning",
             access_log=False,
             server_header=False,
+            # Idle keep-alive connections stay open 60 s, as behind common load
+            # balancers; uvicorn's own 5 s would close a client's pool at every lull.
+            timeout_keep_alive=60,
             # Off so that scope["client"] is always the real peer: connection faults
             # find the connection to drop by it, whatever headers a client sends.
             proxy_headers=False,
