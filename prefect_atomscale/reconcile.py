@@ -145,11 +145,14 @@ def decide_layer(
 
 
 # Target materials this process created, by account, each with the layer positions this
-# process has written (or tried to) since. A position not in that set cannot hold a
-# layer yet, so its look-up is skipped; any other must be looked up. Bounded, since a
-# long-lived worker creates many; forgetting one only costs look-ups.
+# process has written (or tried to) since, as the set bits of an int: one bit per layer,
+# so a campaign of thousands of layers adds next to nothing here. A position not marked
+# cannot hold a layer yet, so its look-up is skipped; any other must be looked up.
+# Bounded, since a long-lived worker creates many; forgetting one only costs look-ups,
+# as does a position beyond _TRACKED_POSITIONS (which always looks first).
 _CREATED_LIMIT = 10_000
-_created: OrderedDict[tuple[str, int], set[int]] = OrderedDict()
+_TRACKED_POSITIONS = 100_000
+_created: OrderedDict[tuple[str, int], int] = OrderedDict()
 _created_lock = threading.Lock()
 
 
@@ -169,7 +172,7 @@ def remember_created(account: str, sample_id: int) -> None:
         ```
     """
     with _created_lock:
-        _created[(account, sample_id)] = set()
+        _created[(account, sample_id)] = 0
         while len(_created) > _CREATED_LIMIT:
             _created.popitem(last=False)
 
@@ -198,9 +201,10 @@ def claim_new_position(account: str, sample_id: int, layer_id: int) -> bool:
     """
     with _created_lock:
         written = _created.get((account, sample_id))
-        if written is None or layer_id in written:
+        bit = 1 << layer_id if layer_id <= _TRACKED_POSITIONS else 0
+        if written is None or not bit or written & bit:
             return False
-        written.add(layer_id)
+        _created[(account, sample_id)] = written | bit
         return True
 
 
