@@ -84,6 +84,44 @@ def _list_rows(purpose: str) -> _Call:
     return _Call("GET", TARGET_MATERIALS, purpose)
 
 
+def _rows_where(keep: Callable[[dict[str, Any]], bool]) -> Callable[[Any], list[TargetMaterialRow]]:
+    """Decode only the listed rows `keep` accepts.
+
+    The list holds every layer of the organisation, and a look-up needs the few of one
+    target material: decoding only those keeps a look-up cheap in a large account. Items
+    that are not objects are kept, so that a malformed reply still fails validation.
+    """
+
+    def parse(data: Any) -> list[TargetMaterialRow]:
+        if isinstance(data, list):
+            data = [row for row in data if not isinstance(row, dict) or keep(row)]
+        return _ROWS.validate_python(data)
+
+    return parse
+
+
+def _is(value: Any, wanted: int | str) -> bool:
+    # Lenient as validation is: an id sent as a string still matches.
+    return value == wanted or (isinstance(value, str) and value.strip() == str(wanted))
+
+
+def _of_material(sample_id: int) -> Callable[[Any], list[TargetMaterialRow]]:
+    return _rows_where(lambda row: _is(row.get("sample_id"), sample_id))
+
+
+def _at_position(request: LayerRequest) -> Callable[[Any], list[TargetMaterialRow]]:
+    return _rows_where(
+        lambda row: (
+            _is(row.get("sample_id"), request.sample_id)
+            and _is(row.get("layer_id"), request.layer_id)
+        )
+    )
+
+
+def _named(request: TargetMaterialRequest) -> Callable[[Any], list[TargetMaterialRow]]:
+    return _rows_where(lambda row: _is(row.get("sample_name"), request.sample_name))
+
+
 class _Base:
     """What both clients share: the settings they report in errors, and reply decoding."""
 
@@ -401,8 +439,8 @@ class AtomscaleClient(_Base):
                 print(c.find_layers(LayerRequest.build(sample_id=42, layer_id=1)))
             ```
         """
-        rows = self.list_rows(f"checking whether {request.describe()} already exists")
-        return _layers_at(rows, request)
+        call = _list_rows(f"checking whether {request.describe()} already exists")
+        return _layers_at(self._parse(call, self._send(call), _at_position(request)), request)
 
     def find_target_materials(self, request: TargetMaterialRequest) -> list[TargetMaterial]:
         """Return listed target materials identical to the request, lowest `sample_id` first.
@@ -426,8 +464,8 @@ class AtomscaleClient(_Base):
                 print(c.find_target_materials(request))
             ```
         """
-        rows = self.list_rows(f"checking whether {request.describe()} already exists")
-        return _materials_like(rows, request)
+        call = _list_rows(f"checking whether {request.describe()} already exists")
+        return _materials_like(self._parse(call, self._send(call), _named(request)), request)
 
     def replace_layers(
         self, sample_id: int, requests: Sequence[LayerRequest], purpose: str
@@ -472,7 +510,8 @@ class AtomscaleClient(_Base):
                 print(c.layers_of(42, "reading target material 42"))
             ```
         """
-        return _layers_of(self.list_rows(purpose), sample_id)
+        call = _list_rows(purpose)
+        return _layers_of(self._parse(call, self._send(call), _of_material(sample_id)), sample_id)
 
     def close(self) -> None:
         """Close the underlying connection pool.
@@ -649,7 +688,8 @@ class AsyncAtomscaleClient(_Base):
                 return await client.find_layers(LayerRequest.build(sample_id=42, layer_id=1))
             ```
         """
-        rows = await self.list_rows(f"checking whether {request.describe()} already exists")
+        call = _list_rows(f"checking whether {request.describe()} already exists")
+        rows = self._parse(call, await self._send(call), _at_position(request))
         return _layers_at(rows, request)
 
     async def find_target_materials(self, request: TargetMaterialRequest) -> list[TargetMaterial]:
@@ -670,7 +710,8 @@ class AsyncAtomscaleClient(_Base):
                 return await client.find_target_materials(request)
             ```
         """
-        rows = await self.list_rows(f"checking whether {request.describe()} already exists")
+        call = _list_rows(f"checking whether {request.describe()} already exists")
+        rows = self._parse(call, await self._send(call), _named(request))
         return _materials_like(rows, request)
 
     async def replace_layers(
@@ -708,7 +749,9 @@ class AsyncAtomscaleClient(_Base):
                 return await client.layers_of(42, "reading target material 42")
             ```
         """
-        return _layers_of(await self.list_rows(purpose), sample_id)
+        call = _list_rows(purpose)
+        rows = self._parse(call, await self._send(call), _of_material(sample_id))
+        return _layers_of(rows, sample_id)
 
     async def aclose(self) -> None:
         """Close the underlying connection pool.

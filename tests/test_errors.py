@@ -67,7 +67,48 @@ CANNED: dict[str, Reply] = {
 }
 
 
+def _row(sample_id: object, layer_id: object, **fields: object) -> dict[str, object]:
+    return {
+        "id": 500 + int(str(layer_id)),
+        "sample_id": sample_id,
+        "layer_id": layer_id,
+        "sample_name": "BTO on STO",
+        "substrate": "SrTiO3",
+        **fields,
+    }
+
+
+def _listing(rows: object) -> Reply:
+    return 200, {"Content-Type": "application/json"}, json.dumps(rows).encode()
+
+
+# Replies to `GET /target-materials/`, the organisation's whole list.
+LISTINGS: dict[str, Reply] = {
+    # Another target material's rows are malformed; the look-up of ours must not care.
+    "list-others-malformed": _listing(
+        [
+            _row(7, 1, element_dict="not a dict"),
+            {"sample_id": 7, "layer_id": "three"},
+            _row(42, 3, composition_string="BaTiO3"),
+            _row("42", 4, composition_string="SrTiO3"),  # an id sent as a string
+        ]
+    ),
+    "list-ours-malformed": _listing([_row(42, 3, element_dict="not a dict")]),
+    "list-not-a-list": _listing({"rows": []}),
+    "list-not-objects": _listing(["BaTiO3"]),
+}
+
+
 class CannedHandler(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        status, headers, body = LISTINGS[self.path.strip("/").split("/")[0]]
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("Content-Length", 0)))
         status, headers, body = CANNED[self.path.strip("/").split("/")[0]]
@@ -144,6 +185,43 @@ def test_each_reply_maps_to_its_error(
     for needle in needles:
         assert needle in message
     assert SECRET not in message and SECRET not in repr(exc)
+
+
+def test_look_ups_read_only_the_rows_of_their_target_material(canned_url: str) -> None:
+    # The list holds the whole organisation; a look-up decodes the rows it needs, so a
+    # row elsewhere that this version cannot read does not stop it.
+    credentials = AtomscaleCredentials(
+        api_key=SECRET, base_url=f"{canned_url}/list-others-malformed"
+    )
+    with AtomscaleClient.from_credentials(credentials) as client:
+        found = client.find_layers(LayerRequest.build(sample_id=42, layer_id=3))
+        stack = client.layers_of(42, "reading target material 42")
+    assert [(layer.layer_id, layer.composition_string) for layer in found] == [(3, "BaTiO3")]
+    assert [(layer.layer_id, layer.composition_string) for layer in stack] == [
+        (3, "BaTiO3"),
+        (4, "SrTiO3"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("case", "needle"),
+    [
+        ("list-ours-malformed", "element_dict"),
+        ("list-not-a-list", "valid list"),
+        ("list-not-objects", "valid dictionary"),
+    ],
+)
+def test_a_listing_that_cannot_be_read_is_a_protocol_error(
+    canned_url: str, case: str, needle: str
+) -> None:
+    credentials = AtomscaleCredentials(api_key=SECRET, base_url=f"{canned_url}/{case}")
+    with (
+        AtomscaleClient.from_credentials(credentials) as client,
+        pytest.raises(AtomscaleProtocolError) as info,
+    ):
+        client.find_layers(LayerRequest.build(sample_id=42, layer_id=3))
+    assert "unexpected shape" in str(info.value) and needle in str(info.value)
+    assert "layer 3 of target material 42" in str(info.value)
 
 
 def test_detail_is_kept_as_sent(canned_url: str) -> None:
