@@ -15,8 +15,12 @@ written to one target material with the same concurrency C (default 16):
 
 The target: throughput(acreate_layers, post path) >= 0.8 x throughput(raw loop). Each
 row's time is the task call alone, timed inside the flow, so Prefect's flow start-up
-is not counted. Setup: the sandbox runs in a child process (`_common.SandboxProcess`),
-the flows in this one, against one temporary Prefect server started once.
+is not counted. Every row runs once first as a warm-up; the order of the rows rotates
+between repetitions, and each waits for the Prefect server to go idle first. The tasks'
+pool size (`max_connections`) is the concurrency, as for the raw loop's client.
+
+Setup: the sandbox runs in a child process (`_common.SandboxProcess`), the flows in
+this one, against one temporary Prefect server started once.
 
     python benchmarks/bulk.py --layers 1000 --concurrency 16 --repeat 5
 """
@@ -45,6 +49,7 @@ from prefect_atomscale import (
 )
 
 REPLACE_ROUTE = ("POST", "/target-materials/{sample_id}/layers")
+WARM_UP_LAYERS = 50
 
 
 def _stack(count: int) -> list[dict[str, Any]]:
@@ -126,30 +131,47 @@ def main() -> int:
     n, c = args.layers, args.concurrency
     samples = _common.Samples()
     with _common.prefect_server() as server, _common.SandboxProcess() as sandbox:
-        credentials = _common.bench_credentials(sandbox, max_connections=max(20, c))
-        for _ in range(args.repeat):
-            samples.add(
-                "raw",
-                asyncio.run(
-                    raw_loop(
-                        sandbox.url, sandbox.api_key, _material(credentials, foreign=True), n, c
-                    )
-                ),
-            )
-            samples.add(
-                "async post",
-                timed_async_bulk(credentials, _material(credentials, foreign=True), n, c),
-            )
-            samples.add(
-                "sync post",
-                timed_sync_bulk(credentials, _material(credentials, foreign=True), n, c),
-            )
+        # The same pool size as the raw loop's client: one connection per write in flight.
+        credentials = _common.bench_credentials(sandbox, max_connections=c)
+        replace_requests = 0
+
+        def run_raw(count: int) -> float:
+            sample_id = _material(credentials, foreign=True)
+            server.settle()
+            return asyncio.run(raw_loop(sandbox.url, sandbox.api_key, sample_id, count, c))
+
+        def run_async_post(count: int) -> float:
+            sample_id = _material(credentials, foreign=True)
+            server.settle()
+            return timed_async_bulk(credentials, sample_id, count, c)
+
+        def run_sync_post(count: int) -> float:
+            sample_id = _material(credentials, foreign=True)
+            server.settle()
+            return timed_sync_bulk(credentials, sample_id, count, c)
+
+        def run_sync_replace(count: int) -> float:
+            nonlocal replace_requests
+            sample_id = _material(credentials, foreign=False)
+            server.settle()
             sandbox.reset_stats()
-            samples.add(
-                "sync replace",
-                timed_sync_bulk(credentials, _material(credentials, foreign=False), n, c),
-            )
+            seconds = timed_sync_bulk(credentials, sample_id, count, c)
             replace_requests = sandbox.stats().count(REPLACE_ROUTE)
+            return seconds
+
+        rows = [
+            ("raw", run_raw),
+            ("async post", run_async_post),
+            ("sync post", run_sync_post),
+            ("sync replace", run_sync_replace),
+        ]
+        # Warm-up: the first call of each kind pays for imports and pool start-up.
+        for _, run in rows:
+            run(WARM_UP_LAYERS)
+        for repetition in range(args.repeat):
+            shift = repetition % len(rows)
+            for key, run in rows[shift:] + rows[:shift]:
+                samples.add(key, run(n))
     raw = samples.median("raw")
     rows = [
         [

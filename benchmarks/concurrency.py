@@ -10,6 +10,10 @@ Measures, side by side in one run and against the same sandbox, flows that creat
   `ThreadPoolTaskRunner` (no thread limit, so up to one thread per layer);
 - `concurrent, threads = pool size`: the same on `ThreadPoolTaskRunner(max_workers=
   max_connections)`, so that no task thread waits for a pooled connection;
+- `concurrent, one create_layers task per target material`: the target materials with
+  `.submit`, then one `create_layers.submit` per target material with its whole stack
+  (a new target material, so each task writes its stack in one replace-stack request):
+  the same 1,000 layers, 20 tasks instead of 1,000, all running at once;
 - with `--dask-workers N`, also `concurrent, Dask`: the same flow on prefect-dask's
   `DaskTaskRunner` with a local cluster of N worker processes (each with its own
   pool, so up to N x pool size connections), the scale-out beyond one process's GIL.
@@ -50,10 +54,16 @@ from prefect import flow, unmapped
 from prefect.futures import wait
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from prefect_atomscale import AtomscaleCredentials, create_layer, create_target_material
+from prefect_atomscale import (
+    AtomscaleCredentials,
+    create_layer,
+    create_layers,
+    create_target_material,
+)
 from prefect_atomscale.pool import close_all
 
 SUBSTRATE = "SrTiO3"
+REPLACE_ROUTE = ("POST", "/target-materials/{sample_id}/layers")
 
 
 def _positions(layers: int, materials: int) -> list[tuple[int, int]]:
@@ -106,6 +116,29 @@ def concurrent_flow(
     failed = [future.state for future in futures if not future.state.is_completed()]
     if failed:
         failed[0].result()  # raises the first failure
+    return time.perf_counter() - started
+
+
+@flow(name="bench-concurrent-stacks")
+def concurrent_stacks_flow(
+    credentials: AtomscaleCredentials, run: str, layers: int, materials: int
+) -> float:
+    """Submit the materials, then one `create_layers` per material; return the body's seconds."""
+    started = time.perf_counter()
+    material_futures = [
+        create_target_material.submit(credentials, f"{run}-{index}", SUBSTRATE)
+        for index in range(materials)
+    ]
+    stacks: list[list[dict[str, Any]]] = [[] for _ in range(materials)]
+    for material, position in _positions(layers, materials):
+        stacks[material].append({"layer_id": position, **_common.layer_arguments(position)})
+    futures = [
+        create_layers.submit(credentials, future.result().sample_id, stack)
+        for future, stack in zip(material_futures, stacks, strict=True)
+    ]
+    wait(futures)
+    for future in futures:
+        future.result()  # raises the first failure
     return time.perf_counter() - started
 
 
@@ -179,6 +212,13 @@ def main(argv: list[str] | None = None) -> int:
                     credentials,
                 )
             )
+        variants.append(
+            (
+                "concurrent, one create_layers task per target material",
+                lambda c, run, n: concurrent_stacks_flow(c, run, n, materials),
+                default,
+            )
+        )
         if options.dask_workers > 0:
             from prefect_dask import DaskTaskRunner
 
@@ -217,9 +257,17 @@ def main(argv: list[str] | None = None) -> int:
                 samples.add(name, body)
                 samples.add(f"{name} whole", whole)
                 counts = seen.setdefault(
-                    name, {"posts": set(), "conns": set(), "threads": set(), "peak": set()}
+                    name,
+                    {
+                        "posts": set(),
+                        "replaces": set(),
+                        "conns": set(),
+                        "threads": set(),
+                        "peak": set(),
+                    },
                 )
                 counts["posts"].add(stats.count(_common.LAYERS_ROUTE))
+                counts["replaces"].add(stats.count(REPLACE_ROUTE))
                 counts["conns"].add(stats.connections)
                 counts["peak"].add(stats.peak_open)
                 counts["threads"].add(peak[0])
@@ -241,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{samples.median(f'{name} whole') - body:.2f}",
                 max(counts["threads"]),
                 ",".join(map(str, sorted(counts["posts"]))),
+                ",".join(map(str, sorted(counts["replaces"]))),
                 ",".join(map(str, sorted(counts["conns"]))),
                 ",".join(map(str, sorted(counts["peak"]))),
                 credentials.max_connections,
@@ -265,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
             "start+teardown s",
             "peak threads",
             "layer POSTs",
+            "replace-stack requests",
             "connections accepted",
             "open at once (peak)",
             "pool size",
