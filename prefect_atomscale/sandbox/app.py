@@ -22,6 +22,7 @@ served by h11, 0.2 ms by httptools; sync endpoints took 0.8 ms.
 import functools
 import hashlib
 import hmac
+import json
 import math
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -440,8 +441,12 @@ def create_app(config: SandboxConfig | None = None) -> SandboxApp:
         summary="List the organisation's target materials, one row per layer",
         responses=_AUTH_ERRORS,
     )
-    async def list_target_materials(grant: Reader) -> list[dict[str, Any]]:
-        return store.list_rows(grant.organisation, include_empty=config.list_empty_materials)
+    async def list_target_materials(grant: Reader) -> Response:
+        rows = store.list_rows(grant.organisation, include_empty=config.list_empty_materials)
+        # The rows come from our own tables, already in the documented shape; encoding
+        # them directly skips FastAPI validating each one again against the response
+        # model, which took half the time of a 10,000-row listing.
+        return Response(json.dumps(rows, separators=(",", ":")), media_type="application/json")
 
     @app.patch(
         "/target-materials/{sample_id}",
