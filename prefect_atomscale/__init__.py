@@ -36,6 +36,11 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+# Prefect's package first: reached first through a submodule (as `credentials` would,
+# with `prefect.blocks.abstract`), Prefect's import costs about 50 ms more CPU time
+# (`benchmarks/memory_startup.py`).
+import prefect  # noqa: F401  # isort: skip
+
 # Eager: Prefect finds the block class on the package when it registers integrations.
 from prefect_atomscale.credentials import AtomscaleCredentials
 from prefect_atomscale.exceptions import (
