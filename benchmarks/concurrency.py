@@ -91,16 +91,21 @@ def sequential_flow(
     return time.perf_counter() - started
 
 
+def _submit_materials(credentials: AtomscaleCredentials, run: str, materials: int) -> list[Any]:
+    """Submit the creation of `materials` target materials at once; return the futures."""
+    return [
+        create_target_material.submit(credentials, f"{run}-{index}", SUBSTRATE)
+        for index in range(materials)
+    ]
+
+
 @flow(name="bench-concurrent")
 def concurrent_flow(
     credentials: AtomscaleCredentials, run: str, layers: int, materials: int
 ) -> float:
     """Submit the materials, then map every layer at once; return the body's seconds."""
     started = time.perf_counter()
-    material_futures = [
-        create_target_material.submit(credentials, f"{run}-{index}", SUBSTRATE)
-        for index in range(materials)
-    ]
+    material_futures = _submit_materials(credentials, run, materials)
     sample_ids = [future.result().sample_id for future in material_futures]
     spread = _positions(layers, materials)
     futures = create_layer.map(
@@ -125,10 +130,7 @@ def concurrent_stacks_flow(
 ) -> float:
     """Submit the materials, then one `create_layers` per material; return the body's seconds."""
     started = time.perf_counter()
-    material_futures = [
-        create_target_material.submit(credentials, f"{run}-{index}", SUBSTRATE)
-        for index in range(materials)
-    ]
+    material_futures = _submit_materials(credentials, run, materials)
     stacks: list[list[dict[str, Any]]] = [[] for _ in range(materials)]
     for material, position in _positions(layers, materials):
         stacks[material].append({"layer_id": position, **_common.layer_arguments(position)})

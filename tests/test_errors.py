@@ -101,17 +101,15 @@ LISTINGS: dict[str, Reply] = {
 
 class CannedHandler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
-        status, headers, body = LISTINGS[self.path.strip("/").split("/")[0]]
-        self.send_response(status)
-        for name, value in headers.items():
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        self._reply(LISTINGS)
 
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        status, headers, body = CANNED[self.path.strip("/").split("/")[0]]
+        self._reply(CANNED)
+
+    def _reply(self, replies: dict[str, Reply]) -> None:
+        # The first path segment names the canned reply; the client appends the API path.
+        status, headers, body = replies[self.path.strip("/").split("/")[0]]
         self.send_response(status)
         for name, value in headers.items():
             self.send_header(name, value)
