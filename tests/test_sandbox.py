@@ -1049,3 +1049,31 @@ def test_sandbox_imports_nothing_from_the_client_side() -> None:
                     assert name in allowed or name.startswith("prefect_atomscale.sandbox"), (
                         f"{module.name} imports {name}"
                     )
+
+
+@pytest.mark.parametrize("include_empty", [False, True])
+def test_the_listing_sqlite_encodes_equals_the_rows(include_empty: bool) -> None:
+    # GET /target-materials/ sends the JSON SQLite builds; it must say exactly what the
+    # rows say, with odd names, nested metadata, fractions, nulls and repeated positions.
+    from prefect_atomscale.sandbox.store import LayerValues, SandboxStore
+
+    store = SandboxStore()
+    metadata = {"growth": "PLD", "steps": [1, 2.5, None, {"T": -3e-5}], "é": '√ 漢字 "q"\n'}
+    material = store.create_target_material(
+        "lab-a",
+        'BTO "on" STO\\n ☃',
+        "SrTiO3",
+        metadata,
+        [
+            LayerValues(1, None, "(La0.7Sr0.3)MnO3", {"La": 0.7, "Sr": 0.3, "Mn": 1, "O": 3}),
+            LayerValues(2, None, "BaTiO3", None, "001", "P4mm", "mp-5020"),
+        ],
+    )
+    store.add_layer("lab-a", LayerValues(2, material["sample_id"], "SrTiO3", {"Sr": 1}))
+    store.create_target_material("lab-a", "empty", "MgO", None, [])
+    store.create_target_material("lab-b", "other lab", "MgO", None, [LayerValues(1, None)])
+
+    for organisation in ("lab-a", "lab-b", "nobody"):
+        rows = store.list_rows(organisation, include_empty=include_empty)
+        assert json.loads(store.list_rows_json(organisation, include_empty=include_empty)) == rows
+    assert len(store.list_rows("lab-a", include_empty=include_empty)) == 3 + include_empty

@@ -22,7 +22,6 @@ served by h11, 0.2 ms by httptools; sync endpoints took 0.8 ms.
 import functools
 import hashlib
 import hmac
-import json
 import math
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -442,11 +441,11 @@ def create_app(config: SandboxConfig | None = None) -> SandboxApp:
         responses=_AUTH_ERRORS,
     )
     async def list_target_materials(grant: Reader) -> Response:
-        rows = store.list_rows(grant.organisation, include_empty=config.list_empty_materials)
-        # The rows come from our own tables, already in the documented shape; encoding
-        # them directly skips FastAPI validating each one again against the response
-        # model, which took half the time of a 10,000-row listing.
-        return Response(json.dumps(rows, separators=(",", ":")), media_type="application/json")
+        # The rows come from our own tables, already in the documented shape: SQLite
+        # encodes them, and FastAPI does not validate each one again against the
+        # response model (that took most of the time of a 10,000-row listing).
+        body = store.list_rows_json(grant.organisation, include_empty=config.list_empty_materials)
+        return Response(body, media_type="application/json")
 
     @app.patch(
         "/target-materials/{sample_id}",
