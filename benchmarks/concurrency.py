@@ -16,7 +16,8 @@ Measures, side by side in one run and against the same sandbox, flows that creat
   the same 1,000 layers, 20 tasks instead of 1,000, all running at once;
 - with `--dask-workers N`, also `concurrent, Dask`: the same flow on prefect-dask's
   `DaskTaskRunner` with a local cluster of N worker processes (each with its own
-  pool, so up to N x pool size connections), the scale-out beyond one process's GIL.
+  pool, so up to N x pool size connections), the scale-out beyond one process's GIL;
+  and the `create_layers` flow on such a cluster.
 
 For each flow it reports the body's time (timed inside the flow; Prefect's flow start-up
 and teardown are reported apart), the speed-up over the sequential flow (target: at
@@ -224,23 +225,31 @@ def main(argv: list[str] | None = None) -> int:
         if options.dask_workers > 0:
             from prefect_dask import DaskTaskRunner
 
+            workers = options.dask_workers
+            cluster = {
+                "n_workers": workers,
+                "threads_per_worker": max(1, pool_sizes[0] // workers),
+                "processes": True,
+            }
+            dask_credentials = _common.bench_credentials(sandbox, max_connections=pool_sizes[0])
             on_dask = concurrent_flow.with_options(
-                task_runner=DaskTaskRunner(
-                    cluster_kwargs={
-                        "n_workers": options.dask_workers,
-                        "threads_per_worker": max(1, pool_sizes[0] // options.dask_workers),
-                        "processes": True,
-                    }
-                )
+                task_runner=DaskTaskRunner(cluster_kwargs=cluster)
             )
-            variants.append(
+            stacks_on_dask = concurrent_stacks_flow.with_options(
+                task_runner=DaskTaskRunner(cluster_kwargs=cluster)
+            )
+            variants += [
                 (
-                    f"concurrent, Dask, {options.dask_workers} worker processes, "
-                    f"pool size {pool_sizes[0]} each",
+                    f"concurrent, Dask, {workers} worker processes, pool size {pool_sizes[0]} each",
                     lambda c, run, n: on_dask(c, run, n, materials),
-                    _common.bench_credentials(sandbox, max_connections=pool_sizes[0]),
-                )
-            )
+                    dask_credentials,
+                ),
+                (
+                    f"one create_layers task per target material, Dask, {workers} worker processes",
+                    lambda c, run, n: stacks_on_dask(c, run, n, materials),
+                    dask_credentials,
+                ),
+            ]
         # Warm-up: the first flow calls of a process pay imports and registrations.
         for _, call, credentials in variants:
             call(credentials, f"warm-up-{uuid.uuid4().hex[:12]}", 2 * materials)
