@@ -72,26 +72,41 @@ _SELECT_LAYER = f"SELECT {_LAYER_COLUMNS} FROM layers WHERE id = ?"  # noqa: S60
 _SELECT_LAYER_ROWS = f"SELECT organisation, {_LAYER_COLUMNS} FROM layers"  # noqa: S608
 _SELECT_MATERIAL = f"SELECT {_MATERIAL_COLUMNS} FROM target_materials"  # noqa: S608
 _SELECT_MATERIAL_ROWS = f"SELECT organisation, {_MATERIAL_COLUMNS} FROM target_materials"  # noqa: S608
-_LIST_ROWS = (
-    "SELECT l.id, m.sample_id, m.sample_name, m.substrate, l.layer_id,"
-    " l.composition_string, l.element_dict, l.orientation, l.space_group,"
-    " l.mp_id, m.sample_metadata, m.user_id, m.version, m.last_updated"
+# The listing of GET /target-materials/: (field, column, holds JSON text) per field,
+# in the order the API documents. Both queries below are built from it.
+_LISTED = (
+    ("id", "l.id", False),
+    ("sample_id", "m.sample_id", False),
+    ("sample_name", "m.sample_name", False),
+    ("substrate", "m.substrate", False),
+    ("layer_id", "l.layer_id", False),
+    ("composition_string", "l.composition_string", False),
+    ("element_dict", "l.element_dict", True),
+    ("orientation", "l.orientation", False),
+    ("space_group", "l.space_group", False),
+    ("mp_id", "l.mp_id", False),
+    ("sample_metadata", "m.sample_metadata", True),
+    ("user_id", "m.user_id", False),
+    ("version", "m.version", False),
+    ("last_updated", "m.last_updated", False),
+)
+_LISTED_FROM = (
     " FROM target_materials m {join} layers l ON l.sample_id = m.sample_id"
     " WHERE m.organisation = ? ORDER BY m.sample_id, l.layer_id, l.id"
 )
+_LIST_ROWS = "SELECT " + ", ".join(column for _, column, _ in _LISTED) + _LISTED_FROM
 # The same listing encoded as one JSON array by SQLite itself: a large organisation's
 # listing then costs no Python work per row. `json()` embeds the stored JSON columns as
 # JSON rather than as strings.
 _LIST_ROWS_JSON = (
-    "SELECT coalesce(json_group_array(json(row)), '[]') FROM ("
-    "SELECT json_object('id', l.id, 'sample_id', m.sample_id, 'sample_name', m.sample_name,"
-    " 'substrate', m.substrate, 'layer_id', l.layer_id,"
-    " 'composition_string', l.composition_string, 'element_dict', json(l.element_dict),"
-    " 'orientation', l.orientation, 'space_group', l.space_group, 'mp_id', l.mp_id,"
-    " 'sample_metadata', json(m.sample_metadata), 'user_id', m.user_id,"
-    " 'version', m.version, 'last_updated', m.last_updated) AS row"
-    " FROM target_materials m {join} layers l ON l.sample_id = m.sample_id"
-    " WHERE m.organisation = ? ORDER BY m.sample_id, l.layer_id, l.id)"
+    "SELECT coalesce(json_group_array(json(row)), '[]') FROM (SELECT json_object("  # noqa: S608
+    + ", ".join(
+        f"'{field}', " + (f"json({column})" if is_json else column)
+        for field, column, is_json in _LISTED
+    )
+    + ") AS row"
+    + _LISTED_FROM
+    + ")"
 )
 _INSERT_LAYER = (
     "INSERT INTO layers (id, organisation, sample_id, layer_id, composition_string,"
@@ -516,7 +531,10 @@ class SandboxStore:
             return self._material(db, organisation, sample_id)
 
     def list_rows(self, organisation: str, *, include_empty: bool) -> list[dict[str, Any]]:
-        """The listing of `GET /target-materials/`: one row per attached layer.
+        """The listing of `GET /target-materials/` as dicts, one row per attached layer.
+
+        The route sends `list_rows_json`; this decoding in Python is for reading the
+        listing in code and tests.
 
         Args:
             organisation: Whose records.
