@@ -43,6 +43,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -531,6 +532,43 @@ def bench_credentials(sandbox: SandboxProcess, **options: Any) -> Any:
     from prefect_atomscale import AtomscaleCredentials
 
     return AtomscaleCredentials(api_key=sandbox.api_key, base_url=sandbox.url, **options)
+
+
+def raw_post_loop(sandbox: SandboxProcess, layers: int) -> tuple[float, float]:
+    """POST `layers` layers to a new target material on one keep-alive `httpx.Client`.
+
+    The floor the per-layer figures compare with: the same request bodies the tasks
+    send, without Prefect; each reply is decoded.
+
+    Returns:
+        Wall and CPU seconds (of this thread) of the loop of POSTs.
+    """
+    import httpx
+
+    from prefect_atomscale.payloads import LayerRequest, TargetMaterialRequest
+
+    headers = {"X-API-KEY": sandbox.api_key, "Accept": "application/json"}
+    with httpx.Client(base_url=sandbox.url, headers=headers, timeout=30.0) as client:
+        material = TargetMaterialRequest.build(
+            sample_name=f"raw-{uuid.uuid4().hex[:12]}", substrate="SrTiO3"
+        )
+        reply = client.post("/target-materials/", json=material.body)
+        reply.raise_for_status()
+        sample_id = reply.json()["sample_id"]
+        bodies = [
+            dict(
+                LayerRequest.build(
+                    sample_id=sample_id, layer_id=position, **layer_arguments(position)
+                ).body
+            )
+            for position in range(1, layers + 1)
+        ]
+        wall, cpu = time.perf_counter(), time.thread_time()
+        for body in bodies:
+            reply = client.post("/target-materials/layers/", json=body)
+            reply.raise_for_status()
+            reply.json()
+        return time.perf_counter() - wall, time.thread_time() - cpu
 
 
 def layer_arguments(position: int) -> dict[str, Any]:

@@ -44,14 +44,12 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
 from prefect import Task, flow, task
 from prefect.cache_policies import NO_CACHE, CachePolicy
 from prefect.context import TaskRunContext
 
 from prefect_atomscale import AtomscaleCredentials, create_layer, create_target_material
 from prefect_atomscale.caching import DEFAULT_CACHE_EXPIRATION, AtomscaleRequestCache
-from prefect_atomscale.payloads import LayerRequest, TargetMaterialRequest
 from prefect_atomscale.tasks import TASK_VERSION, _layer_request
 
 SUBSTRATE = "SrTiO3"
@@ -130,32 +128,6 @@ def loop_flow(
     return time.perf_counter() - wall, time.thread_time() - cpu
 
 
-def raw_loop(sandbox: _common.SandboxProcess, layers: int) -> tuple[float, float]:
-    """POST `layers` layers on one keep-alive client; return wall and thread CPU seconds."""
-    headers = {"X-API-KEY": sandbox.api_key, "Accept": "application/json"}
-    with httpx.Client(base_url=sandbox.url, headers=headers, timeout=30.0) as client:
-        material = TargetMaterialRequest.build(
-            sample_name=f"raw-{uuid.uuid4().hex[:12]}", substrate=SUBSTRATE
-        )
-        reply = client.post("/target-materials/", json=material.body)
-        reply.raise_for_status()
-        sample_id = reply.json()["sample_id"]
-        bodies = [
-            dict(
-                LayerRequest.build(
-                    sample_id=sample_id, layer_id=position, **_common.layer_arguments(position)
-                ).body
-            )
-            for position in range(1, layers + 1)
-        ]
-        wall, cpu = time.perf_counter(), time.thread_time()
-        for body in bodies:
-            reply = client.post("/target-materials/layers/", json=body)
-            reply.raise_for_status()
-            reply.json()
-        return time.perf_counter() - wall, time.thread_time() - cpu
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run every variant `--repeat` times, interleaved, and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -170,14 +142,14 @@ def main(argv: list[str] | None = None) -> int:
         credentials = _common.bench_credentials(sandbox)
         for name in VARIANTS:  # warm-up: first calls pay imports and registrations
             loop_flow(credentials, name, f"warm-up-{uuid.uuid4().hex[:12]}", 10)
-        raw_loop(sandbox, 10)
+        _common.raw_post_loop(sandbox, 10)
         names = [*VARIANTS, "raw httpx loop"]
         for repetition in range(repeat):
             shift = repetition % len(names)
             for name in names[shift:] + names[:shift]:
                 if name == "raw httpx loop":
                     server.settle()
-                    wall, cpu = raw_loop(sandbox, layers)
+                    wall, cpu = _common.raw_post_loop(sandbox, layers)
                     samples.add(name, wall)
                     samples.add(f"{name} cpu", cpu)
                     continue

@@ -44,12 +44,10 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-import httpx
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from prefect_atomscale import AtomscaleCredentials, create_layer, create_target_material
-from prefect_atomscale.payloads import LayerRequest, TargetMaterialRequest
 
 SUBSTRATE = "SrTiO3"
 WARM_UP_LAYERS = 20
@@ -99,36 +97,6 @@ def layer_flow(
     return time.perf_counter() - wall, time.thread_time() - cpu
 
 
-def raw_loop(sandbox: _common.SandboxProcess, layers: int) -> tuple[float, float]:
-    """POST `layers` layers to a new target material on one keep-alive client.
-
-    Returns:
-        Wall and CPU seconds of the loop of POSTs.
-    """
-    headers = {"X-API-KEY": sandbox.api_key, "Accept": "application/json"}
-    with httpx.Client(base_url=sandbox.url, headers=headers, timeout=30.0) as client:
-        material = TargetMaterialRequest.build(
-            sample_name=f"raw-{uuid.uuid4().hex[:12]}", substrate=SUBSTRATE
-        )
-        reply = client.post("/target-materials/", json=material.body)
-        reply.raise_for_status()
-        sample_id = reply.json()["sample_id"]
-        bodies = [
-            dict(
-                LayerRequest.build(
-                    sample_id=sample_id, layer_id=position, **_common.layer_arguments(position)
-                ).body
-            )
-            for position in range(1, layers + 1)
-        ]
-        wall, cpu = time.perf_counter(), time.thread_time()
-        for body in bodies:
-            reply = client.post("/target-materials/layers/", json=body)
-            reply.raise_for_status()
-            reply.json()
-        return time.perf_counter() - wall, time.thread_time() - cpu
-
-
 def timed(call: Callable[[], Any]) -> tuple[Any, float]:
     """Run `call`; return its result and its wall time (the whole call, for flows)."""
     started = time.perf_counter()
@@ -160,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
 
         def run_raw() -> None:
             server.settle()
-            record("raw", raw_loop(sandbox, layers))
+            record("raw", _common.raw_post_loop(sandbox, layers))
 
         def run_empty() -> None:
             server.settle()
@@ -182,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         # Warm-up: the first flow call of a process pays for imports and registration.
         _, first_call = timed(lambda: empty_flow(credentials, WARM_UP_LAYERS))
         layer_flow(credentials, f"warm-up-{uuid.uuid4().hex[:12]}", WARM_UP_LAYERS)
-        raw_loop(sandbox, WARM_UP_LAYERS)
+        _common.raw_post_loop(sandbox, WARM_UP_LAYERS)
 
         steps = [run_raw, run_empty, run_layers]
         for repetition in range(repeat):
