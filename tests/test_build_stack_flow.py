@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import tempfile
-from pathlib import Path
-
 from conftest import KEY_A
-from helpers import layer_rows
+from helpers import layer_rows, run_as_newcomer
 
 from flows.build_stack import BuiltStack, LayerSpec, build_stack, format_stack
 from prefect_atomscale import AtomscaleCredentials
 from prefect_atomscale.sandbox import SandboxHandle
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_build_stack_creates_every_layer_in_order(
@@ -39,20 +31,7 @@ def test_build_stack_creates_every_layer_in_order(
 
 def test_demo_command_runs_clean_with_no_configuration() -> None:
     """`python flows/build_stack.py` as a newcomer runs it: fresh home, no Prefect server."""
-    env = {
-        name: value
-        for name, value in os.environ.items()
-        if not name.startswith(("PREFECT_", "AS_", "ATOMSCALE_"))
-    }
-    env["HOME"] = env["PREFECT_HOME"] = tempfile.mkdtemp(prefix="demo-home-")
-    result = subprocess.run(
-        [sys.executable, "flows/build_stack.py"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+    result = run_as_newcomer("flows/build_stack.py")
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     assert "Started the Atomscale sandbox at http://127.0.0.1:" in result.stdout

@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import shutil
-import subprocess
-import sys
-import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
@@ -16,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 from conftest import KEY_A
-from helpers import LAYERS, TARGET_MATERIALS, requests_to
+from helpers import LAYERS, TARGET_MATERIALS, requests_to, run_as_newcomer
 
 from flows.stack_from_file import stack_from_file, stacks_from_folder
 from prefect_atomscale import AtomscaleCredentials, AtomscaleValidationError, TargetMaterialRow
@@ -554,20 +550,7 @@ def test_two_files_naming_the_same_target_material_are_both_refused(
 
 def test_the_script_creates_every_example_on_a_fresh_machine() -> None:
     """`python flows/stack_from_file.py` as the README shows it: no server, no block."""
-    env = {
-        name: value
-        for name, value in os.environ.items()
-        if not name.startswith(("PREFECT_", "AS_", "ATOMSCALE_"))
-    }
-    env["HOME"] = env["PREFECT_HOME"] = tempfile.mkdtemp(prefix="stack-script-home-")
-    result = subprocess.run(
-        [sys.executable, "flows/stack_from_file.py"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+    result = run_as_newcomer("flows/stack_from_file.py")
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     assert "bto_film_on_sto.csv: created 1 created now" in result.stdout
