@@ -109,7 +109,8 @@ def describe_stack(substrate: str, layers: Sequence[Layer]) -> str:
         from prefect_atomscale import Layer
         from prefect_atomscale.artifacts import describe_stack
 
-        print(describe_stack("MgO", [Layer(id=1, layer_id=1, composition_string="TiO2")]))
+        print(describe_stack("MgO", [Layer(id=1, layer_id=1, sample_id=4,
+                   composition_string="TiO2")]))
         ```
     """
     ordered = _sorted(layers)
@@ -139,7 +140,8 @@ def stack_table(layers: Sequence[Layer]) -> list[dict[str, str | int]]:
         from prefect_atomscale import Layer
         from prefect_atomscale.artifacts import stack_table
 
-        print(stack_table([Layer(id=7, layer_id=1, composition_string="GaN")]))
+        print(stack_table([Layer(id=7, layer_id=1, sample_id=4,
+                   composition_string="GaN")]))
         ```
     """
     return [
@@ -263,7 +265,8 @@ def stack_svg(substrate: str, layers: Sequence[Layer]) -> str:
         from prefect_atomscale import Layer
         from prefect_atomscale.artifacts import stack_svg
 
-        svg = stack_svg("SrTiO3", [Layer(id=1, layer_id=1, composition_string="BaTiO3")])
+        svg = stack_svg("SrTiO3", [Layer(id=1, layer_id=1, sample_id=4,
+                   composition_string="BaTiO3")])
         print(svg[:4])  # <svg
         ```
     """
@@ -364,13 +367,15 @@ def stack_markdown(
         from prefect_atomscale.artifacts import stack_markdown
 
         material = TargetMaterial(sample_id=4, sample_name="GaN film", substrate="Al2O3")
-        print(stack_markdown(material, [Layer(id=1, layer_id=1, composition_string="GaN")]))
+        print(stack_markdown(material, [Layer(id=1, layer_id=1, sample_id=4,
+                   composition_string="GaN")]))
         ```
     """
-    svg = stack_svg(material.substrate, layers)
+    name, substrate = _name(material), _substrate(material)
+    svg = stack_svg(substrate, layers)
     image = base64.b64encode(svg.encode()).decode()
     facts = [
-        f"Target material **{material.sample_id}** on **{_md(material.substrate)}**",
+        f"Target material **{material.sample_id}** on **{_md(substrate)}**",
         f"{len(layers)} layer{'s' if len(layers) != 1 else ''}",
     ]
     if summary:
@@ -378,15 +383,24 @@ def stack_markdown(
     if source:
         facts.append(f"from `{source.replace('`', '')}`")
     # Alt text is plain: brackets or parentheses in it would end the image syntax.
-    alt = re.sub(r"[\[\]()]", "", f"Stack of {material.sample_name} on {material.substrate}")
+    alt = re.sub(r"[\[\]()]", "", f"Stack of {name} on {substrate}")
     return "\n\n".join(
         [
-            f"### {_md(material.sample_name)}",
+            f"### {_md(name)}",
             " \u00b7 ".join(facts),
             f"![{alt}](data:image/svg+xml;base64,{image})",
-            f"**Bottom to top:** {_md(describe_stack(material.substrate, layers))}",
+            f"**Bottom to top:** {_md(describe_stack(substrate, layers))}",
         ]
     )
+
+
+def _name(material: TargetMaterial) -> str:
+    # The service may leave a name or substrate out of a reply; say so, don't fail.
+    return material.sample_name or f"target material {material.sample_id}"
+
+
+def _substrate(material: TargetMaterial) -> str:
+    return material.substrate or "an unnamed substrate"
 
 
 def _md(text: str) -> str:
@@ -412,7 +426,7 @@ def artifact_key(material: TargetMaterial) -> str:
         print(artifact_key(TargetMaterial(sample_id=42, sample_name="BTO/STO SL", substrate="x")))
         ```
     """
-    slug = re.sub(r"[^a-z0-9]+", "-", material.sample_name.lower()).strip("-")
+    slug = re.sub(r"[^a-z0-9]+", "-", (material.sample_name or "").lower()).strip("-")
     if len(slug) > 40:  # keys show in narrow cards; cut at a word
         slug = slug[:41].rsplit("-", 1)[0]
     return f"{slug or 'stack'}-s{material.sample_id}"
@@ -448,7 +462,7 @@ def _artifact_content(
 ) -> tuple[str, dict[str, Any], dict[str, Any]]:
     key = artifact_key(material)
     # Cards in the UI show the first few words of a description: say what it is first.
-    what = f"{material.sample_name} (target material {material.sample_id}) on {material.substrate}"
+    what = f"{_name(material)} (target material {material.sample_id}) on {_substrate(material)}"
     table = {
         "table": stack_table(layers),
         "key": f"layers-{key}",
@@ -497,7 +511,8 @@ def publish_stack_artifacts(
         @flow
         def show() -> None:
             material = TargetMaterial(sample_id=4, sample_name="GaN film", substrate="Al2O3")
-            publish_stack_artifacts(material, [Layer(id=1, layer_id=1, composition_string="GaN")])
+            publish_stack_artifacts(material, [Layer(id=1, layer_id=1, sample_id=4,
+                   composition_string="GaN")])
         ```
     """
     # Imported here: the rest of this module is useful without a Prefect API.
@@ -538,7 +553,8 @@ async def apublish_stack_artifacts(
         @flow
         async def show() -> None:
             material = TargetMaterial(sample_id=4, sample_name="GaN film", substrate="Al2O3")
-            layers = [Layer(id=1, layer_id=1, composition_string="GaN")]
+            layers = [Layer(id=1, layer_id=1, sample_id=4,
+                   composition_string="GaN")]
             await apublish_stack_artifacts(material, layers)
         ```
     """

@@ -1,21 +1,62 @@
 """Typed records the Atomscale API answers with: target materials, layers, list rows.
 
-Each model has exactly the fields the API reference documents. Fields the server adds
-later are ignored rather than rejected, so a new server version never breaks a flow.
+Read tolerantly. A reply is refused only when a field the package uses to find or link
+records is missing or unusable: a target material's `sample_id`; a layer's `id`,
+`layer_id` and `sample_id`. Every other documented field is optional and nullable, and
+read leniently (a number where text was expected becomes text, a JSON object sent as a
+string is decoded, anything else unusable is read as `None`); the ones nobody here reads
+(`user_id`, `version`, `last_updated`, `detail_notes_id`) take any JSON value. Fields
+the reference does not list are kept on the model (`model_extra`), never an error.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict
 
 __all__ = ["Layer", "TargetMaterial", "TargetMaterialRow"]
 
 
+def _lenient_text(value: Any) -> str | None:
+    # A number where text was expected (an orientation written 1, a name 2026) is
+    # still that text; a list, an object or a boolean is no text at all.
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    return None
+
+
+def _lenient_object(value: Any) -> dict[str, Any] | None:
+    # Some services store JSON columns as text and send them back as a string.
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return None
+    if isinstance(value, dict) and all(isinstance(key, str) for key in value):
+        return value
+    return None
+
+
+def _record_id(value: Any) -> Any:
+    # An id is a whole number, sent as a number or as its digits (pydantic's lax mode
+    # reads both); a boolean is not one, though lax mode would read `true` as 1.
+    if isinstance(value, bool):
+        raise ValueError("Input should be a whole number, not a boolean")
+    return value
+
+
+Id = Annotated[int, BeforeValidator(_record_id)]
+Text = Annotated[str | None, BeforeValidator(_lenient_text)]
+JsonObject = Annotated[dict[str, Any] | None, BeforeValidator(_lenient_object)]
+
+
 class _Reply(BaseModel):
-    # extra="ignore": unknown reply fields are dropped, never an error.
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    # extra="allow": fields the reference does not list are kept, never an error.
+    model_config = ConfigDict(extra="allow", frozen=True)
 
 
 class TargetMaterial(_Reply):
@@ -26,10 +67,11 @@ class TargetMaterial(_Reply):
         sample_name: Its name.
         substrate: The substrate it is grown on.
         sample_metadata: Free-form metadata stored with it.
-        detail_notes_id: Id of attached notes, if any.
-        user_id: The owning user.
-        version: Record version, bumped on each update.
-        last_updated: When it last changed, as the server wrote it.
+        detail_notes_id: Id of attached notes, if any (any JSON value).
+        user_id: The owning user, a number or a UUID string (any JSON value).
+        version: Record version as the service writes it, e.g. `"0.269.1"` (any JSON
+            value).
+        last_updated: When it last changed, as the server wrote it (any JSON value).
 
     Example:
         ```python
@@ -40,14 +82,14 @@ class TargetMaterial(_Reply):
         ```
     """
 
-    sample_id: int
-    sample_name: str
-    substrate: str
-    sample_metadata: dict[str, Any] = Field(default_factory=dict)
-    detail_notes_id: int | str | None = None
-    user_id: str | None = None
-    version: int | None = None
-    last_updated: str | None = None
+    sample_id: Id
+    sample_name: Text = None
+    substrate: Text = None
+    sample_metadata: JsonObject = None
+    detail_notes_id: Any = None
+    user_id: Any = None
+    version: Any = None
+    last_updated: Any = None
 
 
 class Layer(_Reply):
@@ -72,14 +114,14 @@ class Layer(_Reply):
         ```
     """
 
-    id: int
-    layer_id: int
-    sample_id: int | None = None
-    composition_string: str | None = None
-    element_dict: dict[str, int | float] | None = None
-    orientation: str | None = None
-    space_group: str | None = None
-    mp_id: str | None = None
+    id: Id
+    layer_id: Id
+    sample_id: Id
+    composition_string: Text = None
+    element_dict: JsonObject = None
+    orientation: Text = None
+    space_group: Text = None
+    mp_id: Text = None
 
 
 class TargetMaterialRow(_Reply):
@@ -113,20 +155,20 @@ class TargetMaterialRow(_Reply):
         ```
     """
 
-    id: int | None = None
-    sample_id: int | None = None
-    sample_name: str | None = None
-    substrate: str | None = None
-    sample_metadata: dict[str, Any] | None = None
-    layer_id: int | None = None
-    composition_string: str | None = None
-    element_dict: dict[str, int | float] | None = None
-    orientation: str | None = None
-    space_group: str | None = None
-    mp_id: str | None = None
-    user_id: str | None = None
-    version: int | None = None
-    last_updated: str | None = None
+    id: Id | None = None
+    sample_id: Id | None = None
+    sample_name: Text = None
+    substrate: Text = None
+    sample_metadata: JsonObject = None
+    layer_id: Id | None = None
+    composition_string: Text = None
+    element_dict: JsonObject = None
+    orientation: Text = None
+    space_group: Text = None
+    mp_id: Text = None
+    user_id: Any = None
+    version: Any = None
+    last_updated: Any = None
 
     def as_layer(self) -> Layer | None:
         """Return the row's layer, or None if the row carries no layer.
@@ -141,9 +183,12 @@ class TargetMaterialRow(_Reply):
             print(TargetMaterialRow(sample_id=42).as_layer())  # None
             ```
         """
-        if self.id is None or self.layer_id is None:
+        if self.id is None or self.layer_id is None or self.sample_id is None:
             return None
-        return Layer.model_validate(self.model_dump())
+        # The layer's own fields, and what the service added that nobody knows of;
+        # not the target material's fields, which belong to the row, not the layer.
+        fields = {name: getattr(self, name) for name in Layer.model_fields}
+        return Layer.model_validate({**(self.model_extra or {}), **fields})
 
     def as_target_material(self) -> TargetMaterial | None:
         """Return the row's target material, or None if the row names none.
@@ -159,13 +204,13 @@ class TargetMaterialRow(_Reply):
             print(row.as_target_material())
             ```
         """
-        if self.sample_id is None or self.sample_name is None or self.substrate is None:
+        if self.sample_id is None:
             return None
         return TargetMaterial(
             sample_id=self.sample_id,
             sample_name=self.sample_name,
             substrate=self.substrate,
-            sample_metadata=self.sample_metadata or {},
+            sample_metadata=self.sample_metadata,
             user_id=self.user_id,
             version=self.version,
             last_updated=self.last_updated,

@@ -286,7 +286,10 @@ class TargetMaterial(BaseModel):
     sample_metadata: dict[str, Any] | None
     detail_notes_id: int | None = Field(description="Always null in the sandbox.")
     user_id: str = Field(description="Stable id of the organisation that owns it.")
-    version: int = Field(description="1 when created, +1 on each PATCH.")
+    version: str = Field(
+        description="Record version as a dotted string, as the API reference shows it "
+        "(`0.269.1`); the last part is 1 when created, +1 on each PATCH."
+    )
     last_updated: str = Field(description="ISO-8601 UTC timestamp of the last change.")
 
 
@@ -318,7 +321,7 @@ class TargetMaterialRow(BaseModel):
     mp_id: str | None
     sample_metadata: dict[str, Any] | None
     user_id: str
-    version: int
+    version: str
     last_updated: str
 
 
