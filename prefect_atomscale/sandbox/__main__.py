@@ -2,8 +2,10 @@
 
 Run `python -m prefect_atomscale.sandbox --help` for the options. Keys come from
 `--api-key`, else from the environment variable `ATOMSCALE_SANDBOX_API_KEYS`
-(comma-separated), else one is generated and printed once at start-up. All keys act for
-one organisation, "sandbox".
+(comma-separated), else one is generated and printed once at start-up. A key written
+`KEY=ORG` acts for organisation ORG; a plain `KEY` for the default one, "sandbox".
+`--fill ORG=ROWS` gives an organisation that many listed rows before serving, as a
+large shared account has.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from types import FrameType
 
 from prefect_atomscale.sandbox.config import DEFAULT_ORGANISATION, ApiKeyGrant, SandboxConfig
 from prefect_atomscale.sandbox.connections import HTTP_PARSERS
-from prefect_atomscale.sandbox.faults import FaultConfig, FaultKind
+from prefect_atomscale.sandbox.faults import CHANCE_KINDS, FaultConfig, FaultKind
 from prefect_atomscale.sandbox.server import run_sandbox
 
 __all__ = ["main"]
@@ -39,8 +41,18 @@ def _parser() -> argparse.ArgumentParser:
         "--api-key",
         action="append",
         dest="api_keys",
-        metavar="KEY",
-        help=f"an API key to accept (repeatable); default: ${KEYS_VARIABLE}, else a new one",
+        metavar="KEY[=ORG]",
+        help=(
+            f"an API key to accept, for organisation ORG (default {DEFAULT_ORGANISATION!r}); "
+            f"repeatable; default: ${KEYS_VARIABLE}, else a new one"
+        ),
+    )
+    parser.add_argument(
+        "--fill",
+        action="append",
+        default=[],
+        metavar="[ORG=]ROWS",
+        help="add ROWS listed rows (target materials of 10 layers) to ORG before serving",
     )
     parser.add_argument(
         "--db", metavar="PATH", help="SQLite file to keep records in (default: temporary)"
@@ -54,9 +66,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--faults",
-        default=",".join(FaultKind),
         metavar="KIND,KIND",
-        help=f"fault kinds to draw from (default: all: {','.join(FaultKind)})",
+        default=",".join(CHANCE_KINDS),
+        help=(
+            f"fault kinds to draw from (default: {','.join(CHANCE_KINDS)}; "
+            f"all: {','.join(FaultKind)})"
+        ),
+    )
+    parser.add_argument(
+        "--late-commit-seconds",
+        type=float,
+        default=0.5,
+        metavar="S",
+        help="how long after the client gave up a commit_late fault commits (default: 0.5)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the fault generator")
     parser.add_argument(
@@ -78,6 +100,30 @@ def _keys(given: Sequence[str] | None) -> tuple[list[str], bool]:
     if from_environment:
         return from_environment, False
     return [secrets.token_urlsafe(24)], True
+
+
+def _grants(keys: Sequence[str]) -> dict[str, ApiKeyGrant | str]:
+    """`KEY=ORG` acts for ORG; a plain `KEY` for the default organisation."""
+    grants: dict[str, ApiKeyGrant | str] = {}
+    for entry in keys:
+        key, _, organisation = entry.partition("=")
+        grants[key.strip()] = ApiKeyGrant(organisation.strip() or DEFAULT_ORGANISATION)
+    return grants
+
+
+def _fills(entries: Sequence[str]) -> list[tuple[str, int]]:
+    """`ORG=ROWS` or a plain `ROWS` (the default organisation)."""
+    fills = []
+    for entry in entries:
+        organisation, _, rows = entry.rpartition("=")
+        try:
+            count = int(rows)
+        except ValueError:
+            raise ValueError(f"--fill wants ROWS or ORG=ROWS, got {entry!r}") from None
+        if count < 0:
+            raise ValueError(f"--fill wants a number of rows >= 0, got {entry!r}")
+        fills.append((organisation.strip() or DEFAULT_ORGANISATION, count))
+    return fills
 
 
 def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -109,9 +155,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             rate=options.fault_rate,
             kinds=[kind.strip() for kind in options.faults.split(",") if kind.strip()],
             seed=options.seed,
+            late_commit_seconds=options.late_commit_seconds,
         )
+        fills = _fills(options.fill)
         config = SandboxConfig(
-            api_keys={key: ApiKeyGrant(DEFAULT_ORGANISATION) for key in keys},
+            api_keys=_grants(keys),
             db_path=options.db,
             faults=faults,
             http_parser=options.http,
@@ -121,6 +169,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         with run_sandbox(config, host=options.host, port=options.port) as sandbox:
+            for organisation, rows in fills:
+                sandbox.app.store.fill(organisation, rows)
+                print(f"Filled organisation {organisation!r} with {rows} rows.", flush=True)
             if generated:
                 print(f"API key (generated, organisation {DEFAULT_ORGANISATION!r}): {keys[0]}")
             print(

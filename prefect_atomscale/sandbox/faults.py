@@ -12,7 +12,11 @@ default) and, if `paths` is set, whose path matches one of its patterns:
 The kinds (`FaultKind`) differ in what the client sees and, crucially for retries,
 whether the write happened: `503`, `429`, `reset` and `502_html` fail before the request
 is processed (nothing is written); the `*_after_commit` kinds let the write commit and
-then lose, replace or delay the reply, the case where a blind retry duplicates data.
+then lose, replace or delay the reply, the case where a blind retry duplicates data;
+`commit_late` commits the write only after the client has given up on it (a busy service
+still working through its queue), the case where even a retry that looks first finds
+nothing yet. It is not among the kinds drawn by chance unless named: a write that may
+land at any later time can defeat any client, and tests choose its delay on purpose.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from prefect_atomscale.sandbox.connections import ConnectionRegistry
 from prefect_atomscale.sandbox.stats import RequestStats
 
-__all__ = ["FaultConfig", "FaultInjectionMiddleware", "FaultKind"]
+__all__ = ["CHANCE_KINDS", "FaultConfig", "FaultInjectionMiddleware", "FaultKind"]
 
 
 class FaultKind(StrEnum):
@@ -47,6 +51,9 @@ class FaultKind(StrEnum):
             Error"}`.
         SLOW_AFTER_COMMIT: The write commits, then the reply waits `slow_seconds` (or
             until the client gives up and disconnects).
+        COMMIT_LATE: No reply; the write commits `late_commit_seconds` after the client
+            gave up (disconnected), or after `slow_seconds` if it waits that long (the
+            connection is then closed first).
 
     Example:
         ```python
@@ -63,6 +70,7 @@ class FaultKind(StrEnum):
     DROP_AFTER_COMMIT = "drop_after_commit"
     ERROR_AFTER_COMMIT = "500_after_commit"
     SLOW_AFTER_COMMIT = "slow_after_commit"
+    COMMIT_LATE = "commit_late"
 
     @property
     def commits(self) -> bool:
@@ -75,7 +83,11 @@ class FaultKind(StrEnum):
             print(FaultKind.RESET.commits)  # False
             ```
         """
-        return self.value.endswith("_after_commit")
+        return self.value.endswith("_after_commit") or self is FaultKind.COMMIT_LATE
+
+
+CHANCE_KINDS = tuple(kind for kind in FaultKind if kind is not FaultKind.COMMIT_LATE)
+"""The kinds drawn by chance unless `kinds` names others: all but `commit_late`."""
 
 
 def _kind(name: str) -> FaultKind:
@@ -108,6 +120,7 @@ class FaultConfig:
             faults apply to, e.g. `"/target-materials/*/layers"`; `None` for all paths.
         retry_after_seconds: The `Retry-After` value of a `429`.
         slow_seconds: How long `slow_after_commit` holds the reply back.
+        late_commit_seconds: How long after the client gave up `commit_late` commits.
 
     Example:
         ```python
@@ -123,12 +136,13 @@ class FaultConfig:
         self,
         *,
         rate: float = 0.0,
-        kinds: Iterable[str] = tuple(FaultKind),
+        kinds: Iterable[str] = CHANCE_KINDS,
         seed: int | None = 0,
         methods: Iterable[str] = DEFAULT_METHODS,
         paths: Iterable[str] | None = None,
         retry_after_seconds: int = 1,
         slow_seconds: float = 2.0,
+        late_commit_seconds: float = 0.5,
     ) -> None:
         self._lock = threading.Lock()
         self._pending: deque[FaultKind] = deque()
@@ -141,6 +155,7 @@ class FaultConfig:
         self._paths: frozenset[str] | None = None
         self._retry_after_seconds = 1
         self._slow_seconds = 2.0
+        self._late_commit_seconds = 0.5
         self.set(
             rate=rate,
             kinds=kinds,
@@ -148,6 +163,7 @@ class FaultConfig:
             paths=paths,
             retry_after_seconds=retry_after_seconds,
             slow_seconds=slow_seconds,
+            late_commit_seconds=late_commit_seconds,
         )
 
     def set(
@@ -160,6 +176,7 @@ class FaultConfig:
         paths: Iterable[str] | _Unchanged | None = _UNCHANGED,
         retry_after_seconds: int | _Unchanged = _UNCHANGED,
         slow_seconds: float | _Unchanged = _UNCHANGED,
+        late_commit_seconds: float | _Unchanged = _UNCHANGED,
     ) -> None:
         """Change several settings at once; arguments left out keep their value.
 
@@ -173,6 +190,7 @@ class FaultConfig:
             paths: See the class.
             retry_after_seconds: See the class.
             slow_seconds: See the class.
+            late_commit_seconds: See the class.
 
         Raises:
             ValueError: A value out of range or an unknown fault kind; nothing changes.
@@ -198,6 +216,8 @@ class FaultConfig:
             raise ValueError(f"retry_after_seconds must be >= 0, got {retry_after_seconds}")
         if not isinstance(slow_seconds, _Unchanged) and slow_seconds < 0:
             raise ValueError(f"slow_seconds must be >= 0, got {slow_seconds}")
+        if not isinstance(late_commit_seconds, _Unchanged) and late_commit_seconds < 0:
+            raise ValueError(f"late_commit_seconds must be >= 0, got {late_commit_seconds}")
         with self._lock:
             if not isinstance(rate, _Unchanged):
                 self._rate = float(rate)
@@ -215,6 +235,8 @@ class FaultConfig:
                 self._retry_after_seconds = retry_after_seconds
             if not isinstance(slow_seconds, _Unchanged):
                 self._slow_seconds = float(slow_seconds)
+            if not isinstance(late_commit_seconds, _Unchanged):
+                self._late_commit_seconds = float(late_commit_seconds)
 
     @property
     def rate(self) -> float:
@@ -347,6 +369,20 @@ class FaultConfig:
     @slow_seconds.setter
     def slow_seconds(self, value: float) -> None:
         self.set(slow_seconds=value)
+
+    @property
+    def late_commit_seconds(self) -> float:
+        """How long after the client gave up `commit_late` commits the write.
+
+        Example:
+            ```python
+            from prefect_atomscale.sandbox import FaultConfig
+
+            print(FaultConfig().late_commit_seconds)  # 0.5
+            ```
+        """
+        with self._lock:
+            return self._late_commit_seconds
 
     def queue(self, kinds: Iterable[str]) -> None:
         """Make the next matching requests fail with exactly these kinds, in this order.
@@ -523,6 +559,8 @@ class FaultInjectionMiddleware:
             await self.app(scope, receive, _discard)
             reply = JSONResponse({"detail": "Internal Server Error"}, status_code=500)
             await reply(scope, receive, send)
+        elif kind is FaultKind.COMMIT_LATE:
+            await self._commit_late(scope, receive)
         else:
             await self._reply_late(scope, receive, send)
 
@@ -531,6 +569,27 @@ class FaultInjectionMiddleware:
             # Returning before the server has noticed the close would make uvicorn
             # complain that the app sent no response and try to send a 500 itself.
             await _until_disconnected(receive)
+
+    async def _commit_late(self, scope: Scope, receive: Receive) -> None:
+        # The whole request is read first: once the client hangs up, it cannot be read.
+        messages: list[Message] = []
+        more_body = True
+        while more_body:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return  # gone before the request was complete: nothing to commit
+            messages.append(message)
+            more_body = message.get("more_body", False)
+        try:
+            await asyncio.wait_for(_until_disconnected(receive), self.faults.slow_seconds)
+        except TimeoutError:
+            await self._drop(scope, receive, reset=False)
+        await asyncio.sleep(self.faults.late_commit_seconds)
+
+        async def replay() -> Message:
+            return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+        await self.app(scope, replay, _discard)
 
     async def _reply_late(self, scope: Scope, receive: Receive, send: Send) -> None:
         held: list[Message] = []

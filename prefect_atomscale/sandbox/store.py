@@ -60,6 +60,10 @@ CREATE TABLE IF NOT EXISTS layers (
 CREATE INDEX IF NOT EXISTS layers_by_position ON layers (sample_id, layer_id);
 """
 
+# The reference's example shows `version` as a dotted string ("0.269.1"), not a number;
+# the sandbox keeps a revision counter and shows it as the last part of such a string.
+VERSION_PREFIX = "0.269."
+
 # SQL text is only ever built from these constants and from column names checked
 # against the _PATCHABLE_* sets; request values are always bound as parameters.
 _LAYER_COLUMNS = (
@@ -87,14 +91,16 @@ _LISTED = (
     ("mp_id", "l.mp_id", False),
     ("sample_metadata", "m.sample_metadata", True),
     ("user_id", "m.user_id", False),
-    ("version", "m.version", False),
+    ("version", f"'{VERSION_PREFIX}' || m.version", False),
     ("last_updated", "m.last_updated", False),
 )
 _LISTED_FROM = (
     " FROM target_materials m {join} layers l ON l.sample_id = m.sample_id"
     " WHERE m.organisation = ? ORDER BY m.sample_id, l.layer_id, l.id"
 )
-_LIST_ROWS = "SELECT " + ", ".join(column for _, column, _ in _LISTED) + _LISTED_FROM
+_LIST_ROWS = (
+    "SELECT " + ", ".join(f"{column} AS {field}" for field, column, _ in _LISTED) + _LISTED_FROM
+)
 # The same listing encoded as one JSON array by SQLite itself: a large organisation's
 # listing then costs no Python work per row. `json()` embeds the stored JSON columns as
 # JSON rather than as strings.
@@ -229,6 +235,7 @@ def _layer_reply(row: sqlite3.Row) -> dict[str, Any]:
 def _material_reply(row: sqlite3.Row) -> dict[str, Any]:
     material = dict(row)
     material["sample_metadata"] = _load(material["sample_metadata"])
+    material["version"] = f"{VERSION_PREFIX}{material['version']}"
     material["detail_notes_id"] = None
     return material
 
@@ -331,7 +338,8 @@ class SandboxStore:
             from prefect_atomscale.sandbox.store import SandboxStore
 
             store = SandboxStore()
-            print(store.create_target_material("lab-a", "STO", "SrTiO3", None, [])["version"])
+            material = store.create_target_material("lab-a", "STO", "SrTiO3", None, [])
+            print(material["version"])  # 0.269.1
             ```
         """
         with self._transaction() as db:
@@ -583,6 +591,65 @@ class SandboxStore:
         with self._lock:
             (text,) = self._db.execute(query, (organisation,)).fetchone()
         return str(text)
+
+    def fill(self, organisation: str, rows: int, *, layers_per_material: int = 10) -> None:
+        """Add `rows` listed rows to an organisation, as a large shared account has.
+
+        Makes target materials named `filler-N` on SrTiO3, each with up to
+        `layers_per_material` layers, in one transaction: a 50,000-row organisation
+        takes about a second.
+
+        Args:
+            organisation: Whose records.
+            rows: How many layers to add in all.
+            layers_per_material: Layers per target material.
+
+        Example:
+            ```python
+            from prefect_atomscale.sandbox.store import SandboxStore
+
+            store = SandboxStore()
+            store.fill("lab-a", 25)
+            print(store.count_layers(organisation="lab-a"))  # 25
+            ```
+        """
+        if rows < 0 or layers_per_material < 1:
+            raise ValueError("rows must be >= 0 and layers_per_material >= 1")
+        user_id, now = organisation_user_id(organisation), _now()
+        with self._transaction() as db:
+            start = 0
+            while start < rows:
+                count = min(layers_per_material, rows - start)
+                cursor = db.execute(
+                    "INSERT INTO target_materials (organisation, user_id, sample_name, substrate,"
+                    " sample_metadata, version, last_updated) VALUES (?, ?, ?, ?, ?, 1, ?)",
+                    (
+                        organisation,
+                        user_id,
+                        f"filler-{start // layers_per_material}",
+                        "SrTiO3",
+                        "{}",
+                        now,
+                    ),
+                )
+                db.executemany(
+                    _INSERT_LAYER,
+                    [
+                        (
+                            None,
+                            organisation,
+                            cursor.lastrowid,
+                            position,
+                            "SrTiO3",
+                            '{"Sr":1,"Ti":1,"O":3}',
+                            "001",
+                            "Pm-3m",
+                            "mp-5229",
+                        )
+                        for position in range(1, count + 1)
+                    ],
+                )
+                start += count
 
     # --- direct reads, for tests' assertions -------------------------------------------
 
