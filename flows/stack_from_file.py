@@ -11,11 +11,15 @@ Files are checked completely before anything is sent, so a bad file sends nothin
 
 "Created yet" is decided by the Atomscale account itself, not by Prefect's cache: one
 `GET /target-materials/` per run lists what exists, and a file counts as created when
-a target material of the file's name holds all the file's layers. A run can then go to
-any worker, whatever its PREFECT_HOME, and a file created months ago is still skipped
-after the task cache expired. A target material of that name with only some of the
-layers (an earlier run failed halfway) gets the missing ones; one with different layers
-is left alone and the run fails naming the file. See README "Stack files".
+a target material of the file's name, carrying this account's ownership token, holds
+all the file's layers. A run can then go to any worker, whatever its PREFECT_HOME, and
+a file created months ago is still skipped after the task cache expired. A colleague's
+target material of the same name is never taken or extended. One of ours with only
+some of the layers (an earlier run failed halfway, or layers were deleted at the
+service) gets the missing ones, whatever the cache remembers; one with different layers
+is left alone and the run fails naming the file. A new target material is created
+together with its layers in one request, so it is never left empty. See README "Stack
+files".
 
 As a script, with no configuration, it starts the bundled sandbox and creates every
 example:
@@ -46,9 +50,15 @@ if __package__ in (None, ""):
     # root importable, for `flows.build_stack`.
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from flows.build_stack import create_layers
-from prefect_atomscale import AtomscaleCredentials, create_target_material
+from prefect_atomscale import (
+    AtomscaleCredentials,
+    Layer,
+    TargetMaterial,
+    create_layers,
+    create_target_material,
+)
 from prefect_atomscale.artifacts import publish_stack_artifacts
+from prefect_atomscale.payloads import owner_token
 from prefect_atomscale.pool import client_for
 from prefect_atomscale.retries import (
     DEFAULT_RETRIES,
@@ -103,7 +113,8 @@ def find_existing_stacks(
 ) -> list[ExistingStack]:
     """Compare stacks with what the account holds, with one `GET /target-materials/`."""
     rows = client_for(credentials).list_rows("looking up which stack files were created")
-    return [compare_with_existing(spec, rows) for spec in specs]
+    account = credentials.key_fingerprint()
+    return [compare_with_existing(spec, rows, owner_token(account, spec.name)) for spec in specs]
 
 
 def _run_name() -> str:
@@ -142,6 +153,9 @@ def _create(
             layers=len(ordered),
             message=summary,
         )
+    wanted = [layer.arguments() for layer in layers]
+    # The service, just asked, is the truth here: a cache entry from an earlier run
+    # (whose layers may since have been deleted) must not stop the writes.
     if existing.status == "partial" and existing.material is not None:
         material = existing.material
         logger.info(
@@ -152,24 +166,52 @@ def _create(
             len(layers),
             ", ".join(f"L{position}" for position in existing.missing),
         )
-        built = create_layers(credentials, material, layers, existing=existing.layers)
         status: Status = "completed"
+        summary = f"{len(existing.missing)} created now, {len(existing.layers)} already there"
     else:
-        state = create_target_material(
-            credentials, spec.name, spec.substrate, spec.metadata, return_state=True
+        material = create_target_material.with_options(refresh_cache=True)(
+            credentials, spec.name, spec.substrate, spec.metadata, layers=wanted
         )
-        material = state.result()
-        built = create_layers(credentials, material, layers, material_cached=state.name == "Cached")
         status = "created"
-    publish_stack_artifacts(material, built.layers, summary=built.summary, source=path)
+        summary = f"{len(wanted)} created now"
+    # One listing of the account: adopts what is there, writes what is still missing.
+    written = create_layers.with_options(refresh_cache=True)(
+        credentials, material.sample_id, wanted
+    )
+    _log_layers(material, written, existing)
+    logger.info(
+        "Target material %s %r on %s has %s layers: %s.",
+        material.sample_id,
+        material.sample_name,
+        material.substrate,
+        len(written),
+        summary,
+    )
+    publish_stack_artifacts(material, written, summary=summary, source=path)
     return StackOutcome(
         path=path,
         status=status,
         name=spec.name,
         sample_id=material.sample_id,
-        layers=len(built.layers),
-        message=built.summary,
+        layers=len(written),
+        message=summary,
     )
+
+
+def _log_layers(material: TargetMaterial, written: list[Layer], existing: ExistingStack) -> None:
+    """One line per layer, as the UI's log shows a run: what it is, its record, what happened."""
+    logger = get_run_logger()
+    for layer in written:
+        what = " ".join(filter(None, [layer.composition_string, layer.orientation]))
+        logger.info(
+            "L%s %s: record %s (space group %s, %s), %s.",
+            layer.layer_id,
+            what,
+            layer.id,
+            layer.space_group or "not matched",
+            layer.mp_id or "no Materials Project id",
+            "already there" if layer.layer_id in existing.layers else "created",
+        )
 
 
 @flow(name="stack-from-file", flow_run_name=_run_name)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 from prefect import task
@@ -33,11 +32,9 @@ from prefect_atomscale.client import AsyncAtomscaleClient, AtomscaleClient
 from prefect_atomscale.credentials import AtomscaleCredentials
 from prefect_atomscale.exceptions import (
     AtomscaleError,
-    AtomscaleProtocolError,
-    AtomscaleValidationError,
 )
 from prefect_atomscale.models import Layer
-from prefect_atomscale.payloads import LayerRequest
+from prefect_atomscale.payloads import LayerRequest, StackRequest
 from prefect_atomscale.reconcile import (
     Adopt,
     Create,
@@ -56,81 +53,9 @@ __all__ = ["DEFAULT_MAX_CONCURRENCY", "acreate_layers", "create_layers"]
 # size (AtomscaleCredentials.max_connections), so every write has a connection ready.
 DEFAULT_MAX_CONCURRENCY = 16
 
-_LAYER_FIELDS = (
-    "layer_id",
-    "composition_string",
-    "orientation",
-    "element_dict",
-    "space_group",
-    "mp_id",
-)
 
-
-@dataclass(frozen=True)
-class _Stack:
-    """The checked requests of one stack, in the order given."""
-
-    sample_id: int
-    requests: tuple[LayerRequest, ...]
-
-    @classmethod
-    def build(cls, sample_id: Any, layers: Any) -> _Stack:
-        if isinstance(layers, str | bytes) or not isinstance(layers, Sequence) or not layers:
-            raise _invalid(
-                f"layers must be a non-empty list of layers for target material {sample_id!r}, "
-                f"each a dict of create_layer's arguments, e.g. "
-                f"[{{'composition_string': 'BaTiO3', 'orientation': '001'}}]; got {layers!r:.80}."
-            )
-        requests = []
-        for index, layer in enumerate(layers):
-            if not isinstance(layer, Mapping):
-                raise _invalid(
-                    f"Layer {index + 1} of the list for target material {sample_id!r} must be "
-                    f"a dict of create_layer's arguments, got {type(layer).__name__}."
-                )
-            unknown = set(layer) - set(_LAYER_FIELDS)
-            if unknown:
-                raise _invalid(
-                    f"Layer {index + 1} of the list for target material {sample_id!r} has "
-                    f"unknown fields {sorted(unknown)}; the fields are {', '.join(_LAYER_FIELDS)}."
-                )
-            arguments = {"layer_id": index + 1, **layer}
-            requests.append(LayerRequest.build(sample_id=sample_id, **arguments))
-        positions = [request.layer_id for request in requests]
-        if len(set(positions)) != len(positions):
-            twice = sorted({p for p in positions if positions.count(p) > 1})
-            raise _invalid(
-                f"The stack for target material {sample_id!r} puts two layers at position(s) "
-                f"{twice}; give each layer its own layer_id."
-            )
-        return cls(sample_id=requests[0].sample_id, requests=tuple(requests))
-
-    def canonical_json(self) -> str:
-        return "[" + ",".join(request.canonical_json() for request in self.requests) + "]"
-
-    def describe(self) -> str:
-        return f"the {len(self.requests)}-layer stack of target material {self.sample_id}"
-
-    def in_order(self, written: list[Layer]) -> list[Layer]:
-        """The written layers, one per request in the given order, completed locally."""
-        by_position: dict[int, Layer] = {}
-        for layer in written:  # oldest first: keep the first record at each position
-            by_position.setdefault(layer.layer_id, layer)
-        missing = [r.layer_id for r in self.requests if r.layer_id not in by_position]
-        if missing:
-            raise AtomscaleProtocolError(
-                f"After writing {self.describe()}, the service does not list positions "
-                f"{missing[:10]}; check base_url, or run again to write what is missing."
-            )
-        return [request.complete(by_position[request.layer_id]) for request in self.requests]
-
-
-def _invalid(message: str) -> AtomscaleValidationError:
-    return AtomscaleValidationError(message)
-
-
-def _stack_request(inputs: dict[str, Any]) -> _Stack:
-    return _Stack.build(inputs.get("sample_id"), inputs.get("layers"))
+def _stack_request(inputs: dict[str, Any]) -> StackRequest:
+    return StackRequest.build(inputs.get("sample_id"), inputs.get("layers"))
 
 
 def _run_name() -> str:
@@ -141,7 +66,7 @@ def _run_name() -> str:
 
 
 def _plan(
-    stack: _Stack, existing: list[Layer], if_exists: IfExists
+    stack: StackRequest, existing: list[Layer], if_exists: IfExists
 ) -> list[tuple[LayerRequest, Adopt | Update | Create]]:
     at: dict[int, list[Layer]] = {}
     for layer in existing:
@@ -168,7 +93,7 @@ def _written(
     return [request.complete(layer) for (request, _), layer in zip(plan, layers, strict=True)]
 
 
-def _report(stack: _Stack, plan: list[tuple[LayerRequest, Any]], replaced: bool) -> None:
+def _report(stack: StackRequest, plan: list[tuple[LayerRequest, Any]], replaced: bool) -> None:
     logger = get_run_logger()
     if replaced:
         logger.info("Wrote %s in one replace-stack request.", stack.describe())
@@ -249,7 +174,7 @@ def create_layers(
             create_layers(credentials, sample.sample_id, period * 20)
         ```
     """
-    stack = _Stack.build(sample_id, layers)
+    stack = StackRequest.build(sample_id, layers)
     policy = check_if_exists(if_exists)
     client = request_client(credentials, stack)
     purpose = f"writing {stack.describe()}"
@@ -313,7 +238,7 @@ async def acreate_layers(
             ])
         ```
     """
-    stack = _Stack.build(sample_id, layers)
+    stack = StackRequest.build(sample_id, layers)
     policy = check_if_exists(if_exists)
     client = async_request_client(credentials, stack)
     purpose = f"writing {stack.describe()}"

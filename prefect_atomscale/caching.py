@@ -38,7 +38,7 @@ class _CanonicalRequest(Protocol):
 
 @dataclass
 class AtomscaleRequestCache(CachePolicy):
-    """Cache key = task name + version + account fingerprint + canonical request body.
+    """Cache key = task name + version + account + canonical request body + `if_exists`.
 
     Attributes:
         task_name: Keeps two tasks with equal bodies apart.
@@ -99,5 +99,10 @@ class AtomscaleRequestCache(CachePolicy):
             fingerprint = credentials.account_fingerprint()
         except AtomscaleError:
             return None
-        material = "\0".join([self.task_name, self.version, fingerprint, request.canonical_json()])
+        # What to do about a different record (`if_exists`) changes the outcome, so a
+        # run with "update" must not be answered by the cache entry of one with "reuse".
+        # Prefect passes defaults as inputs; left out, it is the tasks' default, "error".
+        policy = str(inputs.get("if_exists", "error"))
+        parts = [self.task_name, self.version, fingerprint, request.canonical_json(), policy]
+        material = "\0".join(parts)
         return hashlib.sha256(material.encode()).hexdigest()

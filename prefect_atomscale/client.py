@@ -336,13 +336,14 @@ class AtomscaleClient(_Base):
         return cls(credentials.get_client())
 
     def create_target_material(self, request: TargetMaterialRequest) -> TargetMaterial:
-        """Create a target material (`POST /target-materials/`).
+        """Create a target material (`POST /target-materials/`), with its layers if any.
 
         Args:
             request: The checked request.
 
         Returns:
-            The created target material.
+            The created target material; what the reply left out is filled in from
+            the request.
 
         Example:
             ```python
@@ -355,7 +356,7 @@ class AtomscaleClient(_Base):
             ```
         """
         call = _create_target_material(request)
-        return self._parse(call, self._send(call), TargetMaterial.model_validate)
+        return request.complete(self._parse(call, self._send(call), TargetMaterial.model_validate))
 
     def create_layer(self, request: LayerRequest) -> Layer:
         """Create one layer (`POST /target-materials/layers/`).
@@ -590,13 +591,14 @@ class AsyncAtomscaleClient(_Base):
         return cls(credentials.get_async_client())
 
     async def create_target_material(self, request: TargetMaterialRequest) -> TargetMaterial:
-        """Create a target material (`POST /target-materials/`).
+        """Create a target material (`POST /target-materials/`), with its layers if any.
 
         Args:
             request: The checked request.
 
         Returns:
-            The created target material.
+            The created target material; what the reply left out is filled in from
+            the request.
 
         Example:
             ```python
@@ -609,7 +611,8 @@ class AsyncAtomscaleClient(_Base):
             ```
         """
         call = _create_target_material(request)
-        return self._parse(call, await self._send(call), TargetMaterial.model_validate)
+        material = self._parse(call, await self._send(call), TargetMaterial.model_validate)
+        return request.complete(material)
 
     async def create_layer(self, request: LayerRequest) -> Layer:
         """Create one layer (`POST /target-materials/layers/`).

@@ -246,6 +246,29 @@ class AtomscaleCredentials(CredentialsBlock):
             max_connections=self.max_connections,
         )
 
+    def key_fingerprint(self) -> str:
+        """A hash of the API key alone, whatever the base URL is spelled as.
+
+        The ownership token of the target materials the tasks create is made from it
+        (`payloads.owner_token`): the same key owns the same materials whether the block
+        says `127.0.0.1` or `localhost`. It reveals nothing of the key.
+
+        Returns:
+            32 hex digits.
+
+        Raises:
+            AtomscaleConfigurationError: No API key is set or found in the environment.
+
+        Example:
+            ```python
+            from prefect_atomscale import AtomscaleCredentials
+
+            print(AtomscaleCredentials(api_key="k").key_fingerprint())
+            ```
+        """
+        # "owner" stands where a base URL would: no real base URL is spelled that way.
+        return _fingerprint("owner", self.resolve().api_key.get_secret_value())
+
     def account_fingerprint(self) -> str:
         """Return a stable, non-reversible id of the account these credentials reach.
 

@@ -12,11 +12,18 @@ What it finds decides:
 - a different layer at that position: `if_exists` says what to do: `"error"` (the
   default) refuses, `"update"` changes it with PATCH, `"reuse"` keeps it as it is;
 - nothing: create it.
+
+A write whose reply never came (a timeout, a dropped connection, a 5xx) may still be
+committed by the service later, after the client gave up. Its retry therefore lets the
+write settle first: it looks only once `SETTLE_SECONDS` have passed since the client
+gave up (`mark_unsettled` / `settle_delay`), so a write that lands within that window is
+found and adopted, not written again.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Literal, get_args
@@ -26,6 +33,7 @@ from prefect_atomscale.models import Layer
 from prefect_atomscale.payloads import LayerRequest
 
 __all__ = [
+    "SETTLE_SECONDS",
     "Adopt",
     "Create",
     "IfExists",
@@ -34,8 +42,57 @@ __all__ = [
     "claim_new_position",
     "claim_new_stack",
     "decide_layer",
+    "mark_unsettled",
     "remember_created",
+    "settle_delay",
 ]
+
+SETTLE_SECONDS = 3.0
+"""How long after the client gave up on a write its retry waits before looking again.
+
+Long enough for a service that commits a queued write a moment after the client's
+timeout; a write committed later than this can still be duplicated (see README)."""
+
+# Writes whose outcome is unknown, by what they write, with when the client gave up.
+_unsettled: dict[tuple[object, ...], float] = {}
+_unsettled_lock = threading.Lock()
+
+
+def mark_unsettled(*what: object) -> None:
+    """Record that a write of `what` failed without an answer: it may still land.
+
+    Example:
+        ```python
+        from prefect_atomscale.reconcile import mark_unsettled, settle_delay
+
+        mark_unsettled("acct", 42, 1)
+        print(settle_delay("acct", 42, 1) > 0)  # True
+        ```
+    """
+    with _unsettled_lock:
+        _unsettled[what] = time.monotonic()
+        if len(_unsettled) > _CREATED_LIMIT:  # bounded, oldest first
+            del _unsettled[next(iter(_unsettled))]
+
+
+def settle_delay(*what: object) -> float:
+    """Seconds still to wait before looking for the outcome of an unsettled write of `what`.
+
+    The mark is used up: the look that follows the wait is the one that decides.
+
+    Example:
+        ```python
+        from prefect_atomscale.reconcile import settle_delay
+
+        print(settle_delay("acct", 7, 1))  # 0.0: nothing unsettled
+        ```
+    """
+    with _unsettled_lock:
+        since = _unsettled.pop(what, None)
+    if since is None:
+        return 0.0
+    return max(0.0, since + SETTLE_SECONDS - time.monotonic())
+
 
 IfExists = Literal["error", "update", "reuse"]
 """What `create_layer` does when a different layer already sits at its position."""

@@ -47,7 +47,7 @@ from prefect_atomscale.composition import parse_composition
 from prefect_atomscale.exceptions import AtomscaleConflictError, AtomscaleValidationError
 from prefect_atomscale.models import Layer, TargetMaterial, TargetMaterialRow
 from prefect_atomscale.orientation import normalize_orientation
-from prefect_atomscale.payloads import MAX_TEXT, LayerRequest, TargetMaterialRequest
+from prefect_atomscale.payloads import MAX_TEXT, LayerRequest, TargetMaterialRequest, token_of
 
 __all__ = [
     "MAX_REPEAT",
@@ -155,6 +155,25 @@ class LayerSpec(BaseModel):
     element_dict: dict[str, int | float] | None = Field(
         default=None, description="Element to amount; derived from the formula if left out."
     )
+
+    def arguments(self) -> dict[str, Any]:
+        """This layer as `create_layer`'s keyword arguments, fields left out omitted.
+
+        Example:
+            ```python
+            from prefect_atomscale.stacks import LayerSpec
+
+            print(LayerSpec(composition="GaN", orientation="0001").arguments())
+            ```
+        """
+        given = {
+            "composition_string": self.composition,
+            "orientation": self.orientation,
+            "element_dict": self.element_dict,
+            "space_group": self.space_group,
+            "mp_id": self.mp_id,
+        }
+        return {name: value for name, value in given.items() if value is not None}
 
     @field_validator("composition")
     @classmethod
@@ -1020,10 +1039,14 @@ class ExistingStack(BaseModel):
     problems: list[str] = Field(default_factory=list)
 
 
-def compare_with_existing(spec: StackSpec, rows: Iterable[TargetMaterialRow]) -> ExistingStack:
+def compare_with_existing(
+    spec: StackSpec, rows: Iterable[TargetMaterialRow], owner: str | None = None
+) -> ExistingStack:
     """Tell whether a stack was already created, from the rows of `GET /target-materials/`.
 
-    A target material counts as the file's when its name is the file's name. It is
+    A target material counts as the file's when its name is the file's name and, when
+    `owner` is given, its metadata carries that ownership token (`payloads.OWNER_KEY`):
+    a colleague's material of the same name is then not the file's at all. It is
     complete when it sits on the file's substrate and every position holds a layer
     that matches the file (formula, orientation, and any field the file sets);
     partial when some positions are still empty and nothing differs. Several of the
@@ -1033,6 +1056,8 @@ def compare_with_existing(spec: StackSpec, rows: Iterable[TargetMaterialRow]) ->
     Args:
         spec: The stack file.
         rows: The account's rows, one per layer.
+        owner: The ownership token the file's target material must carry, from
+            `payloads.owner_token(account, spec.name)`; None to match by name alone.
 
     Returns:
         What exists.
@@ -1052,7 +1077,9 @@ def compare_with_existing(spec: StackSpec, rows: Iterable[TargetMaterialRow]) ->
     """
     candidates: dict[int, list[TargetMaterialRow]] = {}
     for row in rows:
-        if row.sample_id is not None and (row.sample_name or "").strip() == spec.name:
+        if row.sample_id is None or (row.sample_name or "").strip() != spec.name:
+            continue
+        if owner is None or token_of(row.sample_metadata) == owner:
             candidates.setdefault(row.sample_id, []).append(row)
     if not candidates:
         return ExistingStack(status="absent")

@@ -11,6 +11,10 @@ the cache lock, also across processes (see `locking`).
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any, Protocol
 
 from prefect import task
@@ -21,10 +25,14 @@ from prefect.runtime import task_run as current_task_run
 from prefect_atomscale.caching import DEFAULT_CACHE_EXPIRATION, AtomscaleRequestCache
 from prefect_atomscale.client import AsyncAtomscaleClient, AtomscaleClient
 from prefect_atomscale.credentials import AtomscaleCredentials
-from prefect_atomscale.exceptions import AtomscaleConfigurationError
+from prefect_atomscale.exceptions import (
+    AtomscaleConfigurationError,
+    AtomscaleError,
+    AtomscaleValidationError,
+)
 from prefect_atomscale.locking import lock_manager
 from prefect_atomscale.models import Layer, TargetMaterial
-from prefect_atomscale.payloads import LayerRequest, TargetMaterialRequest
+from prefect_atomscale.payloads import LayerRequest, StackRequest, TargetMaterialRequest
 from prefect_atomscale.pool import async_client_for, client_for
 from prefect_atomscale.reconcile import (
     Adopt,
@@ -34,7 +42,9 @@ from prefect_atomscale.reconcile import (
     check_if_exists,
     claim_new_position,
     decide_layer,
+    mark_unsettled,
     remember_created,
+    settle_delay,
 )
 from prefect_atomscale.retries import (
     DEFAULT_RETRIES,
@@ -65,11 +75,16 @@ def _layer_request(inputs: dict[str, Any]) -> LayerRequest:
 
 
 def _target_material_request(inputs: dict[str, Any]) -> TargetMaterialRequest:
-    return TargetMaterialRequest.build(
+    request = TargetMaterialRequest.build(
         sample_name=inputs.get("sample_name"),
         substrate=inputs.get("substrate"),
         sample_metadata=inputs.get("sample_metadata"),
     )
+    layers = inputs.get("layers")
+    if layers is None:
+        return request
+    stack = StackRequest.build(None, layers, parent=request.describe())
+    return request.with_layers(stack.requests)
 
 
 def _short(value: object, limit: int = 40) -> str:
@@ -214,6 +229,25 @@ def async_request_client(
         raise AtomscaleConfigurationError(f"Cannot send {request.describe()}: {exc}") from None
 
 
+def _position(credentials: AtomscaleCredentials, request: LayerRequest) -> tuple[str, int, int]:
+    return (credentials.account_fingerprint(), request.sample_id, request.layer_id)
+
+
+def _material_key(request: TargetMaterialRequest) -> tuple[str, str]:
+    return ("material", request.canonical_json())
+
+
+@contextmanager
+def _unsettled_on_failure(*what: object) -> Iterator[None]:
+    """Mark a write whose reply never came as unsettled, for its retry (see `reconcile`)."""
+    try:
+        yield
+    except AtomscaleError as exc:
+        if exc.transient:
+            mark_unsettled(*what)
+        raise
+
+
 def _must_look_first(credentials: AtomscaleCredentials, request: LayerRequest) -> bool:
     """Whether a layer may already sit at the request's position (see `reconcile`)."""
     if is_retry():
@@ -259,6 +293,49 @@ def _finish_layer(request: LayerRequest, decision: Adopt | Update | Create, laye
     return request.complete(layer)
 
 
+def _owned_request(
+    credentials: AtomscaleCredentials,
+    sample_name: Any,
+    substrate: Any,
+    sample_metadata: Any,
+    layers: Any,
+) -> TargetMaterialRequest:
+    """The checked request, marked with the account's ownership token (see `payloads`)."""
+    request = _target_material_request(
+        {
+            "sample_name": sample_name,
+            "substrate": substrate,
+            "sample_metadata": sample_metadata,
+            "layers": layers,
+        }
+    )
+    try:
+        account = credentials.key_fingerprint()
+    except AtomscaleConfigurationError as exc:
+        raise AtomscaleConfigurationError(f"Cannot send {request.describe()}: {exc}") from None
+    return request.owned_by(account)
+
+
+def _name_refused_layers(
+    request: TargetMaterialRequest, error: AtomscaleValidationError
+) -> AtomscaleValidationError:
+    """Name the layers a refused create-with-layers points at (`loc` body.layers.N...)."""
+    named = []
+    for item in error.detail if isinstance(error.detail, list) else []:
+        loc = item.get("loc", []) if isinstance(item, dict) else []
+        index = loc[2] if len(loc) >= 3 and list(loc[:2]) == ["body", "layers"] else None
+        if isinstance(index, int) and 0 <= index < len(request.layers):
+            field = ".".join(str(part) for part in loc[3:]) or "the layer"
+            named.append(f"{request.layers[index].describe()}: {field}: {item.get('msg')}")
+    if not named:
+        return error
+    return AtomscaleValidationError(
+        f"Refused {'; '.join(named)}. {error.message}",
+        status_code=error.status_code,
+        detail=error.detail,
+    )
+
+
 def _adopted_material(
     request: TargetMaterialRequest, found: list[TargetMaterial]
 ) -> TargetMaterial:
@@ -274,8 +351,12 @@ def _adopted_material(
 def _created_material(
     credentials: AtomscaleCredentials, request: TargetMaterialRequest, material: TargetMaterial
 ) -> TargetMaterial:
-    remember_created(credentials.account_fingerprint(), material.sample_id)
-    get_run_logger().info("Created %s as sample_id %s.", request.describe(), material.sample_id)
+    if not request.layers:  # created empty: its positions need no look-up (see reconcile)
+        remember_created(credentials.account_fingerprint(), material.sample_id)
+    with_layers = f" with {len(request.layers)} layers" if request.layers else ""
+    get_run_logger().info(
+        "Created %s%s as sample_id %s.", request.describe(), with_layers, material.sample_id
+    )
     return material
 
 
@@ -292,27 +373,37 @@ def create_target_material(
     sample_name: str,
     substrate: str,
     sample_metadata: dict[str, Any] | None = None,
+    layers: Sequence[Mapping[str, Any]] | None = None,
 ) -> TargetMaterial:
     """Create a target material ("sample"): a name, a substrate, and metadata.
 
     Layers are added afterwards with `create_layer`, using the returned `sample_id`.
-    A target material with the same name, substrate and metadata that the service
-    already lists is returned instead of creating another (the list shows target
-    materials once they have layers). Cached by account and arguments: calling it again
-    with the same arguments returns the same target material without a request.
+    The target material is marked as this account's with an ownership token in its
+    metadata (see `payloads.OWNER_KEY`). One with the same name, substrate and metadata
+    that the service already lists *and that carries this account's token* is returned
+    instead of creating another; a colleague's material of the same name is never
+    taken. The list shows target materials once they have layers: pass `layers` to
+    create both in one request. Cached by account and arguments: calling it again with
+    the same arguments returns the same target material without a request.
 
     Args:
         credentials: The Atomscale account to create it in.
         sample_name: Its name, e.g. `BTO on STO #12`.
         substrate: The substrate, e.g. `SrTiO3`.
-        sample_metadata: Free-form JSON metadata, e.g. `{"growth": "PLD"}`.
+        sample_metadata: Free-form JSON metadata, e.g. `{"growth": "PLD"}`. The key
+            `prefect_atomscale` is reserved for the ownership token.
+        layers: The stack to create with it, in the same request, as `create_layers`
+            takes it (one dict of `create_layer`'s arguments per layer). A target
+            material created with its layers is never empty, so a retry after a lost
+            reply always finds it; written only when the target material is created,
+            not when an existing one is adopted.
 
     Returns:
-        The created target material.
+        The created (or adopted) target material.
 
     Raises:
-        AtomscaleValidationError: For an empty name or substrate, or metadata that is not
-            a JSON object; nothing is sent.
+        AtomscaleValidationError: For an empty name or substrate, metadata that is not
+            a JSON object, or a bad layer; nothing is sent.
         AtomscaleError: Any other failure, after retries for transient ones.
 
     Example:
@@ -326,13 +417,19 @@ def create_target_material(
             return create_target_material(credentials, "BTO on STO", "SrTiO3").sample_id
         ```
     """
-    request = TargetMaterialRequest.build(
-        sample_name=sample_name, substrate=substrate, sample_metadata=sample_metadata
-    )
+    request = _owned_request(credentials, sample_name, substrate, sample_metadata, layers)
     client = request_client(credentials, request)
+    time.sleep(settle_delay(*_material_key(request)))
     if found := client.find_target_materials(request):
         return _adopted_material(request, found)
-    return _created_material(credentials, request, client.create_target_material(request))
+    try:
+        with _unsettled_on_failure(*_material_key(request)):
+            material = client.create_target_material(request)
+    except AtomscaleValidationError as exc:
+        refused = _name_refused_layers(request, exc)
+    else:
+        return _created_material(credentials, request, material)
+    raise refused  # outside the except block: no request in its __context__
 
 
 @task(
@@ -348,6 +445,7 @@ async def acreate_target_material(
     sample_name: str,
     substrate: str,
     sample_metadata: dict[str, Any] | None = None,
+    layers: Sequence[Mapping[str, Any]] | None = None,
 ) -> TargetMaterial:
     """Create a target material ("sample"); the async twin of `create_target_material`.
 
@@ -355,14 +453,20 @@ async def acreate_target_material(
         credentials: The Atomscale account to create it in.
         sample_name: Its name, e.g. `BTO on STO #12`.
         substrate: The substrate, e.g. `SrTiO3`.
-        sample_metadata: Free-form JSON metadata, e.g. `{"growth": "PLD"}`.
+        sample_metadata: Free-form JSON metadata, e.g. `{"growth": "PLD"}`. The key
+            `prefect_atomscale` is reserved for the ownership token.
+        layers: The stack to create with it, in the same request, as `create_layers`
+            takes it (one dict of `create_layer`'s arguments per layer). A target
+            material created with its layers is never empty, so a retry after a lost
+            reply always finds it; written only when the target material is created,
+            not when an existing one is adopted.
 
     Returns:
-        The created target material.
+        The created (or adopted) target material.
 
     Raises:
-        AtomscaleValidationError: For an empty name or substrate, or metadata that is not
-            a JSON object; nothing is sent.
+        AtomscaleValidationError: For an empty name or substrate, metadata that is not
+            a JSON object, or a bad layer; nothing is sent.
         AtomscaleError: Any other failure, after retries for transient ones.
 
     Example:
@@ -377,13 +481,19 @@ async def acreate_target_material(
             return material.sample_id
         ```
     """
-    request = TargetMaterialRequest.build(
-        sample_name=sample_name, substrate=substrate, sample_metadata=sample_metadata
-    )
+    request = _owned_request(credentials, sample_name, substrate, sample_metadata, layers)
     client = async_request_client(credentials, request)
+    await asyncio.sleep(settle_delay(*_material_key(request)))
     if found := await client.find_target_materials(request):
         return _adopted_material(request, found)
-    return _created_material(credentials, request, await client.create_target_material(request))
+    try:
+        with _unsettled_on_failure(*_material_key(request)):
+            material = await client.create_target_material(request)
+    except AtomscaleValidationError as exc:
+        refused = _name_refused_layers(request, exc)
+    else:
+        return _created_material(credentials, request, material)
+    raise refused  # outside the except block: no request in its __context__
 
 
 @task(**task_options("create_layer", _layer_request, retry_if_transient, _layer_run_name))
@@ -459,14 +569,17 @@ def create_layer(
     )
     policy = check_if_exists(if_exists)
     client = request_client(credentials, request)
+    position = _position(credentials, request)
     decision: Adopt | Update | Create = Create()
     if _must_look_first(credentials, request):
+        time.sleep(settle_delay(*position))
         decision = decide_layer(request, client.find_layers(request), policy)
     if isinstance(decision, Adopt):
         return _finish_layer(request, decision, decision.layer)
-    if isinstance(decision, Update):
-        return _finish_layer(request, decision, client.update_layer(request))
-    return _finish_layer(request, decision, client.create_layer(request))
+    with _unsettled_on_failure(*position):
+        if isinstance(decision, Update):
+            return _finish_layer(request, decision, client.update_layer(request))
+        return _finish_layer(request, decision, client.create_layer(request))
 
 
 @task(**task_options("acreate_layer", _layer_request, aretry_if_transient, _layer_run_name))
@@ -533,11 +646,14 @@ async def acreate_layer(
     )
     policy = check_if_exists(if_exists)
     client = async_request_client(credentials, request)
+    position = _position(credentials, request)
     decision: Adopt | Update | Create = Create()
     if _must_look_first(credentials, request):
+        await asyncio.sleep(settle_delay(*position))
         decision = decide_layer(request, await client.find_layers(request), policy)
     if isinstance(decision, Adopt):
         return _finish_layer(request, decision, decision.layer)
-    if isinstance(decision, Update):
-        return _finish_layer(request, decision, await client.update_layer(request))
-    return _finish_layer(request, decision, await client.create_layer(request))
+    with _unsettled_on_failure(*position):
+        if isinstance(decision, Update):
+            return _finish_layer(request, decision, await client.update_layer(request))
+        return _finish_layer(request, decision, await client.create_layer(request))

@@ -199,12 +199,12 @@ def test_task_runs_have_readable_names_and_the_flow_logs_each_layer(
     sample_id = state.result().sample_id
     with get_client(sync_client=True) as client:
         flow_run = client.read_flow_run(flow_run_id)
-    task_runs = task_runs_of(flow_run_id, 44)
+    task_runs = task_runs_of(flow_run_id, 3)
     assert flow_run.name == "stack-from-file-bto_sto_superlattice.yaml"
     names = {task_run.name for task_run in task_runs}
-    assert f"create-layer-s{sample_id}-L1-SrRuO3" in names
-    assert f"create-layer-s{sample_id}-L3-SrTiO3" in names
-    assert f"create-layer-s{sample_id}-L42-SrRuO3" in names
+    # A new stack is sent with its target material in one request, then read back by
+    # one create_layers task: three task runs, whatever the stack's length.
+    assert f"create-layers-s{sample_id}-42-layers" in names
     assert f"create-target-material-{unique}" in names
     assert "find-existing-stacks" in names
 
@@ -233,22 +233,18 @@ def test_a_failed_layer_says_which_layer_and_why(
     state = stack_from_file(str(path), block, return_state=True)
     assert state.is_failed()
     flow_run_id = state.state_details.flow_run_id
-    task_runs = task_runs_of(flow_run_id, 5)
+    task_runs = task_runs_of(flow_run_id, 2)
     [failed] = [run for run in task_runs if run.state and run.state.is_failed()]
-    assert failed.name.endswith("-L2-BaTiO3")
+    assert failed.name == f"create-target-material-{unique}"
     message = failed.state.message if failed.state else ""
     assert "layer 2 (BaTiO3 001) of target material" in (message or "")
     assert "422" in (message or "") and "space_group" in (message or "")
-    # The flow's own state says the same, and the other layers were created.
+    # The flow's own state says the same. A new stack is written in one request, all
+    # or nothing: no half-written target material is left behind.
     assert "layer 2 (BaTiO3 001)" in (state.message or "")
-    lines = log_lines(flow_run_id, until="layers failed")
-    assert any(line.startswith("L2 failed: Task run encountered an exception") for line in lines)
-    assert any("1 of 3 layers failed (L2); the other 2 are in place" in line for line in lines)
-    [material] = [
+    assert not [
         m for m in sandbox.target_materials(organisation="lab-a") if m["sample_name"] == unique
     ]
-    stored = sandbox.layer_rows(organisation="lab-a", sample_id=material["sample_id"])
-    assert sorted(row["layer_id"] for row in stored) == [1, 3]
 
 
 def test_the_credentials_block_page_documents_every_field_and_masks_the_key(
@@ -279,7 +275,7 @@ def test_the_credentials_block_page_documents_every_field_and_masks_the_key(
 
 def layers(*formulas: str, orientation: str = "001") -> list[Layer]:
     return [
-        Layer(id=100 + i, layer_id=i, composition_string=f, orientation=orientation)
+        Layer(id=100 + i, layer_id=i, sample_id=4, composition_string=f, orientation=orientation)
         for i, f in enumerate(formulas, start=1)
     ]
 
@@ -317,7 +313,9 @@ def test_a_written_out_superlattice_is_drawn_collapsed_too() -> None:
 
 
 def test_counts_and_screw_axes_are_subscripts() -> None:
-    layer = Layer(id=1, layer_id=1, composition_string="Al0.25Ga0.75N", space_group="P6_3mc")
+    layer = Layer(
+        id=1, layer_id=1, sample_id=4, composition_string="Al0.25Ga0.75N", space_group="P6_3mc"
+    )
     svg = ET.fromstring(stack_svg("Al2O3", [layer]))
     lowered = [
         span.text

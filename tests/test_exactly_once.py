@@ -199,3 +199,77 @@ def test_a_changed_layer_is_refused_or_updated_never_doubled(
     kept = two_layers("LaAlO3", if_exists="reuse")
     assert kept[1].composition_string == "PbTiO3"
     assert positions(sandbox, sample_id) == Counter([1, 2])
+
+
+def test_a_write_committed_after_the_client_gave_up_is_adopted_not_doubled(
+    sandbox: SandboxHandle, unique: str
+) -> None:
+    """The service commits a queued write 1.5 s after the client saw its connection drop.
+
+    The retry looks before writing, but the write has not landed yet when it first
+    could look: it lets the write settle (`reconcile.SETTLE_SECONDS`) and adopts it.
+    """
+    credentials = AtomscaleCredentials(api_key=KEY_A, base_url=sandbox.url, timeout=5.0)
+
+    @flow
+    def one_layer() -> tuple[int, Layer]:
+        material = create_target_material(credentials, unique, "SrTiO3")
+        sandbox.faults.set(slow_seconds=0.2, late_commit_seconds=1.5)
+        sandbox.faults.queue(["commit_late"])
+        layer = create_layer(
+            credentials, layer_id=1, sample_id=material.sample_id, composition_string="GaN"
+        )
+        return material.sample_id, layer
+
+    sample_id, layer = one_layer()
+    time.sleep(2.0)  # past the late commit, in case it were still to come
+    assert sandbox.stats.faults == {"commit_late": 1}
+    assert positions(sandbox, sample_id) == Counter({1: 1})
+    [stored] = sandbox.layer_rows(sample_id=sample_id)
+    assert layer.id == stored["id"]
+
+
+def test_a_target_material_committed_late_with_its_layers_is_adopted_not_doubled(
+    sandbox: SandboxHandle, unique: str
+) -> None:
+    """Sent with its layers, a new target material is listed once it lands: found, not redone."""
+    credentials = AtomscaleCredentials(api_key=KEY_A, base_url=sandbox.url, timeout=5.0)
+    sandbox.faults.set(slow_seconds=0.2, late_commit_seconds=1.5)
+    sandbox.faults.queue(["commit_late"])
+
+    @flow
+    def with_layers() -> int:
+        layers = [{"composition_string": "AlN"}, {"composition_string": "GaN"}]
+        material = create_target_material(credentials, unique, "Al2O3", layers=layers)
+        return material.sample_id
+
+    sample_id = with_layers()
+    time.sleep(2.0)
+    assert sandbox.stats.faults == {"commit_late": 1}
+    named = [
+        m for m in sandbox.target_materials(organisation="lab-a") if m["sample_name"] == unique
+    ]
+    assert [m["sample_id"] for m in named] == [sample_id]
+    assert positions(sandbox, sample_id) == Counter({1: 1, 2: 1})
+
+
+def test_an_empty_target_material_lost_in_reply_is_created_again_as_documented(
+    sandbox: SandboxHandle, unique: str
+) -> None:
+    """The case that cannot be closed: the listing hides materials without layers.
+
+    README "Exactly once against other writers" says so; pass `layers` to avoid it. This
+    pins the documented behaviour: a second, empty target material.
+    """
+    credentials = AtomscaleCredentials(api_key=KEY_A, base_url=sandbox.url, timeout=5.0)
+    sandbox.faults.queue(["drop_after_commit"])
+
+    @flow
+    def empty() -> int:
+        return create_target_material(credentials, unique, "MgO").sample_id
+
+    sample_id = empty()
+    named = [
+        m for m in sandbox.target_materials(organisation="lab-a") if m["sample_name"] == unique
+    ]
+    assert len(named) == 2 and sample_id == named[-1]["sample_id"]

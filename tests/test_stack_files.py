@@ -11,11 +11,12 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import KEY_A
+from conftest import KEY_A, KEY_A2
 from helpers import LAYERS, TARGET_MATERIALS, requests_to, run_as_newcomer
 
 from flows.stack_from_file import stack_from_file, stacks_from_folder
 from prefect_atomscale import AtomscaleCredentials, AtomscaleValidationError, TargetMaterialRow
+from prefect_atomscale.payloads import OWNER_KEY, owner_token
 from prefect_atomscale.sandbox import SandboxHandle
 from prefect_atomscale.stacks import (
     InvalidStackFileError,
@@ -64,14 +65,30 @@ def block(sandbox: SandboxHandle) -> str:
 
 
 def create_directly(
-    sandbox: SandboxHandle, name: str, substrate: str, layers: list[dict[str, Any]]
+    sandbox: SandboxHandle,
+    name: str,
+    substrate: str,
+    layers: list[dict[str, Any]],
+    *,
+    key: str = KEY_A,
+    owned_by: str | None = KEY_A,
 ) -> int:
-    """Create a target material and layers with plain HTTP: no task, no Prefect cache."""
-    headers = {"X-API-KEY": KEY_A}
+    """Create a target material and layers with plain HTTP: no task, no Prefect cache.
+
+    `owned_by` is the API key whose ownership token it carries, as if a run with that key
+    (on another worker, from another home) had created it; None for a material made in
+    the web app, which carries none.
+    """
+    headers = {"X-API-KEY": key}
+    metadata: dict[str, Any] = {}
+    if owned_by is not None:
+        account = AtomscaleCredentials(api_key=owned_by, base_url=sandbox.url)
+        token = owner_token(account.key_fingerprint(), name)
+        metadata = {OWNER_KEY: {"owner": token}}
     reply = httpx.post(
         f"{sandbox.url}{TARGET_MATERIALS}",
         headers=headers,
-        json={"sample": {"sample_name": name, "substrate": substrate}},
+        json={"sample": {"sample_name": name, "substrate": substrate, "sample_metadata": metadata}},
     )
     reply.raise_for_status()
     sample_id: int = reply.json()["sample_id"]
@@ -434,7 +451,9 @@ def test_a_file_is_created_once_then_found_created(
     path = copy_as(SUPERLATTICE, tmp_path, unique)
     first = stack_from_file(str(path), block)
     assert (first.status, first.name, first.layers) == ("created", unique, 42)
-    assert requests_to(sandbox, "POST", LAYERS) == 42
+    # The target material and its 42 layers in one request: it is never empty.
+    assert requests_to(sandbox, "POST", TARGET_MATERIALS) == 1
+    assert requests_to(sandbox, "POST", LAYERS) == 0
     stored = sandbox.layer_rows(organisation="lab-a", sample_id=first.sample_id)
     assert sorted(row["layer_id"] for row in stored) == list(range(1, 43))
     by_position = {row["layer_id"]: row["composition_string"] for row in stored}
@@ -456,7 +475,7 @@ def test_a_file_is_created_once_then_found_created(
 def test_created_means_at_the_service_not_in_this_cache(
     tmp_path: Path, sandbox: SandboxHandle, block: str, unique: str
 ) -> None:
-    """A stack created elsewhere (another worker, another home, the web app) is skipped."""
+    """A stack this account created elsewhere (another worker, another home) is skipped."""
     layers = [{"composition_string": f, "orientation": "0001"} for f in ("AlN", "GaN")]
     sample_id = create_directly(sandbox, unique, "Al2O3", layers)
     path = write(
@@ -525,7 +544,9 @@ def test_a_folder_run_creates_new_files_reports_bad_ones_and_skips_created_ones(
     assert "typo.yaml (invalid)" in (state.message or "")
     names = {row["sample_name"] for row in sandbox.target_materials(organisation="lab-a")}
     assert {f"{unique}-{index}" for index in range(3)} <= names
-    assert requests_to(sandbox, "POST", LAYERS) == 1 + 5 + 42
+    # Each new target material is sent with its whole stack, in one request each.
+    assert requests_to(sandbox, "POST", TARGET_MATERIALS) == 3
+    assert requests_to(sandbox, "POST", LAYERS) == 0
 
     bad.unlink()
     sandbox.reset_stats()
@@ -558,3 +579,35 @@ def test_the_script_creates_every_example_on_a_fresh_machine() -> None:
     assert "bto_sto_superlattice.yaml: created 42 created now" in result.stdout
     assert "Traceback" not in output
     assert "ERROR" not in output
+
+
+def test_a_colleagues_material_of_the_same_name_is_never_taken_or_extended(
+    tmp_path: Path, sandbox: SandboxHandle, block: str, unique: str
+) -> None:
+    """Same name in the organisation, made in the web app or with another key: not ours."""
+    path = copy_as(HEMT, tmp_path, unique)
+    first_two = [{"composition_string": f, "orientation": "0001"} for f in ("AlN", "GaN")]
+    web_app = create_directly(sandbox, unique, "Al2O3", first_two, key=KEY_A2, owned_by=None)
+    other_key = create_directly(sandbox, unique, "Al2O3", first_two, key=KEY_A2, owned_by=KEY_A2)
+    sandbox.reset_stats()
+    outcome = stack_from_file(str(path), block)
+    assert outcome.status == "created"
+    assert outcome.sample_id not in (web_app, other_key)
+    for colleagues in (web_app, other_key):
+        assert sandbox.count_layers(sample_id=colleagues) == 2  # untouched
+    assert requests_to(sandbox, "POST", LAYERS) == requests_to(sandbox, "PATCH", LAYERS) == 0
+
+
+def test_a_stack_whose_layers_were_deleted_at_the_service_is_written_again(
+    tmp_path: Path, sandbox: SandboxHandle, block: str, unique: str
+) -> None:
+    """The cache is a hint: what the service says is missing is written, every run."""
+    path = copy_as(HEMT, tmp_path, unique)
+    first = stack_from_file(str(path), block)
+    assert first.sample_id is not None
+    sandbox.app.store.replace_layers("lab-a", first.sample_id, [])  # deleted in the web app
+    again = stack_from_file(str(path), block)
+    assert again.status == "created"
+    assert again.sample_id is not None
+    stored = sandbox.layer_rows(organisation="lab-a", sample_id=again.sample_id)
+    assert sorted(row["layer_id"] for row in stored) == [1, 2, 3, 4, 5]

@@ -83,7 +83,10 @@ def test_create_target_material_then_a_layer(
 ) -> None:
     material = make_material(credentials, unique)
     assert material.sample_name == unique and material.substrate == "SrTiO3"
-    assert material.sample_metadata == {"growth": "PLD"}
+    # The user's metadata, and the ownership token the task adds under its own key.
+    metadata = dict(material.sample_metadata or {})
+    assert set(metadata.pop("prefect_atomscale")) == {"owner"}
+    assert metadata == {"growth": "PLD"}
 
     state = run_layer(
         create_layer,
