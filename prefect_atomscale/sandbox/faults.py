@@ -15,8 +15,9 @@ is processed (nothing is written); the `*_after_commit` kinds let the write comm
 then lose, replace or delay the reply, the case where a blind retry duplicates data;
 `commit_late` commits the write only after the client has given up on it (a busy service
 still working through its queue), the case where even a retry that looks first finds
-nothing yet. It is not among the kinds drawn by chance unless named: a write that may
-land at any later time can defeat any client, and tests choose its delay on purpose.
+nothing yet; `slow_before_commit` holds a write back before it commits, so that other
+writers look meanwhile. Neither is drawn by chance unless named: a write that may land
+at any later time can defeat any client, and tests choose such delays on purpose.
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ class FaultKind(StrEnum):
         COMMIT_LATE: No reply; the write commits `late_commit_seconds` after the client
             gave up (disconnected), or after `slow_seconds` if it waits that long (the
             connection is then closed first).
+        SLOW_BEFORE_COMMIT: The write waits `slow_seconds` before it is processed, then
+            commits and is answered as usual: a busy service.
 
     Example:
         ```python
@@ -71,6 +74,7 @@ class FaultKind(StrEnum):
     ERROR_AFTER_COMMIT = "500_after_commit"
     SLOW_AFTER_COMMIT = "slow_after_commit"
     COMMIT_LATE = "commit_late"
+    SLOW_BEFORE_COMMIT = "slow_before_commit"
 
     @property
     def commits(self) -> bool:
@@ -83,11 +87,13 @@ class FaultKind(StrEnum):
             print(FaultKind.RESET.commits)  # False
             ```
         """
-        return self.value.endswith("_after_commit") or self is FaultKind.COMMIT_LATE
+        return self.value.endswith("_after_commit") or self in _DELAYED_COMMITS
 
 
-CHANCE_KINDS = tuple(kind for kind in FaultKind if kind is not FaultKind.COMMIT_LATE)
-"""The kinds drawn by chance unless `kinds` names others: all but `commit_late`."""
+_DELAYED_COMMITS = frozenset({FaultKind.COMMIT_LATE, FaultKind.SLOW_BEFORE_COMMIT})
+
+CHANCE_KINDS = tuple(kind for kind in FaultKind if kind not in _DELAYED_COMMITS)
+"""The kinds drawn by chance unless `kinds` names others: all but the delayed commits."""
 
 
 def _kind(name: str) -> FaultKind:
@@ -561,6 +567,9 @@ class FaultInjectionMiddleware:
             await reply(scope, receive, send)
         elif kind is FaultKind.COMMIT_LATE:
             await self._commit_late(scope, receive)
+        elif kind is FaultKind.SLOW_BEFORE_COMMIT:
+            await asyncio.sleep(self.faults.slow_seconds)
+            await self.app(scope, receive, send)
         else:
             await self._reply_late(scope, receive, send)
 
