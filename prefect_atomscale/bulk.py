@@ -6,20 +6,24 @@ same guarantees as `create_layer`: local validation of every layer before any re
 retries of transient faults only, caching by account and request, and no layer
 written twice. How they write:
 
-- a target material this process just created, with no layer written since, gets
-  its stack in one request to the replace-stack endpoint (`POST
-  /target-materials/{sample_id}/layers`), which is atomic and safe to repeat;
-- any other target material is read once (one `GET /target-materials/`), then each
-  missing layer is posted, at most `max_concurrency` at a time on the shared pool;
-  equal layers are adopted and different ones follow `if_exists`, as in `create_layer`.
+- a target material this process just created, with nothing written to it since (by
+  this process or any other on this machine), gets its stack in one request to the
+  replace-stack endpoint (`POST /target-materials/{sample_id}/layers`), which is atomic;
+- any other target material is known from this process's view of it (see `views`:
+  one `GET /target-materials/` the first time), then each missing layer is posted, at
+  most `max_concurrency` at a time on the shared pool; equal layers are adopted and
+  different ones follow `if_exists`, as in `create_layer`.
 
-If some layers fail with transient faults, the task is retried; the retry reads the
-stack again and writes only what is still missing.
+The whole write holds the target material's lock, so no `create_layer` of this machine
+writes into the stack meanwhile. If some layers fail with transient faults, the task is
+retried; the retry lets late writes settle, reads the stack again and writes only what
+is still missing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -28,6 +32,7 @@ from prefect import task
 from prefect.logging import get_run_logger
 from prefect.runtime import task_run as current_task_run
 
+from prefect_atomscale.caching import invalidate_position
 from prefect_atomscale.client import AsyncAtomscaleClient, AtomscaleClient
 from prefect_atomscale.credentials import AtomscaleCredentials
 from prefect_atomscale.exceptions import (
@@ -41,11 +46,18 @@ from prefect_atomscale.reconcile import (
     IfExists,
     Update,
     check_if_exists,
-    claim_new_stack,
     decide_layer,
+    mark_unsettled,
 )
 from prefect_atomscale.retries import aretry_if_transient, retry_if_transient
-from prefect_atomscale.tasks import async_request_client, is_retry, request_client, task_options
+from prefect_atomscale.tasks import (
+    _settle_if_retry,
+    _unsettled_on_failure,
+    async_request_client,
+    request_client,
+    task_options,
+)
+from prefect_atomscale.views import material_views
 
 __all__ = ["DEFAULT_MAX_CONCURRENCY", "acreate_layers", "create_layers"]
 
@@ -109,6 +121,43 @@ def _report(stack: StackRequest, plan: list[tuple[LayerRequest, Any]], replaced:
         counts["adopted"],
         counts["updated"],
     )
+
+
+def _writing(stack: StackRequest) -> str:
+    return f"writing {stack.describe()}"
+
+
+def _reading(stack: StackRequest) -> str:
+    return f"reading {stack.describe()}"
+
+
+def _replaced(key: str, stack: StackRequest, listed: list[Layer]) -> list[Layer]:
+    """After a replace: the material's view is what the service now lists."""
+    material_views.writing(key)
+    material_views.load(key, listed)
+    _report(stack, [], replaced=True)
+    return stack.in_order(listed)
+
+
+def _record(
+    key: str,
+    unsettled: tuple[str, int, int],
+    plan: list[tuple[LayerRequest, Adopt | Update | Create]],
+    outcomes: Sequence[Layer | AtomscaleError],
+) -> None:
+    """Put what was written into the material's view; after a failure, forget the view."""
+    created = [o for (_, d), o in zip(plan, outcomes, strict=True) if isinstance(d, Create)]
+    updated = [o for (_, d), o in zip(plan, outcomes, strict=True) if isinstance(d, Update)]
+    material_views.wrote(key, [o for o in created if isinstance(o, Layer)])
+    material_views.wrote(key, [o for o in updated if isinstance(o, Layer)], replaced=True)
+    for layer in updated:
+        if isinstance(layer, Layer):
+            invalidate_position(unsettled[0], layer.sample_id, layer.layer_id)
+    errors = [o for o in outcomes if isinstance(o, AtomscaleError)]
+    if errors:
+        material_views.forget(key)
+    if any(error.transient for error in errors):
+        mark_unsettled(*unsettled)
 
 
 def _write_one(
@@ -177,21 +226,31 @@ def create_layers(
     stack = StackRequest.build(sample_id, layers)
     policy = check_if_exists(if_exists)
     client = request_client(credentials, stack)
-    purpose = f"writing {stack.describe()}"
-    if not is_retry() and claim_new_stack(credentials.account_fingerprint(), stack.sample_id):
-        client.replace_layers(stack.sample_id, stack.requests, purpose)
-        _report(stack, [], replaced=True)
-        return stack.in_order(client.layers_of(stack.sample_id, f"reading back {stack.describe()}"))
-    plan = _plan(stack, client.layers_of(stack.sample_id, f"reading {stack.describe()}"), policy)
+    account = credentials.account_fingerprint()
+    time.sleep(_settle_if_retry((account, stack.sample_id, 0)))
+    with material_views.stack_write(account, stack.sample_id) as key:
+        view = material_views.current(key)
+        if view is not None and view.created_here:
+            material_views.writing(key)
+            with _unsettled_on_failure(key, account, stack.sample_id, 0):
+                client.replace_layers(stack.sample_id, stack.requests, _writing(stack))
+            listed = client.layers_of(stack.sample_id, f"reading back {stack.describe()}")
+            return _replaced(key, stack, listed)
+        if view is None:
+            view = material_views.load(key, client.layers_of(stack.sample_id, _reading(stack)))
+        plan = _plan(stack, view.layers(), policy)
 
-    def write(step: tuple[LayerRequest, Adopt | Update | Create]) -> Layer | AtomscaleError:
-        try:
-            return _write_one(client, *step)
-        except AtomscaleError as exc:
-            return exc
+        def write(step: tuple[LayerRequest, Adopt | Update | Create]) -> Layer | AtomscaleError:
+            try:
+                return _write_one(client, *step)
+            except AtomscaleError as exc:
+                return exc
 
-    with ThreadPoolExecutor(max_workers=max(1, max_concurrency)) as pool:
-        written = _written(plan, list(pool.map(write, plan)))
+        material_views.writing(key)
+        with ThreadPoolExecutor(max_workers=max(1, max_concurrency)) as pool:
+            outcomes = list(pool.map(write, plan))
+        _record(key, (account, stack.sample_id, 0), plan, outcomes)
+    written = _written(plan, outcomes)
     _report(stack, plan, replaced=False)
     return written
 
@@ -241,23 +300,34 @@ async def acreate_layers(
     stack = StackRequest.build(sample_id, layers)
     policy = check_if_exists(if_exists)
     client = async_request_client(credentials, stack)
-    purpose = f"writing {stack.describe()}"
-    if not is_retry() and claim_new_stack(credentials.account_fingerprint(), stack.sample_id):
-        await client.replace_layers(stack.sample_id, stack.requests, purpose)
-        _report(stack, [], replaced=True)
-        written = await client.layers_of(stack.sample_id, f"reading back {stack.describe()}")
-        return stack.in_order(written)
-    existing = await client.layers_of(stack.sample_id, f"reading {stack.describe()}")
-    plan = _plan(stack, existing, policy)
-    slots = asyncio.Semaphore(max(1, max_concurrency))
+    account = credentials.account_fingerprint()
+    await asyncio.sleep(_settle_if_retry((account, stack.sample_id, 0)))
+    async with material_views.astack_write(account, stack.sample_id) as key:
+        view = material_views.current(key)
+        if view is not None and view.created_here:
+            material_views.writing(key)
+            with _unsettled_on_failure(key, account, stack.sample_id, 0):
+                await client.replace_layers(stack.sample_id, stack.requests, _writing(stack))
+            listed = await client.layers_of(stack.sample_id, f"reading back {stack.describe()}")
+            return _replaced(key, stack, listed)
+        if view is None:
+            listed = await client.layers_of(stack.sample_id, _reading(stack))
+            view = material_views.load(key, listed)
+        plan = _plan(stack, view.layers(), policy)
+        slots = asyncio.Semaphore(max(1, max_concurrency))
 
-    async def write(step: tuple[LayerRequest, Adopt | Update | Create]) -> Layer | AtomscaleError:
-        async with slots:
-            try:
-                return await _awrite_one(client, *step)
-            except AtomscaleError as exc:
-                return exc
+        async def write(
+            step: tuple[LayerRequest, Adopt | Update | Create],
+        ) -> Layer | AtomscaleError:
+            async with slots:
+                try:
+                    return await _awrite_one(client, *step)
+                except AtomscaleError as exc:
+                    return exc
 
-    written = _written(plan, await asyncio.gather(*(write(step) for step in plan)))
+        material_views.writing(key)
+        outcomes = await asyncio.gather(*(write(step) for step in plan))
+        _record(key, (account, stack.sample_id, 0), plan, outcomes)
+    written = _written(plan, outcomes)
     _report(stack, plan, replaced=False)
     return written

@@ -4,8 +4,12 @@ Prefect's stock policies hash the task inputs, and the credentials block is one 
 That goes wrong twice: the block hashes with its secret masked, so two accounts would
 share entries, and a block loaded by name hashes differently from the same block built
 in memory. `AtomscaleRequestCache` therefore keys on the account fingerprint (a hash of
-base URL and API key, never the key), the canonical request body and a version, and on
-nothing else. Task inputs that fail validation get no key: the task raises its own
+base URL and API key, never the key), the canonical request body, `if_exists`, a
+version, and the epoch of the record's position. An update (PATCH) bumps that epoch, so
+every entry that still holds the record as it was stops answering: the next run asks
+the service instead of returning a layer that no longer exists as cached. Epochs live in
+a small table shared by the processes of this Prefect home (`locking.Generations`).
+Task inputs that fail validation get no key: the task raises its own
 clear error, without Prefect's "Error computing cache key" traceback first.
 """
 
@@ -22,8 +26,42 @@ from prefect.context import TaskRunContext
 
 from prefect_atomscale.credentials import AtomscaleCredentials
 from prefect_atomscale.exceptions import AtomscaleError
+from prefect_atomscale.locking import Generations, file_of
 
-__all__ = ["DEFAULT_CACHE_EXPIRATION", "AtomscaleRequestCache"]
+__all__ = ["DEFAULT_CACHE_EXPIRATION", "AtomscaleRequestCache", "invalidate_position"]
+
+_EPOCHS = Generations("epochs")
+
+
+def _position_key(account: str, sample_id: int, layer_id: int | None) -> str:
+    return f"{account}/{sample_id}" if layer_id is None else f"{account}/{sample_id}/{layer_id}"
+
+
+def invalidate_position(account: str, sample_id: int, layer_id: int) -> None:
+    """Retire every cache entry of a layer position and of its target material's stack.
+
+    Called after an update changed the record there: entries made before no longer
+    describe it. (Positions share 1,024 epochs, so a few others miss once too and ask
+    the service, which answers with what they cached.)
+
+    Example:
+        ```python
+        from prefect_atomscale.caching import invalidate_position
+
+        invalidate_position("0123abcd", 42, 2)
+        ```
+    """
+    _EPOCHS.bump(file_of(_position_key(account, sample_id, layer_id)))
+    _EPOCHS.bump(file_of(_position_key(account, sample_id, None)))
+
+
+def _epoch(account: str, request: Any) -> int:
+    sample_id = getattr(request, "sample_id", None)
+    if not isinstance(sample_id, int) or not sample_id:
+        return 0  # a target material: no position to change under it
+    layer_id = getattr(request, "layer_id", None)
+    return _EPOCHS.read(file_of(_position_key(account, sample_id, layer_id)))
+
 
 # A re-run within this time reuses the record created before instead of posting again.
 # Thirty days covers re-running a campaign after a fix; pass
@@ -103,6 +141,7 @@ class AtomscaleRequestCache(CachePolicy):
         # run with "update" must not be answered by the cache entry of one with "reuse".
         # Prefect passes defaults as inputs; left out, it is the tasks' default, "error".
         policy = str(inputs.get("if_exists", "error"))
-        parts = [self.task_name, self.version, fingerprint, request.canonical_json(), policy]
+        epoch = str(_epoch(fingerprint, request))
+        parts = [self.task_name, self.version, fingerprint, request.canonical_json(), policy, epoch]
         material = "\0".join(parts)
         return hashlib.sha256(material.encode()).hexdigest()

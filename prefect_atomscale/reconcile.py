@@ -1,11 +1,10 @@
 """Decide what a create task does when its record may already exist: adopt, update, create.
 
 The API's answer to a second POST of the same layer position is unknown; assume it
-stores a second row. So a task looks before it writes whenever a layer may already be
-there: on every retry (the earlier attempt's reply may have been lost after the write
-landed), and on a first attempt unless this process itself created the target material
-and has not written that position since (then it is certainly empty, and skipping the
-look-up keeps a new stack at one request per layer).
+stores a second row. So a task always knows what a position holds before it writes:
+from this process's view of the target material (see `views`: one listing per target
+material, kept true across the processes of this machine), listed anew on every retry,
+since the earlier attempt's reply may have been lost after the write landed.
 What it finds decides:
 
 - a layer equal to the request: adopt it, write nothing (exactly-once);
@@ -24,7 +23,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Literal, get_args
 
@@ -39,11 +37,8 @@ __all__ = [
     "IfExists",
     "Update",
     "check_if_exists",
-    "claim_new_position",
-    "claim_new_stack",
     "decide_layer",
     "mark_unsettled",
-    "remember_created",
     "settle_delay",
 ]
 
@@ -54,6 +49,7 @@ Long enough for a service that commits a queued write a moment after the client'
 timeout; a write committed later than this can still be duplicated (see README)."""
 
 # Writes whose outcome is unknown, by what they write, with when the client gave up.
+_UNSETTLED_LIMIT = 10_000
 _unsettled: dict[tuple[object, ...], float] = {}
 _unsettled_lock = threading.Lock()
 
@@ -71,7 +67,7 @@ def mark_unsettled(*what: object) -> None:
     """
     with _unsettled_lock:
         _unsettled[what] = time.monotonic()
-        if len(_unsettled) > _CREATED_LIMIT:  # bounded, oldest first
+        if len(_unsettled) > _UNSETTLED_LIMIT:  # bounded, oldest first
             del _unsettled[next(iter(_unsettled))]
 
 
@@ -199,97 +195,3 @@ def decide_layer(
         "if_exists='reuse' to keep it, or use another layer_id.",
         detail=current.model_dump(),
     )
-
-
-# Target materials this process created, by account, each with the layer positions this
-# process has written (or tried to) since, as the set bits of an int: one bit per layer,
-# so a campaign of thousands of layers adds next to nothing here. A position not marked
-# cannot hold a layer yet, so its look-up is skipped; any other must be looked up.
-# Bounded, since a long-lived worker creates many; forgetting one only costs look-ups,
-# as does a position beyond _TRACKED_POSITIONS (which always looks first).
-_CREATED_LIMIT = 10_000
-_TRACKED_POSITIONS = 100_000
-_created: OrderedDict[tuple[str, int], int] = OrderedDict()
-_created_lock = threading.Lock()
-
-
-def remember_created(account: str, sample_id: int) -> None:
-    """Record that this process created target material `sample_id` in `account`.
-
-    Args:
-        account: The account fingerprint.
-        sample_id: The new target material, which has no layers yet.
-
-    Example:
-        ```python
-        from prefect_atomscale.reconcile import claim_new_position, remember_created
-
-        remember_created("acct", 42)
-        print(claim_new_position("acct", 42, 1))  # True: nothing can be there yet
-        ```
-    """
-    with _created_lock:
-        _created[(account, sample_id)] = 0
-        while len(_created) > _CREATED_LIMIT:
-            _created.popitem(last=False)
-
-
-def claim_new_position(account: str, sample_id: int, layer_id: int) -> bool:
-    """Claim a layer position known to be empty; say whether the look-up can be skipped.
-
-    True only if this process created the target material and has not written, or
-    tried to write, that position since; the position is then marked as written, so a
-    later write there (another formula, or a re-run after a failure) looks first.
-
-    Args:
-        account: The account fingerprint.
-        sample_id: The target material.
-        layer_id: The position about to be written.
-
-    Returns:
-        True if the position is certainly empty.
-
-    Example:
-        ```python
-        from prefect_atomscale.reconcile import claim_new_position
-
-        print(claim_new_position("acct", 7, 1))  # False: not created by this process
-        ```
-    """
-    with _created_lock:
-        written = _created.get((account, sample_id))
-        bit = 1 << layer_id if layer_id <= _TRACKED_POSITIONS else 0
-        if written is None or not bit or written & bit:
-            return False
-        _created[(account, sample_id)] = written | bit
-        return True
-
-
-def claim_new_stack(account: str, sample_id: int) -> bool:
-    """Claim a whole target material known to have no layers; say if it can be replaced.
-
-    True only if this process created it and has written no position of it since;
-    it is then forgotten, so any later write to it looks first.
-
-    Args:
-        account: The account fingerprint.
-        sample_id: The target material.
-
-    Returns:
-        True if its stack is certainly empty.
-
-    Example:
-        ```python
-        from prefect_atomscale.reconcile import claim_new_stack, remember_created
-
-        remember_created("acct", 9)
-        print(claim_new_stack("acct", 9), claim_new_stack("acct", 9))  # True False
-        ```
-    """
-    with _created_lock:
-        written = _created.get((account, sample_id))
-        if written is None or written:
-            return False
-        # Forgotten: from now on every position of it is looked up before a write.
-        del _created[(account, sample_id)]
-        return True

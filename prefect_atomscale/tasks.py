@@ -21,8 +21,13 @@ from prefect import task
 from prefect.context import TaskRunContext
 from prefect.logging import get_run_logger
 from prefect.runtime import task_run as current_task_run
+from prefect.settings import PREFECT_TASKS_REFRESH_CACHE
 
-from prefect_atomscale.caching import DEFAULT_CACHE_EXPIRATION, AtomscaleRequestCache
+from prefect_atomscale.caching import (
+    DEFAULT_CACHE_EXPIRATION,
+    AtomscaleRequestCache,
+    invalidate_position,
+)
 from prefect_atomscale.client import AsyncAtomscaleClient, AtomscaleClient
 from prefect_atomscale.credentials import AtomscaleCredentials
 from prefect_atomscale.exceptions import (
@@ -30,7 +35,7 @@ from prefect_atomscale.exceptions import (
     AtomscaleError,
     AtomscaleValidationError,
 )
-from prefect_atomscale.locking import lock_manager
+from prefect_atomscale.locking import FlockLockManager
 from prefect_atomscale.models import Layer, TargetMaterial
 from prefect_atomscale.payloads import LayerRequest, StackRequest, TargetMaterialRequest
 from prefect_atomscale.pool import async_client_for, client_for
@@ -40,10 +45,8 @@ from prefect_atomscale.reconcile import (
     IfExists,
     Update,
     check_if_exists,
-    claim_new_position,
     decide_layer,
     mark_unsettled,
-    remember_created,
     settle_delay,
 )
 from prefect_atomscale.retries import (
@@ -53,6 +56,7 @@ from prefect_atomscale.retries import (
     aretry_if_transient,
     retry_if_transient,
 )
+from prefect_atomscale.views import StackView, material_views
 
 __all__ = ["acreate_layer", "acreate_target_material", "create_layer", "create_target_material"]
 
@@ -120,10 +124,9 @@ def is_retry() -> bool:
     return context is not None and context.task_run.run_count > 1
 
 
-_LOCKS = lock_manager()
-
-
-def task_options(name: str, build: Any, condition: Any, run_name: Any) -> dict[str, Any]:
+def task_options(
+    name: str, build: Any, condition: Any, run_name: Any, *, serializable: bool = False
+) -> dict[str, Any]:
     """Return the `@task` settings every create task shares: retries, cache, lock.
 
     Args:
@@ -132,6 +135,10 @@ def task_options(name: str, build: Any, condition: Any, run_name: Any) -> dict[s
         build: Builds the checked request from the task's inputs, for the cache key.
         condition: The retry condition (`retry_if_transient` or its async twin).
         run_name: Callable giving the task run's name.
+        serializable: Make runs of one request take turns through the cache lock, so
+            the second finds the first's record in the cache. Only target materials need
+            it (one created empty is invisible to the listing); layer writes are ordered
+            by position locks inside the task (see `views`), so a cache hit takes no lock.
 
     Returns:
         Keyword arguments for `prefect.task`.
@@ -150,15 +157,21 @@ def task_options(name: str, build: Any, condition: Any, run_name: Any) -> dict[s
         "retry_delay_seconds": DEFAULT_RETRY_DELAYS,
         "retry_jitter_factor": RETRY_JITTER_FACTOR,
         "retry_condition_fn": condition,
-        # SERIALIZABLE: runs of one request take turns, and the second finds the first's
-        # record in the cache instead of writing again. The lock is shared by all four
-        # tasks and, through lock files, by every process on this Prefect home.
-        "cache_policy": AtomscaleRequestCache(
-            task_name=name.removeprefix("a"), version=TASK_VERSION, build_request=build
-        ).configure(isolation_level="SERIALIZABLE", lock_manager=_LOCKS),
+        "cache_policy": _cache_policy(name, build, serializable),
         "cache_expiration": DEFAULT_CACHE_EXPIRATION,
         "persist_result": True,
     }
+
+
+def _cache_policy(name: str, build: Any, serializable: bool) -> AtomscaleRequestCache:
+    policy = AtomscaleRequestCache(
+        task_name=name.removeprefix("a"), version=TASK_VERSION, build_request=build
+    )
+    if not serializable:
+        return policy
+    # Runs of one request take turns, in this process and, through lock files, in
+    # every process on this Prefect home; the second finds the first's record cached.
+    return policy.configure(isolation_level="SERIALIZABLE", lock_manager=FlockLockManager())
 
 
 class _Described(Protocol):
@@ -238,22 +251,43 @@ def _material_key(request: TargetMaterialRequest) -> tuple[str, str]:
 
 
 @contextmanager
-def _unsettled_on_failure(*what: object) -> Iterator[None]:
-    """Mark a write whose reply never came as unsettled, for its retry (see `reconcile`)."""
+def _unsettled_on_failure(view_key: str | None, *what: object) -> Iterator[None]:
+    """On a failed write, forget the material's view; mark a reply-less one unsettled."""
     try:
         yield
     except AtomscaleError as exc:
         if exc.transient:
             mark_unsettled(*what)
+        if view_key is not None:
+            material_views.forget(view_key)
         raise
 
 
-def _must_look_first(credentials: AtomscaleCredentials, request: LayerRequest) -> bool:
-    """Whether a layer may already sit at the request's position (see `reconcile`)."""
-    if is_retry():
-        return True
-    account = credentials.account_fingerprint()
-    return not claim_new_position(account, request.sample_id, request.layer_id)
+def _refreshing() -> bool:
+    # As Prefect decides it: the task's option, else the PREFECT_TASKS_REFRESH_CACHE setting.
+    context = TaskRunContext.get()
+    if context is None:
+        return False
+    option = context.task.refresh_cache
+    return bool(PREFECT_TASKS_REFRESH_CACHE.value() if option is None else option)
+
+
+def _settle_if_retry(position: tuple[str, int, int]) -> float:
+    """On a retry or a refresh, forget the material's view; return how long to settle."""
+    if not (is_retry() or _refreshing()):
+        return 0.0
+    material_views.forget(material_views.key(position[0], position[1]))
+    return settle_delay(*position)
+
+
+def _layer_decision(
+    request: LayerRequest, view: StackView, policy: IfExists
+) -> Adopt | Update | Create:
+    return decide_layer(request, view.at.get(request.layer_id, []), policy)
+
+
+def _looking(request: LayerRequest) -> str:
+    return f"checking whether {request.describe()} already exists"
 
 
 def _finish_layer(request: LayerRequest, decision: Adopt | Update | Create, layer: Layer) -> Layer:
@@ -351,8 +385,10 @@ def _adopted_material(
 def _created_material(
     credentials: AtomscaleCredentials, request: TargetMaterialRequest, material: TargetMaterial
 ) -> TargetMaterial:
-    if not request.layers:  # created empty: its positions need no look-up (see reconcile)
-        remember_created(credentials.account_fingerprint(), material.sample_id)
+    if not request.layers:  # created empty: its layers need no listing (see `views`)
+        material_views.created(
+            material_views.key(credentials.account_fingerprint(), material.sample_id)
+        )
     with_layers = f" with {len(request.layers)} layers" if request.layers else ""
     get_run_logger().info(
         "Created %s%s as sample_id %s.", request.describe(), with_layers, material.sample_id
@@ -366,6 +402,7 @@ def _created_material(
         _target_material_request,
         retry_if_transient,
         _target_material_run_name,
+        serializable=True,
     )
 )
 def create_target_material(
@@ -423,7 +460,7 @@ def create_target_material(
     if found := client.find_target_materials(request):
         return _adopted_material(request, found)
     try:
-        with _unsettled_on_failure(*_material_key(request)):
+        with _unsettled_on_failure(None, *_material_key(request)):
             material = client.create_target_material(request)
     except AtomscaleValidationError as exc:
         refused = _name_refused_layers(request, exc)
@@ -438,6 +475,7 @@ def create_target_material(
         _target_material_request,
         aretry_if_transient,
         _target_material_run_name,
+        serializable=True,
     )
 )
 async def acreate_target_material(
@@ -487,7 +525,7 @@ async def acreate_target_material(
     if found := await client.find_target_materials(request):
         return _adopted_material(request, found)
     try:
-        with _unsettled_on_failure(*_material_key(request)):
+        with _unsettled_on_failure(None, *_material_key(request)):
             material = await client.create_target_material(request)
     except AtomscaleValidationError as exc:
         refused = _name_refused_layers(request, exc)
@@ -570,16 +608,24 @@ def create_layer(
     policy = check_if_exists(if_exists)
     client = request_client(credentials, request)
     position = _position(credentials, request)
-    decision: Adopt | Update | Create = Create()
-    if _must_look_first(credentials, request):
-        time.sleep(settle_delay(*position))
-        decision = decide_layer(request, client.find_layers(request), policy)
-    if isinstance(decision, Adopt):
-        return _finish_layer(request, decision, decision.layer)
-    with _unsettled_on_failure(*position):
-        if isinstance(decision, Update):
-            return _finish_layer(request, decision, client.update_layer(request))
-        return _finish_layer(request, decision, client.create_layer(request))
+    time.sleep(_settle_if_retry(position))
+    with material_views.layer_write(*position, request.describe()) as key:
+        view = material_views.current(key) or material_views.load(
+            key, client.layers_of(request.sample_id, _looking(request))
+        )
+        decision = _layer_decision(request, view, policy)
+        if isinstance(decision, Adopt):
+            return _finish_layer(request, decision, decision.layer)
+        material_views.writing(key)
+        with _unsettled_on_failure(key, *position):
+            if isinstance(decision, Update):
+                layer = client.update_layer(request)
+            else:
+                layer = client.create_layer(request)
+        material_views.wrote(key, [layer], replaced=isinstance(decision, Update))
+    if isinstance(decision, Update):
+        invalidate_position(*position)
+    return _finish_layer(request, decision, layer)
 
 
 @task(**task_options("acreate_layer", _layer_request, aretry_if_transient, _layer_run_name))
@@ -647,13 +693,21 @@ async def acreate_layer(
     policy = check_if_exists(if_exists)
     client = async_request_client(credentials, request)
     position = _position(credentials, request)
-    decision: Adopt | Update | Create = Create()
-    if _must_look_first(credentials, request):
-        await asyncio.sleep(settle_delay(*position))
-        decision = decide_layer(request, await client.find_layers(request), policy)
-    if isinstance(decision, Adopt):
-        return _finish_layer(request, decision, decision.layer)
-    with _unsettled_on_failure(*position):
-        if isinstance(decision, Update):
-            return _finish_layer(request, decision, await client.update_layer(request))
-        return _finish_layer(request, decision, await client.create_layer(request))
+    await asyncio.sleep(_settle_if_retry(position))
+    async with material_views.alayer_write(*position, request.describe()) as key:
+        view = material_views.current(key) or material_views.load(
+            key, await client.layers_of(request.sample_id, _looking(request))
+        )
+        decision = _layer_decision(request, view, policy)
+        if isinstance(decision, Adopt):
+            return _finish_layer(request, decision, decision.layer)
+        material_views.writing(key)
+        with _unsettled_on_failure(key, *position):
+            if isinstance(decision, Update):
+                layer = await client.update_layer(request)
+            else:
+                layer = await client.create_layer(request)
+        material_views.wrote(key, [layer], replaced=isinstance(decision, Update))
+    if isinstance(decision, Update):
+        invalidate_position(*position)
+    return _finish_layer(request, decision, layer)

@@ -233,7 +233,9 @@ def test_prefect_yaml_deploys_and_a_process_worker_runs_it(
         with api(prefect_server):
             run_and_wait("stacks-from-folder/nightly", {"folder": str(folder)}, worker_log)
             assert stacks_at(e2e_sandbox) == EXPECTED
-            assert requests_to(e2e_sandbox, "POST", LAYERS) == sum(EXPECTED.values())
+            # Each new stack goes with its target material, in one request.
+            assert requests_to(e2e_sandbox, "POST", TARGET_MATERIALS) == len(EXPECTED)
+            assert requests_to(e2e_sandbox, "POST", LAYERS) == 0
 
             # Nothing new in the folder: the next run creates nothing.
             e2e_sandbox.reset_stats()

@@ -15,11 +15,14 @@ import time
 import uuid
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import prefect.settings
 import pytest
 from conftest import KEY_A, PREFECT_HOME
-from prefect import flow
+from prefect import flow, task
+from prefect.futures import wait
+from prefect.transactions import transaction
 
 from flows.build_stack import LayerSpec, build_stack
 from prefect_atomscale import (
@@ -28,7 +31,9 @@ from prefect_atomscale import (
     AtomscaleError,
     Layer,
     create_layer,
+    create_layers,
     create_target_material,
+    locking,
 )
 from prefect_atomscale.sandbox import SandboxHandle
 
@@ -273,3 +278,169 @@ def test_an_empty_target_material_lost_in_reply_is_created_again_as_documented(
         m for m in sandbox.target_materials(organisation="lab-a") if m["sample_name"] == unique
     ]
     assert len(named) == 2 and sample_id == named[-1]["sample_id"]
+
+
+# --------------------------------------------------------------- other writers, one by one
+
+
+@pytest.mark.timeout(120)
+def test_a_stack_inside_one_transaction_never_waits_for_itself(
+    sandbox: SandboxHandle, unique: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Inside `with transaction():` a task's cache lock is held until the outer commit.
+
+    Keys that share a lock file must not wait for their own process. One lock file for
+    every key makes that certain (with 1,024, a 42-layer stack hit it about half the time).
+    """
+    monkeypatch.setattr(locking, "LOCK_FILES", 1)
+    credentials = AtomscaleCredentials(api_key=KEY_A, base_url=sandbox.url, timeout=5.0)
+
+    @task
+    def users_own_task(sample_id: int) -> Layer:
+        # Called from a user's task, create_layer runs nested in its transaction.
+        return create_layer(credentials, 42, sample_id, composition_string="SrRuO3")
+
+    @flow
+    def in_one_transaction() -> int:
+        with transaction():
+            material = create_target_material(credentials, unique, "SrTiO3")
+            for position in range(1, 42):
+                formula = ("BaTiO3", "SrTiO3")[position % 2]
+                create_layer(credentials, position, material.sample_id, formula, "001")
+            users_own_task(material.sample_id)
+        return material.sample_id
+
+    sample_id = in_one_transaction()
+    assert positions(sandbox, sample_id) == Counter(range(1, 43))
+
+
+@pytest.mark.timeout(60)
+def test_the_same_target_material_twice_in_one_transaction_fails_loudly_at_once(
+    sandbox: SandboxHandle, unique: str
+) -> None:
+    credentials = AtomscaleCredentials(api_key=KEY_A, base_url=sandbox.url, timeout=5.0)
+
+    @flow
+    def twice() -> None:
+        with transaction():
+            create_target_material(credentials, unique, "SrTiO3")
+            create_target_material(credentials, unique, "SrTiO3", {"again": True})
+            create_target_material(credentials, unique, "SrTiO3")
+
+    started = time.monotonic()
+    with pytest.raises(AtomscaleConflictError, match="twice inside one Prefect transaction"):
+        twice()
+    assert time.monotonic() - started < 30
+
+
+def test_two_different_requests_for_one_position_never_both_land(
+    sandbox: SandboxHandle, unique: str
+) -> None:
+    """A typo in `.map`, two formulas, `create_layer` beside `create_layers`: one wins."""
+    credentials = AtomscaleCredentials(api_key=KEY_A, base_url=sandbox.url, timeout=5.0)
+
+    @flow
+    def racing() -> tuple[int, list[Any]]:
+        material = create_target_material(credentials, unique, "SrTiO3")
+        # The first write to arrive takes a second to commit, so others look meanwhile.
+        sandbox.faults.set(slow_seconds=1.0)
+        sandbox.faults.queue(["slow_before_commit"])
+        futures = [
+            create_layer.submit(credentials, 1, material.sample_id, formula, "001")
+            for formula in ("BaTiO3", "PbTiO3", "SrTiO3", "BaTiO3")
+        ]
+        futures.append(
+            create_layers.submit(credentials, material.sample_id, [{"composition_string": "GaN"}])
+        )
+        wait(futures)
+        return material.sample_id, [future.state for future in futures]
+
+    sample_id, states = racing()
+    assert sandbox.stats.faults == {"slow_before_commit": 1}
+    assert positions(sandbox, sample_id) == Counter({1: 1})
+    [stored] = sandbox.layer_rows(sample_id=sample_id)
+    for state in states:
+        if state.is_completed():
+            result = state.result()
+            layer = result[0] if isinstance(result, list) else result
+            assert layer.composition_string == stored["composition_string"]
+        else:
+            with pytest.raises(AtomscaleConflictError):
+                state.result()
+
+
+def test_an_update_retires_the_cache_entries_of_what_was_there(
+    credentials: AtomscaleCredentials, sandbox: SandboxHandle, unique: str
+) -> None:
+    """After an update, the old request is not answered by its 30-day cache entry."""
+
+    @flow
+    def layer(formula: str, if_exists: str = "error") -> Layer:
+        material = create_target_material(credentials, unique, "SrTiO3")
+        return create_layer(credentials, 1, material.sample_id, formula, "001", if_exists=if_exists)
+
+    first = layer("BaTiO3")
+    kept = layer("PbTiO3", if_exists="reuse")
+    assert kept.composition_string == "BaTiO3"
+    # "update" after "reuse" is another request: it runs, it PATCHes.
+    updated = layer("PbTiO3", if_exists="update")
+    assert (updated.id, updated.composition_string) == (first.id, "PbTiO3")
+    [stored] = sandbox.layer_rows(sample_id=first.sample_id)
+    assert stored["composition_string"] == "PbTiO3"
+    # The first request's entry no longer answers: the service holds PbTiO3 now.
+    with pytest.raises(AtomscaleConflictError, match="already sits at that position as PbTiO3"):
+        layer("BaTiO3")
+
+
+_DIES_AFTER_ITS_WRITE = """
+import os, signal, sys
+from prefect import flow
+from prefect_atomscale import AtomscaleClient, AtomscaleCredentials, create_layer
+
+post = AtomscaleClient.create_layer
+
+def post_then_die(self, request):
+    post(self, request)  # the write lands ...
+    os.kill(os.getpid(), signal.SIGKILL)  # ... and the worker dies before it can say so
+
+AtomscaleClient.create_layer = post_then_die
+
+@flow
+def write_then_die() -> None:
+    credentials = AtomscaleCredentials.load(sys.argv[1])
+    create_layer(credentials, 5, int(sys.argv[2]), "GaN", "0001")
+
+write_then_die()
+"""
+
+
+def test_a_layer_written_by_a_worker_that_died_is_seen_by_the_creator(
+    sandbox: SandboxHandle, unique: str
+) -> None:
+    """A Dask worker dies after its POST landed; its task is re-run as a fresh first
+    attempt on the worker that created the target material. That worker must look."""
+    block = _save_block(sandbox)
+    credentials = AtomscaleCredentials.load(block)
+
+    @flow
+    def create() -> int:
+        return create_target_material(credentials, unique, "Al2O3").sample_id
+
+    @flow
+    def rerun(sample_id: int) -> Layer:
+        return create_layer(credentials, 5, sample_id, "GaN", "0001")
+
+    sample_id = create()
+    worker = subprocess.run(
+        [sys.executable, "-c", _DIES_AFTER_ITS_WRITE, block, str(sample_id)],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert worker.returncode == -signal.SIGKILL, worker.stdout + worker.stderr
+    assert positions(sandbox, sample_id) == Counter({5: 1})
+    adopted = rerun(sample_id)
+    assert positions(sandbox, sample_id) == Counter({5: 1})
+    assert adopted.id == sandbox.layer_rows(sample_id=sample_id)[0]["id"]
