@@ -9,6 +9,7 @@ the tasks' job, through Prefect.
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import json
 import time
@@ -552,6 +553,8 @@ class AsyncAtomscaleClient(_Base):
 
     Args:
         http: An `httpx.AsyncClient` from `AtomscaleCredentials.get_async_client()`.
+        max_in_flight: Most requests sent at once (the rest wait in order); None for no
+            limit beyond the pool's own.
 
     Example:
         ```python
@@ -567,9 +570,13 @@ class AsyncAtomscaleClient(_Base):
         ```
     """
 
-    def __init__(self, http: httpx.AsyncClient):
+    def __init__(self, http: httpx.AsyncClient, *, max_in_flight: int | None = None):
         super().__init__(http)
         self._http = http
+        # Requests beyond the pool's size wait here, in order, rather than in httpcore's
+        # pool, which rescans every waiting request whenever a connection frees up: 200
+        # gathered layers on 20 connections spent more time there than in the requests.
+        self._in_flight = asyncio.Semaphore(max_in_flight) if max_in_flight else None
 
     @classmethod
     def from_credentials(cls, credentials: AtomscaleCredentials) -> Self:
@@ -579,7 +586,8 @@ class AsyncAtomscaleClient(_Base):
             credentials: The account to talk to.
 
         Returns:
-            A client; close it with `aclose` when done.
+            A client; close it with `aclose` when done. At most `max_connections`
+            requests of it are in flight at once; the others wait their turn.
 
         Example:
             ```python
@@ -588,7 +596,7 @@ class AsyncAtomscaleClient(_Base):
             client = AsyncAtomscaleClient.from_credentials(AtomscaleCredentials(api_key="k"))
             ```
         """
-        return cls(credentials.get_async_client())
+        return cls(credentials.get_async_client(), max_in_flight=credentials.max_connections)
 
     async def create_target_material(self, request: TargetMaterialRequest) -> TargetMaterial:
         """Create a target material (`POST /target-materials/`), with its layers if any.
@@ -779,6 +787,12 @@ class AsyncAtomscaleClient(_Base):
         await self.aclose()
 
     async def _send(self, call: _Call) -> httpx.Response:
+        if self._in_flight is None:
+            return await self._request(call)
+        async with self._in_flight:
+            return await self._request(call)
+
+    async def _request(self, call: _Call) -> httpx.Response:
         try:
             return await self._http.request(call.method, call.path, json=call.body)
         except httpx.HTTPError as exc:
