@@ -35,6 +35,7 @@ from prefect_atomscale.exceptions import (
     AtomscaleTimeoutError,
     AtomscaleValidationError,
 )
+from prefect_atomscale.listing import ListingReader
 from prefect_atomscale.models import Layer, TargetMaterial, TargetMaterialRow
 from prefect_atomscale.payloads import LayerRequest, TargetMaterialRequest
 
@@ -85,20 +86,22 @@ def _list_rows(purpose: str) -> _Call:
     return _Call("GET", TARGET_MATERIALS, purpose)
 
 
-def _rows_where(keep: Callable[[dict[str, Any]], bool]) -> Callable[[Any], list[TargetMaterialRow]]:
-    """Decode only the listed rows `keep` accepts.
+@dataclass(frozen=True)
+class _Rows:
+    """The listed rows a look-up needs: those `keep` accepts.
 
     The list holds every layer of the organisation, and a look-up needs the few of one
-    target material: decoding only those keeps a look-up cheap in a large account. Items
-    that are not objects are kept, so that a malformed reply still fails validation.
+    target material: only those are decoded (see `listing`), which keeps a look-up's
+    time and memory small in a large account. Items that are not objects are kept, so
+    that a malformed reply still fails validation.
     """
 
-    def parse(data: Any) -> list[TargetMaterialRow]:
-        if isinstance(data, list):
-            data = [row for row in data if not isinstance(row, dict) or keep(row)]
-        return _ROWS.validate_python(data)
+    keep: Callable[[dict[str, Any]], bool]
 
-    return parse
+    def __call__(self, data: Any) -> list[TargetMaterialRow]:
+        if isinstance(data, list):
+            data = [row for row in data if not isinstance(row, dict) or self.keep(row)]
+        return _ROWS.validate_python(data)
 
 
 def _is(value: Any, wanted: int | str) -> bool:
@@ -106,12 +109,12 @@ def _is(value: Any, wanted: int | str) -> bool:
     return value == wanted or (isinstance(value, str) and value.strip() == str(wanted))
 
 
-def _of_material(sample_id: int) -> Callable[[Any], list[TargetMaterialRow]]:
-    return _rows_where(lambda row: _is(row.get("sample_id"), sample_id))
+def _of_material(sample_id: int) -> _Rows:
+    return _Rows(lambda row: _is(row.get("sample_id"), sample_id))
 
 
-def _at_position(request: LayerRequest) -> Callable[[Any], list[TargetMaterialRow]]:
-    return _rows_where(
+def _at_position(request: LayerRequest) -> _Rows:
+    return _Rows(
         lambda row: (
             _is(row.get("sample_id"), request.sample_id)
             and _is(row.get("layer_id"), request.layer_id)
@@ -119,8 +122,8 @@ def _at_position(request: LayerRequest) -> Callable[[Any], list[TargetMaterialRo
     )
 
 
-def _named(request: TargetMaterialRequest) -> Callable[[Any], list[TargetMaterialRow]]:
-    return _rows_where(lambda row: _is(row.get("sample_name"), request.sample_name))
+def _named(request: TargetMaterialRequest) -> _Rows:
+    return _Rows(lambda row: _is(row.get("sample_name"), request.sample_name))
 
 
 class _Base:
@@ -137,11 +140,13 @@ class _Base:
         return f"{type(self).__name__}(base_url={self._base_url!r})"
 
     def _parse(self, call: _Call, response: httpx.Response, parse: Callable[[Any], T]) -> T:
+        return self._validated(call, response.status_code, self._decode(call, response), parse)
+
+    def _validated(self, call: _Call, status: int, data: Any, parse: Callable[[Any], T]) -> T:
         # Errors are raised outside the `except` blocks here and below: raised inside,
         # they would carry the original exception as `__context__`, and that one holds
         # the request (with its X-API-KEY header) or the reply text. `from None` only
         # hides it from tracebacks; pickling with tblib (Dask installs it) still keeps it.
-        data = self._decode(call, response)
         try:
             return parse(data)
         except ValidationError as exc:
@@ -151,11 +156,11 @@ class _Base:
             )
         raise self._scrub(
             AtomscaleProtocolError(
-                f"{call} while {call.purpose} answered {response.status_code} with JSON of "
+                f"{call} while {call.purpose} answered {status} with JSON of "
                 f"an unexpected shape ({problems}). Check that base_url "
                 f"{self._base_url!r} is the Atomscale API; if it is, the API has changed "
                 "and prefect-atomscale needs an update.",
-                status_code=response.status_code,
+                status_code=status,
                 detail=data,
             )
         )
@@ -167,15 +172,26 @@ class _Base:
                 return response.json()
             except ValueError:
                 pass
-            raise self._scrub(
-                AtomscaleProtocolError(
-                    f"{call} while {call.purpose} answered {status} but the body is not "
-                    f"JSON ({_describe_body(response)}). Check that base_url "
-                    f"{self._base_url!r} is the Atomscale API and not a proxy or login page.",
-                    status_code=status,
-                )
-            )
+            raise self._scrub(self._not_json(call, status, _describe_body(response)))
         raise self._scrub(self._error_for(call, response))
+
+    def _not_json(self, call: _Call, status: int, body: str) -> AtomscaleProtocolError:
+        return AtomscaleProtocolError(
+            f"{call} while {call.purpose} answered {status} but the body is not "
+            f"JSON ({body}). Check that base_url "
+            f"{self._base_url!r} is the Atomscale API and not a proxy or login page.",
+            status_code=status,
+        )
+
+    def _streamed_failure(
+        self, call: _Call, response: httpx.Response | None, exc: Exception
+    ) -> AtomscaleError:
+        """The error for a look-up whose streamed reply could not be read."""
+        if isinstance(exc, httpx.HTTPError):
+            return self._transport_error(call, exc)
+        status = response.status_code if response is not None else 0
+        kind = response.headers.get("content-type", "no content type") if response else ""
+        return self._not_json(call, status, f"a {kind.split(';')[0]} body")
 
     def _error_for(self, call: _Call, response: httpx.Response) -> AtomscaleError:
         status = response.status_code
@@ -442,7 +458,7 @@ class AtomscaleClient(_Base):
             ```
         """
         call = _list_rows(f"checking whether {request.describe()} already exists")
-        return _layers_at(self._parse(call, self._send(call), _at_position(request)), request)
+        return _layers_at(self._look_up(call, _at_position(request)), request)
 
     def find_target_materials(self, request: TargetMaterialRequest) -> list[TargetMaterial]:
         """Return listed target materials identical to the request, lowest `sample_id` first.
@@ -467,7 +483,7 @@ class AtomscaleClient(_Base):
             ```
         """
         call = _list_rows(f"checking whether {request.describe()} already exists")
-        return _materials_like(self._parse(call, self._send(call), _named(request)), request)
+        return _materials_like(self._look_up(call, _named(request)), request)
 
     def replace_layers(
         self, sample_id: int, requests: Sequence[LayerRequest], purpose: str
@@ -513,7 +529,7 @@ class AtomscaleClient(_Base):
             ```
         """
         call = _list_rows(purpose)
-        return _layers_of(self._parse(call, self._send(call), _of_material(sample_id)), sample_id)
+        return _layers_of(self._look_up(call, _of_material(sample_id)), sample_id)
 
     def close(self) -> None:
         """Close the underlying connection pool.
@@ -544,6 +560,25 @@ class AtomscaleClient(_Base):
         except httpx.HTTPError as exc:
             error = self._transport_error(call, exc)
         raise error  # outside the except block: see _parse
+
+    def _look_up(self, call: _Call, rows: _Rows) -> list[TargetMaterialRow]:
+        """Stream the listing and keep the rows `rows` needs (see `listing`)."""
+        reader, data, response = ListingReader(rows.keep), None, None
+        failure: AtomscaleError | None = None
+        try:
+            with self._http.stream(call.method, call.path) as response:
+                if not 200 <= response.status_code < 300:
+                    response.read()
+                    failure = self._error_for(call, response)
+                else:
+                    for chunk in response.iter_bytes():
+                        reader.feed(chunk)
+                    data = reader.result()
+        except (httpx.HTTPError, ValueError) as exc:
+            failure = self._streamed_failure(call, response, exc)
+        if failure is not None or response is None:
+            raise self._scrub(failure or self._not_json(call, 0, "no reply"))
+        return self._validated(call, response.status_code, data, rows)
 
 
 class AsyncAtomscaleClient(_Base):
@@ -700,8 +735,7 @@ class AsyncAtomscaleClient(_Base):
             ```
         """
         call = _list_rows(f"checking whether {request.describe()} already exists")
-        rows = self._parse(call, await self._send(call), _at_position(request))
-        return _layers_at(rows, request)
+        return _layers_at(await self._look_up(call, _at_position(request)), request)
 
     async def find_target_materials(self, request: TargetMaterialRequest) -> list[TargetMaterial]:
         """Return listed target materials identical to the request, lowest `sample_id` first.
@@ -722,8 +756,7 @@ class AsyncAtomscaleClient(_Base):
             ```
         """
         call = _list_rows(f"checking whether {request.describe()} already exists")
-        rows = self._parse(call, await self._send(call), _named(request))
-        return _materials_like(rows, request)
+        return _materials_like(await self._look_up(call, _named(request)), request)
 
     async def replace_layers(
         self, sample_id: int, requests: Sequence[LayerRequest], purpose: str
@@ -761,8 +794,7 @@ class AsyncAtomscaleClient(_Base):
             ```
         """
         call = _list_rows(purpose)
-        rows = self._parse(call, await self._send(call), _of_material(sample_id))
-        return _layers_of(rows, sample_id)
+        return _layers_of(await self._look_up(call, _of_material(sample_id)), sample_id)
 
     async def aclose(self) -> None:
         """Close the underlying connection pool.
@@ -798,6 +830,31 @@ class AsyncAtomscaleClient(_Base):
         except httpx.HTTPError as exc:
             error = self._transport_error(call, exc)
         raise error  # outside the except block: see _parse
+
+    async def _look_up(self, call: _Call, rows: _Rows) -> list[TargetMaterialRow]:
+        """Async twin of the sync client's `_look_up`."""
+        if self._in_flight is None:
+            return await self._stream(call, rows)
+        async with self._in_flight:
+            return await self._stream(call, rows)
+
+    async def _stream(self, call: _Call, rows: _Rows) -> list[TargetMaterialRow]:
+        reader, data, response = ListingReader(rows.keep), None, None
+        failure: AtomscaleError | None = None
+        try:
+            async with self._http.stream(call.method, call.path) as response:
+                if not 200 <= response.status_code < 300:
+                    await response.aread()
+                    failure = self._error_for(call, response)
+                else:
+                    async for chunk in response.aiter_bytes():
+                        reader.feed(chunk)
+                    data = reader.result()
+        except (httpx.HTTPError, ValueError) as exc:
+            failure = self._streamed_failure(call, response, exc)
+        if failure is not None or response is None:
+            raise self._scrub(failure or self._not_json(call, 0, "no reply"))
+        return self._validated(call, response.status_code, data, rows)
 
 
 def _layers_at(rows: list[TargetMaterialRow], request: LayerRequest) -> list[Layer]:
