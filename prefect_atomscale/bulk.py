@@ -227,7 +227,8 @@ def create_layers(
     policy = check_if_exists(if_exists)
     client = request_client(credentials, stack)
     account = credentials.account_fingerprint()
-    time.sleep(_settle_if_retry((account, stack.sample_id, 0)))
+    if settle := _settle_if_retry((account, stack.sample_id, 0)):
+        time.sleep(settle)
     with material_views.stack_write(account, stack.sample_id) as key:
         view = material_views.current(key)
         if view is not None and view.created_here:
@@ -301,7 +302,8 @@ async def acreate_layers(
     policy = check_if_exists(if_exists)
     client = async_request_client(credentials, stack)
     account = credentials.account_fingerprint()
-    await asyncio.sleep(_settle_if_retry((account, stack.sample_id, 0)))
+    if settle := _settle_if_retry((account, stack.sample_id, 0)):
+        await asyncio.sleep(settle)
     async with material_views.astack_write(account, stack.sample_id) as key:
         view = material_views.current(key)
         if view is not None and view.created_here:

@@ -32,6 +32,7 @@ import os
 import threading
 import time
 import zlib
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
@@ -83,18 +84,27 @@ def file_of(key: str) -> int:
 class _ProcessFiles:
     """Process-wide flocks on the files of one family, shared by the process's holders."""
 
+    # Descriptors kept open between holds, so a lock costs two flock calls, not an open
+    # and a close as well (inside a flow every system call lets Prefect's threads in).
+    _KEEP_OPEN = 64
+
     def __init__(self, family: str) -> None:
         self._family = family
         self._mutex = threading.Lock()
         self._held: dict[int, tuple[int, int]] = {}  # file -> (fd, holders in this process)
+        self._idle: OrderedDict[int, int] = OrderedDict()  # file -> open fd, not locked
         self._directory: Path | None = None
 
     def reset_after_fork(self) -> None:
         # A forked child inherits the descriptors but none of the holders.
         self._mutex = threading.Lock()
         self._held = {}
+        self._idle = OrderedDict()
 
     def _open(self, index: int) -> int:
+        idle = self._idle.pop(index, None)
+        if idle is not None:
+            return idle
         if self._directory is None:
             self._directory = lock_directory() / self._family
         path = self._directory / f"{index:04d}.lock"
@@ -103,6 +113,12 @@ class _ProcessFiles:
         except FileNotFoundError:  # first use, or the directory was removed since
             path.parent.mkdir(parents=True, exist_ok=True)
             return os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+
+    def _park(self, index: int, fd: int) -> None:
+        """Keep an unlocked descriptor for the next hold, closing the oldest past the limit."""
+        self._idle[index] = fd
+        while len(self._idle) > self._KEEP_OPEN:
+            os.close(self._idle.popitem(last=False)[1])
 
     def try_take(self, index: int) -> bool:
         """Join this process's hold of file `index`, or take it if no other process has it."""
@@ -116,7 +132,7 @@ class _ProcessFiles:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
-                    os.close(fd)
+                    self._park(index, fd)
                     return False
             self._held[index] = (fd, 1)
             return True
@@ -129,7 +145,9 @@ class _ProcessFiles:
                 self._held[index] = (fd, holders - 1)
                 return
             del self._held[index]
-        os.close(fd)  # closing the descriptor drops the flock
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            self._park(index, fd)
 
     def holds(self, index: int) -> bool:
         """Whether this process holds file `index` now."""
@@ -165,6 +183,8 @@ class KeyLocks:
         family: Names the lock files' folder, so that two families never share a file
             (a run holds at most one lock of each family, always in the same order, so
             no two runs can wait for each other in a circle).
+        across_processes: Also order the processes of this machine (flocks); False for
+            a family always taken under another one that already does.
 
     Example:
         ```python
@@ -176,9 +196,9 @@ class KeyLocks:
         ```
     """
 
-    def __init__(self, family: str) -> None:
+    def __init__(self, family: str, *, across_processes: bool = True) -> None:
         self.family = family
-        self._files = _ProcessFiles(family)
+        self._files = _ProcessFiles(family) if across_processes else None
         self._mutex = threading.Lock()
         self._keys: dict[str, _KeyState] = {}
         os.register_at_fork(after_in_child=self._reset_after_fork)
@@ -186,11 +206,8 @@ class KeyLocks:
     def _reset_after_fork(self) -> None:
         self._mutex = threading.Lock()
         self._keys = {}
-        self._files.reset_after_fork()
-
-    def holds_file(self, key: str) -> bool:
-        """Whether this process holds the file of `key` (so no other process can)."""
-        return self._files.holds(file_of(key))
+        if self._files is not None:
+            self._files.reset_after_fork()
 
     def _try(self, waiter: _Waiter) -> bool:
         with self._mutex:
@@ -201,7 +218,7 @@ class KeyLocks:
             if state.writer is not None or (not waiter.shared and state.readers):
                 return False
             first = state.readers == 0
-            if first and not self._files.try_take(file_of(waiter.key)):
+            if first and self._files and not self._files.try_take(file_of(waiter.key)):
                 return False
             if waiter.shared:
                 state.readers += 1
@@ -223,7 +240,8 @@ class KeyLocks:
             if state.readers or state.writer is not None:
                 return
             del self._keys[key]
-        self._files.give_back(file_of(key))
+            if self._files is not None:
+                self._files.give_back(file_of(key))
 
     def _timed_out(self, waiter: _Waiter) -> AtomscaleConflictError:
         return AtomscaleConflictError(

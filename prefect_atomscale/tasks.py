@@ -608,7 +608,8 @@ def create_layer(
     policy = check_if_exists(if_exists)
     client = request_client(credentials, request)
     position = _position(credentials, request)
-    time.sleep(_settle_if_retry(position))
+    if settle := _settle_if_retry(position):
+        time.sleep(settle)
     with material_views.layer_write(*position, request.describe()) as key:
         view = material_views.current(key) or material_views.load(
             key, client.layers_of(request.sample_id, _looking(request))
@@ -693,7 +694,8 @@ async def acreate_layer(
     policy = check_if_exists(if_exists)
     client = async_request_client(credentials, request)
     position = _position(credentials, request)
-    await asyncio.sleep(_settle_if_retry(position))
+    if settle := _settle_if_retry(position):
+        await asyncio.sleep(settle)
     async with material_views.alayer_write(*position, request.describe()) as key:
         view = material_views.current(key) or material_views.load(
             key, await client.layers_of(request.sample_id, _looking(request))

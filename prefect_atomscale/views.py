@@ -83,7 +83,9 @@ class _MaterialViews:
 
     def __init__(self) -> None:
         self.materials = KeyLocks("materials")
-        self.positions = KeyLocks("positions")
+        # In-process only: a writer holds its material's lock, which already keeps every
+        # other process of this machine out of the whole material.
+        self.positions = KeyLocks("positions", across_processes=False)
         self._generations = Generations("materials")
         self._views: OrderedDict[str, StackView] = OrderedDict()
         self._mutex = threading.Lock()
