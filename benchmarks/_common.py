@@ -362,6 +362,10 @@ class SandboxProcess:
         """Set every counter back to zero."""
         self._ask("reset")
 
+    def fill(self, rows: int) -> None:
+        """Add `rows` listed rows (other target materials) to the benchmark organisation."""
+        self._ask(f"fill {int(rows)}")
+
 
 class _PeakOpenConnections:
     """Samples how many connections the sandbox has open at once (child side).
@@ -411,6 +415,9 @@ def _serve_sandbox(api_key: str) -> int:
             if command == "reset":
                 sandbox.reset_stats()
                 peak.reset()
+                print("ok", flush=True)
+            elif command.startswith("fill "):
+                sandbox.app.store.fill("benchmark", int(command.split()[1]))
                 print("ok", flush=True)
             elif command == "stats":
                 snapshot = sandbox.stats

@@ -1,8 +1,9 @@
 """Load and durability benchmark of the sandbox: concurrent layer POSTs, then a restart.
 
-Measures what issue 4 (figure 5) asks of the sandbox, layer POSTs per second with
-durable SQLite writes and their p50/p99 latency, and checks what issue 3 asks under
-that load: every acknowledged write is stored, and still there after a restart.
+Measures the sandbox's write figure (README "Performance", figure 5), layer POSTs per
+second with durable SQLite writes and their p50/p99 latency, and checks its durability
+promise under that load: every acknowledged write is stored, and still there after a
+restart.
 
 The server runs as `python -m prefect_atomscale.sandbox` in its own process and the
 load generator in one or more other processes, so that the two share the machine's
