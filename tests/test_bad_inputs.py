@@ -1,4 +1,4 @@
-"""The bad-input table of issue 3: every mistake and unusable reply, one row each.
+"""The bad-input table: every mistake and unusable reply, one row each.
 
 Each row runs `create_layer` or `create_target_material` in a Prefect flow and checks
 the whole contract of the error it ends in:
@@ -363,7 +363,7 @@ class MissingTargetName(AssertionError):
 
 
 # Configuration errors come from `AtomscaleCredentials.resolve()`, which does not know
-# the request; the task would have to add it (see the report on issue 3).
+# the request; the task would have to add it.
 
 
 def row(id: str, *args: Any, marks: Any = (), **kwargs: Any) -> Any:

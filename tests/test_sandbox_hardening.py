@@ -1,4 +1,4 @@
-"""Hardening of the sandbox (issue 3), over real HTTP.
+"""Hardening of the sandbox, over real HTTP.
 
 No organisation reaches another's records on any route; the API-key check compares in
 constant time; oversized bodies get 413 and malformed JSON 422 on every route that

@@ -1,4 +1,4 @@
-"""The API key stays secret wherever Prefect and this package write (issue 3).
+"""The API key stays secret wherever Prefect and this package write.
 
 `test_the_key_is_written_nowhere` runs flows at DEBUG level through everything that
 writes: runs whose results and cache records are persisted (and a re-run served from
