@@ -37,8 +37,9 @@ __all__ = ["VIEW_TTL_SECONDS", "StackView", "material_views"]
 VIEW_TTL_SECONDS = 60.0
 """A view older than this is listed again: how long a colleague's write may go unseen."""
 
-# Views kept per process; forgetting one only costs a listing.
-_VIEW_LIMIT = 1_000
+# Layers kept in all views of a process (oldest views go first), so a long-lived worker
+# that writes many stacks stays bounded; forgetting a view only costs a listing.
+_LAYER_LIMIT = 10_000
 
 
 @dataclass
@@ -56,6 +57,21 @@ class StackView:
     generation: int = -1
     created_here: bool = False
     made_at: float = field(default_factory=time.monotonic)
+
+    def size(self) -> int:
+        """How many layers the view holds."""
+        return sum(len(found) for found in self.at.values())
+
+    def add(self, layer: Layer, *, replaced: bool) -> int:
+        """Put a written layer in; return how many layers the view gained (0 or 1)."""
+        found = self.at.setdefault(layer.layer_id, [])
+        if replaced:
+            for index, old in enumerate(found):
+                if old.id == layer.id:
+                    found[index] = layer
+                    return 0
+        found.append(layer)
+        return 1
 
     def layers(self) -> list[Layer]:
         """Every known layer, oldest record first."""
@@ -88,6 +104,7 @@ class _MaterialViews:
         self.positions = KeyLocks("positions", across_processes=False)
         self._generations = Generations("materials")
         self._views: OrderedDict[str, StackView] = OrderedDict()
+        self._held = 0  # layers in all views, kept as they change (see _trim)
         self._mutex = threading.Lock()
 
     @staticmethod
@@ -143,7 +160,7 @@ class _MaterialViews:
             if view is None or view.generation != generation:
                 return None
             if time.monotonic() - view.made_at > VIEW_TTL_SECONDS:
-                del self._views[key]
+                self._drop(key)
                 return None
             self._views.move_to_end(key)
             return view
@@ -160,11 +177,23 @@ class _MaterialViews:
     def _store(self, key: str, view: StackView) -> StackView:
         view.generation = self._generations.read(file_of(key))
         with self._mutex:
+            self._drop(key)
             self._views[key] = view
-            self._views.move_to_end(key)
-            while len(self._views) > _VIEW_LIMIT:
-                self._views.popitem(last=False)
+            self._held += view.size()
+            self._trim()
         return view
+
+    def _drop(self, key: str) -> None:
+        # With the mutex held.
+        dropped = self._views.pop(key, None)
+        if dropped is not None:
+            self._held -= dropped.size()
+
+    def _trim(self) -> None:
+        # With the mutex held: drop the least recently used views (never the newest)
+        # while the views hold more layers than the limit.
+        while self._held > _LAYER_LIMIT and len(self._views) > 1:
+            self._drop(next(iter(self._views)))
 
     def writing(self, key: str) -> None:
         """Announce a write to a held material: other processes' views of it go stale."""
@@ -179,18 +208,14 @@ class _MaterialViews:
                 return
             view.created_here = False
             for layer in layers:
-                found = view.at.setdefault(layer.layer_id, [])
-                if replaced:
-                    found[:] = [layer if old.id == layer.id else old for old in found]
-                    if all(old.id != layer.id for old in found):
-                        found.append(layer)
-                else:
-                    found.append(layer)
+                self._held += view.add(layer, replaced=replaced)
+            self._views.move_to_end(key)
+            self._trim()
 
     def forget(self, key: str) -> None:
         """Drop a view: a write's outcome is unknown, so the next write lists again."""
         with self._mutex:
-            self._views.pop(key, None)
+            self._drop(key)
 
     def _bump(self, key: str) -> None:
         # Only this process holds the file now; a view that was complete stays so.
