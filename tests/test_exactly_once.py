@@ -444,3 +444,29 @@ def test_a_layer_written_by_a_worker_that_died_is_seen_by_the_creator(
     adopted = rerun(sample_id)
     assert positions(sandbox, sample_id) == Counter({5: 1})
     assert adopted.id == sandbox.layer_rows(sample_id=sample_id)[0]["id"]
+
+
+def test_a_whole_stack_committed_after_the_client_gave_up_is_adopted_not_rewritten(
+    sandbox: SandboxHandle, unique: str
+) -> None:
+    """The replace-stack request of `create_layers` lands 1.5 s after the client gave up.
+
+    The retry lets it settle, then finds the stack: the layers it returns are the ones
+    stored (a retry that wrote again would return records the late replace then deleted).
+    """
+    credentials = AtomscaleCredentials(api_key=KEY_A, base_url=sandbox.url, timeout=5.0)
+
+    @flow
+    def whole_stack() -> tuple[int, list[Layer]]:
+        material = create_target_material(credentials, unique, "SrTiO3")
+        sandbox.faults.set(slow_seconds=0.2, late_commit_seconds=1.5)
+        sandbox.faults.queue(["commit_late"])
+        stack = [{"composition_string": f, "orientation": "001"} for f in ("SrRuO3", "BaTiO3")]
+        return material.sample_id, create_layers(credentials, material.sample_id, stack)
+
+    sample_id, layers = whole_stack()
+    time.sleep(2.0)  # past the late commit, in case it were still to come
+    assert sandbox.stats.faults == {"commit_late": 1}
+    assert positions(sandbox, sample_id) == Counter({1: 1, 2: 1})
+    stored = {row["layer_id"]: row["id"] for row in sandbox.layer_rows(sample_id=sample_id)}
+    assert {layer.layer_id: layer.id for layer in layers} == stored
