@@ -16,8 +16,9 @@ organisation. This script fills the sandbox's organisation with other target mat
    user-written task (`retries`, a `cache_key_fn`, `persist_result=True`, the same
    POST on one `httpx.Client`); and the async path's per-layer overhead over bare async
    tasks (N `acreate_layer` gathered) against the sync path's over bare sync tasks.
-   Targets: hits at most 1.05x plain hits, misses at most 1.0x plain misses, async
-   overhead at most the sync overhead.
+   The plain task takes the same inputs, the credentials block included, so that
+   Prefect's own handling of them is on both sides. Targets: hits at most 1.05x plain
+   hits, misses at most 1.0x plain misses, async overhead at most the sync overhead.
 
     python benchmarks/write_path.py                  # N=200, 5 repetitions
     python benchmarks/write_path.py --layers 50 --repeat 1   # quick look
@@ -201,8 +202,10 @@ with AtomscaleClient.from_credentials(credentials) as client:
 _PLAIN_CLIENTS: dict[str, httpx.Client] = {}
 
 
-def _plain_client(url: str, key: str) -> httpx.Client:
+def _plain_client(credentials: AtomscaleCredentials) -> httpx.Client:
+    url = str(credentials.base_url)
     if url not in _PLAIN_CLIENTS:
+        key = credentials.api_key.get_secret_value() if credentials.api_key else ""
         _PLAIN_CLIENTS[url] = httpx.Client(base_url=url, headers={"X-API-KEY": key}, timeout=30)
     return _PLAIN_CLIENTS[url]
 
@@ -221,27 +224,31 @@ def _plain_key(context: Any, parameters: dict[str, Any]) -> str:
     persist_result=True,
 )
 def plain_layer(
-    url: str, key: str, layer_id: int, sample_id: int, composition_string: str, orientation: str
+    credentials: AtomscaleCredentials,
+    layer_id: int,
+    sample_id: int,
+    composition_string: str,
+    orientation: str,
 ) -> dict[str, Any]:
-    """What a user would write by hand: the same POST, retried and cached by its fields."""
+    """What a user would write by hand, with the same inputs: the POST, retried, cached."""
     body = {
         "layer_id": layer_id,
         "sample_id": sample_id,
         "composition_string": composition_string,
         "orientation": orientation,
     }
-    reply = _plain_client(url, key).post(LAYERS_PATH, json=body)
+    reply = _plain_client(credentials).post(LAYERS_PATH, json=body)
     reply.raise_for_status()
     result: dict[str, Any] = reply.json()
     return result
 
 
 @flow(name="bench-plain")
-def plain_flow(url: str, key: str, sample_id: int, layers: int) -> float:
+def plain_flow(credentials: AtomscaleCredentials, sample_id: int, layers: int) -> float:
     """`layers` plain tasks one after another; the loop's seconds (and CPU seconds)."""
     started, cpu = time.perf_counter(), time.thread_time()
     for position, arguments in enumerate(_stack(layers), start=1):
-        plain_layer(url, key, position, sample_id, **arguments)
+        plain_layer(credentials, position, sample_id, **arguments)
     _LAST_CPU[0] = time.thread_time() - cpu
     return time.perf_counter() - started
 
@@ -304,11 +311,11 @@ def _cache_cost(
     pairs = [
         (
             ("ours miss", lambda: per_layer_flow(credentials, ours, layers)),
-            ("plain miss", lambda: plain_flow(sandbox.url, sandbox.api_key, plain, layers)),
+            ("plain miss", lambda: plain_flow(credentials, plain, layers)),
         ),
         (
             ("ours hit", lambda: per_layer_flow(credentials, ours, layers)),
-            ("plain hit", lambda: plain_flow(sandbox.url, sandbox.api_key, plain, layers)),
+            ("plain hit", lambda: plain_flow(credentials, plain, layers)),
         ),
         (
             ("bare sync", lambda: bare_flow(layers)),
