@@ -109,8 +109,8 @@ def describe_stack(substrate: str, layers: Sequence[Layer]) -> str:
         from prefect_atomscale import Layer
         from prefect_atomscale.artifacts import describe_stack
 
-        print(describe_stack("MgO", [Layer(id=1, layer_id=1, sample_id=4,
-                   composition_string="TiO2")]))
+        layer = Layer(id=1, layer_id=1, sample_id=4, composition_string="TiO2")
+        print(describe_stack("MgO", [layer]))
         ```
     """
     ordered = _sorted(layers)
@@ -140,8 +140,8 @@ def stack_table(layers: Sequence[Layer]) -> list[dict[str, str | int]]:
         from prefect_atomscale import Layer
         from prefect_atomscale.artifacts import stack_table
 
-        print(stack_table([Layer(id=7, layer_id=1, sample_id=4,
-                   composition_string="GaN")]))
+        layer = Layer(id=7, layer_id=1, sample_id=4, composition_string="GaN")
+        print(stack_table([layer]))
         ```
     """
     return [
@@ -265,8 +265,8 @@ def stack_svg(substrate: str, layers: Sequence[Layer]) -> str:
         from prefect_atomscale import Layer
         from prefect_atomscale.artifacts import stack_svg
 
-        svg = stack_svg("SrTiO3", [Layer(id=1, layer_id=1, sample_id=4,
-                   composition_string="BaTiO3")])
+        layer = Layer(id=1, layer_id=1, sample_id=4, composition_string="BaTiO3")
+        svg = stack_svg("SrTiO3", [layer])
         print(svg[:4])  # <svg
         ```
     """
@@ -367,8 +367,8 @@ def stack_markdown(
         from prefect_atomscale.artifacts import stack_markdown
 
         material = TargetMaterial(sample_id=4, sample_name="GaN film", substrate="Al2O3")
-        print(stack_markdown(material, [Layer(id=1, layer_id=1, sample_id=4,
-                   composition_string="GaN")]))
+        layer = Layer(id=1, layer_id=1, sample_id=4, composition_string="GaN")
+        print(stack_markdown(material, [layer]))
         ```
     """
     name, substrate = _name(material), _substrate(material)
@@ -511,8 +511,8 @@ def publish_stack_artifacts(
         @flow
         def show() -> None:
             material = TargetMaterial(sample_id=4, sample_name="GaN film", substrate="Al2O3")
-            publish_stack_artifacts(material, [Layer(id=1, layer_id=1, sample_id=4,
-                   composition_string="GaN")])
+            layer = Layer(id=1, layer_id=1, sample_id=4, composition_string="GaN")
+            publish_stack_artifacts(material, [layer])
         ```
     """
     # Imported here: the rest of this module is useful without a Prefect API.
@@ -553,8 +553,8 @@ async def apublish_stack_artifacts(
         @flow
         async def show() -> None:
             material = TargetMaterial(sample_id=4, sample_name="GaN film", substrate="Al2O3")
-            layers = [Layer(id=1, layer_id=1, sample_id=4,
-                   composition_string="GaN")]
+            layer = Layer(id=1, layer_id=1, sample_id=4, composition_string="GaN")
+            layers = [layer]
             await apublish_stack_artifacts(material, layers)
         ```
     """
