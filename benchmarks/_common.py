@@ -405,7 +405,7 @@ class _PeakOpenConnections:
 
 def _serve_sandbox(api_key: str) -> int:
     """The child: serve the sandbox; answer `stats`/`reset` lines on stdin until EOF."""
-    from prefect_atomscale.sandbox import SandboxConfig, run_sandbox
+    from atomscale_sandbox import SandboxConfig, run_sandbox
 
     with run_sandbox(SandboxConfig(api_keys={api_key: "benchmark"})) as sandbox:
         peak = _PeakOpenConnections(sandbox)
@@ -552,7 +552,7 @@ def raw_post_loop(sandbox: SandboxProcess, layers: int) -> tuple[float, float]:
     """
     import httpx
 
-    from prefect_atomscale.payloads import LayerRequest, TargetMaterialRequest
+    from prefect_atomscale._payloads import LayerRequest, TargetMaterialRequest
 
     headers = {"X-API-KEY": sandbox.api_key, "Accept": "application/json"}
     with httpx.Client(base_url=sandbox.url, headers=headers, timeout=30.0) as client:

@@ -25,7 +25,7 @@ least 2x), the peak number of threads of this process, and what the sandbox saw:
 POSTs and TCP connections accepted, which must not exceed the pool size
 (`AtomscaleCredentials.max_connections`, default 20; `--pool-sizes 20,4` also runs a
 smaller pool to show the bound holds). Before each flow the process's pool is closed
-(`prefect_atomscale.pool.close_all`), so the count is of the connections that flow
+(`prefect_atomscale._pool.close_all`), so the count is of the connections that flow
 opened.
 
 Setup: the sandbox runs in a child process (`_common.SandboxProcess`) whose counters are
@@ -61,7 +61,7 @@ from prefect_atomscale import (
     create_layers,
     create_target_material,
 )
-from prefect_atomscale.pool import close_all
+from prefect_atomscale._pool import close_all
 
 SUBSTRATE = "SrTiO3"
 REPLACE_ROUTE = ("POST", "/target-materials/{sample_id}/layers")

@@ -33,9 +33,9 @@ from typing import Any
 
 import prefect.settings
 
+from atomscale_sandbox import SandboxConfig, SandboxHandle, run_sandbox
 from flows.build_stack import LayerSpec, build_stack
 from prefect_atomscale import AtomscaleCredentials, AtomscaleError
-from prefect_atomscale.sandbox import SandboxConfig, SandboxHandle, run_sandbox
 
 KEY = "exactly-once-benchmark-key-0123"
 FAULTS = [

@@ -49,8 +49,8 @@ from prefect.cache_policies import NO_CACHE, CachePolicy
 from prefect.context import TaskRunContext
 
 from prefect_atomscale import AtomscaleCredentials, create_layer, create_target_material
-from prefect_atomscale.caching import DEFAULT_CACHE_EXPIRATION, AtomscaleRequestCache
-from prefect_atomscale.tasks import TASK_VERSION, _layer_request
+from prefect_atomscale._caching import DEFAULT_CACHE_EXPIRATION, AtomscaleRequestCache
+from prefect_atomscale._tasks import TASK_VERSION, _layer_request
 
 SUBSTRATE = "SrTiO3"
 

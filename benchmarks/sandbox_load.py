@@ -5,7 +5,7 @@ second with durable SQLite writes and their p50/p99 latency, and checks its dura
 promise under that load: every acknowledged write is stored, and still there after a
 restart.
 
-The server runs as `python -m prefect_atomscale.sandbox` in its own process and the
+The server runs as `python -m atomscale_sandbox` in its own process and the
 load generator in one or more other processes, so that the two share the machine's
 cores the way a real deployment and its clients would. Each client is one keep-alive
 HTTP/1.1 connection writing layers one after another to its own target material.
@@ -55,7 +55,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from prefect_atomscale.sandbox.connections import HTTP_PARSERS, resolve_http_parser
+from atomscale_sandbox._connections import HTTP_PARSERS, resolve_http_parser
 
 LAYERS = "/target-materials/layers/"
 MATERIALS = "/target-materials/"
@@ -178,7 +178,7 @@ class RunResult:
 
 
 class SandboxProcess:
-    """`python -m prefect_atomscale.sandbox` in a child process, on a given database.
+    """`python -m atomscale_sandbox` in a child process, on a given database.
 
     Args:
         db_path: SQLite file to serve from.
@@ -203,7 +203,7 @@ class SandboxProcess:
         command = [
             sys.executable,
             "-m",
-            "prefect_atomscale.sandbox",
+            "atomscale_sandbox",
             "--port",
             "0",
             "--db",
@@ -712,7 +712,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         parser.error(str(exc))
     setup = (
-        f"server: `python -m prefect_atomscale.sandbox` (uvicorn, 1 process, HTTP/1.1 "
+        f"server: `python -m atomscale_sandbox` (uvicorn, 1 process, HTTP/1.1 "
         f"parser {http_parser}); load: "
         f"{options.processes} process(es), {options.clients} keep-alive connections "
         f"({options.client} client), each writing its own target material's layers one "

@@ -52,7 +52,7 @@ from prefect_atomscale import (
     create_layers,
     create_target_material,
 )
-from prefect_atomscale.retries import DEFAULT_RETRIES, DEFAULT_RETRY_DELAYS
+from prefect_atomscale._retries import DEFAULT_RETRIES, DEFAULT_RETRY_DELAYS
 
 SIZES = (1_000, 10_000)
 # CPU seconds of the flow thread in the last timed loop: steadier than wall time on a

@@ -40,8 +40,8 @@ from prefect_atomscale import (
     create_layer,
     create_target_material,
 )
-from prefect_atomscale.artifacts import publish_stack_artifacts
-from prefect_atomscale.stacks import LayerSpec
+from prefect_atomscale._artifacts import publish_stack_artifacts
+from prefect_atomscale._stacks import LayerSpec
 
 __all__ = ["BuiltStack", "LayerSpec", "build_stack", "create_layers", "format_stack"]
 
@@ -267,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
             credentials = AtomscaleCredentials.load(args.block)
             print(f"Using the AtomscaleCredentials block {args.block!r}.")
         else:
-            from prefect_atomscale.sandbox import run_sandbox
+            from atomscale_sandbox import run_sandbox
 
             sandbox = stack.enter_context(run_sandbox())
             credentials = AtomscaleCredentials(api_key=sandbox.api_key, base_url=sandbox.url)

@@ -1,7 +1,7 @@
 """Create target materials from stack files: one file, or every new file in a folder.
 
 A stack file describes one target material (name, substrate, metadata, layers) in
-YAML, JSON or CSV; see `prefect_atomscale.stacks` and the examples in `flows/examples/`.
+YAML, JSON or CSV; see `prefect_atomscale._stacks` and the examples in `flows/examples/`.
 Files are checked completely before anything is sent, so a bad file sends nothing.
 
 - `stack_from_file(path, credentials_block)` creates the stack of one file.
@@ -57,16 +57,16 @@ from prefect_atomscale import (
     create_layers,
     create_target_material,
 )
-from prefect_atomscale.artifacts import publish_stack_artifacts
-from prefect_atomscale.payloads import owner_token
-from prefect_atomscale.pool import client_for
-from prefect_atomscale.retries import (
+from prefect_atomscale._artifacts import publish_stack_artifacts
+from prefect_atomscale._payloads import owner_token
+from prefect_atomscale._pool import client_for
+from prefect_atomscale._retries import (
     DEFAULT_RETRIES,
     DEFAULT_RETRY_DELAYS,
     RETRY_JITTER_FACTOR,
     retry_if_transient,
 )
-from prefect_atomscale.stacks import (
+from prefect_atomscale._stacks import (
     STACK_FILE_SUFFIXES,
     ExistingStack,
     InvalidStackFileError,
@@ -369,7 +369,7 @@ def _credentials_for_demo(block: str | None) -> Iterator[str]:
     if block:
         yield block
         return
-    from prefect_atomscale.sandbox import run_sandbox
+    from atomscale_sandbox import run_sandbox
 
     with run_sandbox() as sandbox:
         name = f"atomscale-sandbox-{uuid.uuid4().hex[:8]}"

@@ -10,7 +10,8 @@ The layers, from the bottom up:
   transient faults, caching, and exactly-once writes;
 - `load_stack_file` reads stack files (YAML, JSON, CSV) and `artifacts` draws stacks
   for the Prefect UI;
-- `prefect_atomscale.sandbox` is a local stand-in for the API, for demos and tests.
+The sandbox, a local stand-in for the API for demos and tests, is its own package:
+`atomscale_sandbox`.
 
 Example:
     ```python
@@ -42,8 +43,8 @@ from typing import TYPE_CHECKING, Any
 import prefect  # noqa: F401  # isort: skip
 
 # Eager: Prefect finds the block class on the package when it registers integrations.
-from prefect_atomscale.credentials import AtomscaleCredentials
-from prefect_atomscale.exceptions import (
+from prefect_atomscale._credentials import AtomscaleCredentials
+from prefect_atomscale._exceptions import (
     AtomscaleAuthError,
     AtomscaleConfigurationError,
     AtomscaleConflictError,
@@ -60,19 +61,19 @@ from prefect_atomscale.exceptions import (
 )
 
 if TYPE_CHECKING:  # for type checkers and editors; at run time see __getattr__
-    from prefect_atomscale.bulk import acreate_layers, create_layers
-    from prefect_atomscale.client import AsyncAtomscaleClient, AtomscaleClient
-    from prefect_atomscale.composition import parse_composition
-    from prefect_atomscale.models import Layer, TargetMaterial, TargetMaterialRow
-    from prefect_atomscale.orientation import normalize_orientation
-    from prefect_atomscale.stacks import (
+    from prefect_atomscale._bulk import acreate_layers, create_layers
+    from prefect_atomscale._client import AsyncAtomscaleClient, AtomscaleClient
+    from prefect_atomscale._composition import parse_composition
+    from prefect_atomscale._models import Layer, TargetMaterial, TargetMaterialRow
+    from prefect_atomscale._orientation import normalize_orientation
+    from prefect_atomscale._stacks import (
         InvalidStackFileError,
         LayerSpec,
         StackConflictError,
         StackSpec,
         load_stack_file,
     )
-    from prefect_atomscale.tasks import (
+    from prefect_atomscale._tasks import (
         acreate_layer,
         acreate_target_material,
         create_layer,
@@ -81,24 +82,24 @@ if TYPE_CHECKING:  # for type checkers and editors; at run time see __getattr__
 
 # Public name -> the module that defines it, imported on first access.
 _LAZY = {
-    "acreate_layers": "bulk",
-    "create_layers": "bulk",
-    "AsyncAtomscaleClient": "client",
-    "AtomscaleClient": "client",
-    "parse_composition": "composition",
-    "Layer": "models",
-    "TargetMaterial": "models",
-    "TargetMaterialRow": "models",
-    "normalize_orientation": "orientation",
-    "InvalidStackFileError": "stacks",
-    "LayerSpec": "stacks",
-    "StackConflictError": "stacks",
-    "StackSpec": "stacks",
-    "load_stack_file": "stacks",
-    "acreate_layer": "tasks",
-    "acreate_target_material": "tasks",
-    "create_layer": "tasks",
-    "create_target_material": "tasks",
+    "acreate_layers": "_bulk",
+    "create_layers": "_bulk",
+    "AsyncAtomscaleClient": "_client",
+    "AtomscaleClient": "_client",
+    "parse_composition": "_composition",
+    "Layer": "_models",
+    "TargetMaterial": "_models",
+    "TargetMaterialRow": "_models",
+    "normalize_orientation": "_orientation",
+    "InvalidStackFileError": "_stacks",
+    "LayerSpec": "_stacks",
+    "StackConflictError": "_stacks",
+    "StackSpec": "_stacks",
+    "load_stack_file": "_stacks",
+    "acreate_layer": "_tasks",
+    "acreate_target_material": "_tasks",
+    "create_layer": "_tasks",
+    "create_target_material": "_tasks",
 }
 
 

@@ -135,9 +135,9 @@ def main(argv: list[str] | None = None) -> int:
         from prefect.client.orchestration import get_client
         from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
+        from atomscale_sandbox import run_sandbox
         from flows.stack_from_file import stack_from_file
         from prefect_atomscale import AtomscaleCredentials
-        from prefect_atomscale.sandbox import run_sandbox
 
         with run_sandbox() as sandbox:
             block = "atomscale"

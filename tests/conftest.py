@@ -25,8 +25,8 @@ for _name in ("AS_API_KEY", "ATOMSCALE_API_KEY", "AS_API_ENDPOINT"):
 import pytest  # noqa: E402
 from prefect.testing.utilities import prefect_test_harness  # noqa: E402
 
+from atomscale_sandbox import ApiKeyGrant, SandboxConfig, SandboxHandle, run_sandbox  # noqa: E402
 from prefect_atomscale import AtomscaleCredentials  # noqa: E402
-from prefect_atomscale.sandbox import ApiKeyGrant, SandboxConfig, SandboxHandle, run_sandbox  # noqa: E402
 
 KEY_A = "test-key-lab-a-0123456789"
 KEY_A2 = "test-key-lab-a-second-key"

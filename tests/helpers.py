@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from prefect_atomscale.sandbox import SandboxHandle
+from atomscale_sandbox import SandboxHandle
 
 LAYERS = "/target-materials/layers/"
 TARGET_MATERIALS = "/target-materials/"

@@ -28,10 +28,11 @@ from prefect.client.schemas.objects import Artifact, TaskRun
 from prefect.events.worker import EventsWorker
 from prefect.logging.handlers import APILogWorker
 
+from atomscale_sandbox import SandboxHandle
 from flows.build_stack import LayerSpec, build_stack
 from flows.stack_from_file import stack_from_file
 from prefect_atomscale import AtomscaleCredentials, Layer, TargetMaterial
-from prefect_atomscale.artifacts import (
+from prefect_atomscale._artifacts import (
     artifact_key,
     collapse_repeats,
     describe_stack,
@@ -39,8 +40,7 @@ from prefect_atomscale.artifacts import (
     stack_svg,
     stack_table,
 )
-from prefect_atomscale.sandbox import SandboxHandle
-from prefect_atomscale.stacks import load_stack_file
+from prefect_atomscale._stacks import load_stack_file
 
 ROOT = Path(__file__).resolve().parent.parent
 SUPERLATTICE = ROOT / "flows" / "examples" / "bto_sto_superlattice.yaml"

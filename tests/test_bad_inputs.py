@@ -50,6 +50,7 @@ from helpers import LAYERS, TARGET_MATERIALS, requests_to
 from prefect import flow
 
 import prefect_atomscale
+from atomscale_sandbox import SandboxHandle
 from prefect_atomscale import (
     AtomscaleAuthError,
     AtomscaleConfigurationError,
@@ -68,9 +69,8 @@ from prefect_atomscale import (
     create_layer,
     create_target_material,
 )
-from prefect_atomscale.payloads import LayerRequest, TargetMaterialRequest
-from prefect_atomscale.retries import DEFAULT_RETRIES
-from prefect_atomscale.sandbox import SandboxHandle
+from prefect_atomscale._payloads import LayerRequest, TargetMaterialRequest
+from prefect_atomscale._retries import DEFAULT_RETRIES
 
 from conftest import KEY_A, KEY_READ_ONLY  # isort: skip
 

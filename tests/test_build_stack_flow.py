@@ -5,9 +5,9 @@ from __future__ import annotations
 from conftest import KEY_A
 from helpers import layer_rows, run_as_newcomer
 
+from atomscale_sandbox import SandboxHandle
 from flows.build_stack import BuiltStack, LayerSpec, build_stack, format_stack
 from prefect_atomscale import AtomscaleCredentials
-from prefect_atomscale.sandbox import SandboxHandle
 
 
 def test_build_stack_creates_every_layer_in_order(

@@ -9,6 +9,7 @@ import pytest
 from helpers import LAYERS, TARGET_MATERIALS, requests_to
 from prefect import flow
 
+from atomscale_sandbox import SandboxHandle
 from prefect_atomscale import (
     AtomscaleConflictError,
     AtomscaleCredentials,
@@ -21,7 +22,6 @@ from prefect_atomscale import (
     create_layers,
     create_target_material,
 )
-from prefect_atomscale.sandbox import SandboxHandle
 
 REPLACE = "/target-materials/{sample_id}/layers"
 PERIOD = [

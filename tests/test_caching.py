@@ -14,8 +14,8 @@ from conftest import KEY_A, KEY_A2, KEY_B, PREFECT_HOME
 from helpers import LAYERS, TARGET_MATERIALS, layer_rows, requests_to
 from prefect import flow
 
+from atomscale_sandbox import SandboxHandle
 from prefect_atomscale import AtomscaleCredentials, Layer, create_layer, create_target_material
-from prefect_atomscale.sandbox import SandboxHandle
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,4 +1,4 @@
-"""Tests for prefect_atomscale.composition.parse_composition."""
+"""Tests for prefect_atomscale._composition.parse_composition."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from prefect_atomscale.composition import ELEMENTS, MAX_FORMULA_LENGTH, parse_composition
-from prefect_atomscale.exceptions import AtomscaleValidationError, InvalidCompositionError
+from prefect_atomscale._composition import ELEMENTS, MAX_FORMULA_LENGTH, parse_composition
+from prefect_atomscale._exceptions import AtomscaleValidationError, InvalidCompositionError
 
 # Parsing is microseconds per example; the limit keeps the whole file well under a
 # second, and no deadline avoids flaky failures on a loaded CI machine.

@@ -17,7 +17,7 @@ from prefect.blocks.core import Block
 from prefect.testing.standard_test_suites import BlockStandardTestSuite
 
 from prefect_atomscale import AtomscaleConfigurationError, AtomscaleCredentials
-from prefect_atomscale.credentials import DEFAULT_BASE_URL, USER_AGENT
+from prefect_atomscale._credentials import DEFAULT_BASE_URL, USER_AGENT
 
 SECRET = "sk-live-do-not-leak-42"
 
@@ -74,10 +74,10 @@ def test_importing_the_package_loads_only_the_block_and_the_errors() -> None:
     eager, loaded_on_use = (eval(line) for line in result.stdout.splitlines())
     assert eager == [
         "prefect_atomscale",
-        "prefect_atomscale.credentials",
-        "prefect_atomscale.exceptions",
+        "prefect_atomscale._credentials",
+        "prefect_atomscale._exceptions",
     ]
-    assert {"prefect_atomscale.tasks", "prefect_atomscale.client", "prefect.tasks"} <= set(
+    assert {"prefect_atomscale._tasks", "prefect_atomscale._client", "prefect.tasks"} <= set(
         loaded_on_use
     )
 

@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 from prefect_dask import DaskTaskRunner
 
-import prefect_atomscale.tasks
+import prefect_atomscale._tasks
+from atomscale_sandbox import SandboxHandle
 from flows.build_stack import LayerSpec, build_stack
 from prefect_atomscale import AtomscaleCredentials
-from prefect_atomscale.sandbox import SandboxHandle
 
 LAYERS = [
     LayerSpec(composition="SrRuO3", orientation="(001)"),
@@ -56,13 +56,13 @@ def test_example_flow_on_dask_builds_the_same_stack(
     # Count the pool look-ups made in this (the flow's) process: the layer tasks run in
     # the Dask workers, which import the package afresh and so are not counted.
     in_flow_process: list[str] = []
-    pooled = prefect_atomscale.tasks.client_for
+    pooled = prefect_atomscale._tasks.client_for
 
     def counted(credentials: AtomscaleCredentials) -> Any:
         in_flow_process.append("client_for")
         return pooled(credentials)
 
-    monkeypatch.setattr(prefect_atomscale.tasks, "client_for", counted)
+    monkeypatch.setattr(prefect_atomscale._tasks, "client_for", counted)
     runner = DaskTaskRunner(
         cluster_kwargs={"n_workers": 2, "threads_per_worker": 2, "processes": True}
     )

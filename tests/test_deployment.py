@@ -30,9 +30,9 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
+from atomscale_sandbox import SandboxConfig, SandboxHandle, run_sandbox
 from prefect_atomscale import AtomscaleCredentials
-from prefect_atomscale.sandbox import SandboxConfig, SandboxHandle, run_sandbox
-from prefect_atomscale.stacks import STACK_FILE_SUFFIXES, load_stack_file
+from prefect_atomscale._stacks import STACK_FILE_SUFFIXES, load_stack_file
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "flows" / "examples"

@@ -27,7 +27,7 @@ from prefect_atomscale import (
     AtomscaleTimeoutError,
     AtomscaleValidationError,
 )
-from prefect_atomscale.payloads import LayerRequest
+from prefect_atomscale._payloads import LayerRequest
 
 SECRET = "canned-secret-key-123456"
 Reply = tuple[int, dict[str, str], bytes]

@@ -24,6 +24,7 @@ from prefect import flow, task
 from prefect.futures import wait
 from prefect.transactions import transaction
 
+from atomscale_sandbox import SandboxHandle
 from flows.build_stack import LayerSpec, build_stack
 from prefect_atomscale import (
     AtomscaleConflictError,
@@ -35,7 +36,6 @@ from prefect_atomscale import (
     create_target_material,
     locking,
 )
-from prefect_atomscale.sandbox import SandboxHandle
 
 ROOT = Path(__file__).resolve().parent.parent
 ALL_FAULTS = [

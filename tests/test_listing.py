@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from prefect_atomscale.listing import ListingReader
+from prefect_atomscale._listing import ListingReader
 
 ROWS = st.lists(
     st.fixed_dictionaries(

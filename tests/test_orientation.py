@@ -1,4 +1,4 @@
-"""Tests for prefect_atomscale.orientation.normalize_orientation."""
+"""Tests for prefect_atomscale._orientation.normalize_orientation."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from prefect_atomscale.exceptions import InvalidOrientationError
-from prefect_atomscale.orientation import MAX_ORIENTATION_LENGTH, normalize_orientation
+from prefect_atomscale._exceptions import InvalidOrientationError
+from prefect_atomscale._orientation import MAX_ORIENTATION_LENGTH, normalize_orientation
 
 # Normalising is microseconds per example; no deadline avoids flaky CI failures.
 PROPERTY_SETTINGS = settings(max_examples=200, deadline=None)

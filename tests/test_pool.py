@@ -14,9 +14,9 @@ import sys
 from prefect import flow, unmapped
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from atomscale_sandbox import SandboxHandle
 from prefect_atomscale import AtomscaleCredentials, Layer, create_layer, create_target_material
-from prefect_atomscale.pool import client_for, close_all
-from prefect_atomscale.sandbox import SandboxHandle
+from prefect_atomscale._pool import client_for, close_all
 
 from conftest import KEY_A, KEY_B  # isort: skip
 
@@ -95,7 +95,7 @@ import atexit, sys
 clients = []
 atexit.register(lambda: print("closed" if clients[0]._http.is_closed else "open"))
 from prefect_atomscale import AtomscaleCredentials
-from prefect_atomscale.pool import client_for
+from prefect_atomscale._pool import client_for
 clients.append(client_for(AtomscaleCredentials(api_key=sys.argv[1], base_url=sys.argv[2])))
 clients[0]._http.get("/health").raise_for_status()
 """

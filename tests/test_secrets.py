@@ -70,6 +70,7 @@ from test_bad_inputs import (
     closed_port_url,
 )
 
+from atomscale_sandbox import SandboxConfig, SandboxHandle, run_sandbox
 from prefect_atomscale import (
     AsyncAtomscaleClient,
     AtomscaleClient,
@@ -81,8 +82,7 @@ from prefect_atomscale import (
     create_layer,
     create_target_material,
 )
-from prefect_atomscale.pool import client_for
-from prefect_atomscale.sandbox import SandboxConfig, SandboxHandle, run_sandbox
+from prefect_atomscale._pool import client_for
 
 from conftest import PREFECT_HOME  # isort: skip
 

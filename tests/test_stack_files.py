@@ -14,11 +14,11 @@ import pytest
 from conftest import KEY_A, KEY_A2
 from helpers import LAYERS, TARGET_MATERIALS, requests_to, run_as_newcomer
 
+from atomscale_sandbox import SandboxHandle
 from flows.stack_from_file import stack_from_file, stacks_from_folder
 from prefect_atomscale import AtomscaleCredentials, AtomscaleValidationError, TargetMaterialRow
-from prefect_atomscale.payloads import OWNER_KEY, owner_token
-from prefect_atomscale.sandbox import SandboxHandle
-from prefect_atomscale.stacks import (
+from prefect_atomscale._payloads import OWNER_KEY, owner_token
+from prefect_atomscale._stacks import (
     InvalidStackFileError,
     LayerSpec,
     RepeatBlock,

@@ -10,6 +10,7 @@ import pytest
 from helpers import LAYERS, TARGET_MATERIALS, layer_rows, requests_to
 from prefect import flow, unmapped
 
+from atomscale_sandbox import SandboxHandle
 from prefect_atomscale import (
     AtomscaleAuthError,
     AtomscaleConnectionError,
@@ -27,7 +28,6 @@ from prefect_atomscale import (
     create_layer,
     create_target_material,
 )
-from prefect_atomscale.sandbox import SandboxHandle
 
 from conftest import KEY_A, KEY_READ_ONLY  # isort: skip
 
@@ -179,7 +179,7 @@ def test_rate_limit_waits_for_retry_after(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     waits: list[float] = []
-    monkeypatch.setattr("prefect_atomscale.retries.sleep", waits.append)
+    monkeypatch.setattr("prefect_atomscale._retries.sleep", waits.append)
     material = make_material(credentials, unique)
     sandbox.faults.set(retry_after_seconds=2)
     sandbox.faults.queue(["429"])

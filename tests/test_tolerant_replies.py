@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from prefect_atomscale import AtomscaleClient, AtomscaleProtocolError
-from prefect_atomscale.payloads import LayerRequest, TargetMaterialRequest
+from prefect_atomscale._payloads import LayerRequest, TargetMaterialRequest
 
 KEY = "tolerant-replies-test-key"
 

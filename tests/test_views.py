@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from prefect_atomscale import Layer
-from prefect_atomscale.views import _LAYER_LIMIT, material_views
+from prefect_atomscale._views import _LAYER_LIMIT, material_views
 
 
 def test_views_hold_at_most_the_layer_limit_and_keep_the_newest() -> None:

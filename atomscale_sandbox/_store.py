@@ -1,0 +1,801 @@
+"""SQLite storage of the sandbox's target materials and layers.
+
+One connection, guarded by a lock, serves every thread: the server's event loop writes
+through it and tests read through it to check what was stored. Opening a connection per
+request would cost more than the request itself; SQLite serialises writers anyway.
+
+Every operation the API offers takes the caller's organisation and never touches
+another organisation's rows. The `*_rows`/`count_*` readers at the end are for tests and
+ignore organisations unless asked.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+import tempfile
+import threading
+import uuid
+import weakref
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "LayerIdTakenError",
+    "LayerValues",
+    "SampleNotFoundError",
+    "SandboxStore",
+    "organisation_user_id",
+]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS target_materials (
+    sample_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    organisation TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    sample_name TEXT NOT NULL,
+    substrate TEXT NOT NULL,
+    sample_metadata TEXT,
+    version INTEGER NOT NULL,
+    last_updated TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS target_materials_by_organisation
+    ON target_materials (organisation, sample_id);
+CREATE TABLE IF NOT EXISTS layers (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    organisation TEXT NOT NULL,
+    sample_id INTEGER REFERENCES target_materials (sample_id),
+    layer_id INTEGER NOT NULL,
+    composition_string TEXT,
+    element_dict TEXT,
+    orientation TEXT,
+    space_group TEXT,
+    mp_id TEXT
+);
+CREATE INDEX IF NOT EXISTS layers_by_position ON layers (sample_id, layer_id);
+"""
+
+# The reference's example shows `version` as a dotted string ("0.269.1"), not a number;
+# the sandbox keeps a revision counter and shows it as the last part of such a string.
+VERSION_PREFIX = "0.269."
+
+# SQL text is only ever built from these constants and from column names checked
+# against the _PATCHABLE_* sets; request values are always bound as parameters.
+_LAYER_COLUMNS = (
+    "id, layer_id, sample_id, composition_string, element_dict, orientation, space_group, mp_id"
+)
+_MATERIAL_COLUMNS = (
+    "sample_id, sample_name, substrate, sample_metadata, user_id, version, last_updated"
+)
+_SELECT_LAYER = f"SELECT {_LAYER_COLUMNS} FROM layers WHERE id = ?"  # noqa: S608
+_SELECT_LAYER_ROWS = f"SELECT organisation, {_LAYER_COLUMNS} FROM layers"  # noqa: S608
+_SELECT_MATERIAL = f"SELECT {_MATERIAL_COLUMNS} FROM target_materials"  # noqa: S608
+_SELECT_MATERIAL_ROWS = f"SELECT organisation, {_MATERIAL_COLUMNS} FROM target_materials"  # noqa: S608
+# The listing of GET /target-materials/: (field, column, holds JSON text) per field,
+# in the order the API documents. Both queries below are built from it.
+_LISTED = (
+    ("id", "l.id", False),
+    ("sample_id", "m.sample_id", False),
+    ("sample_name", "m.sample_name", False),
+    ("substrate", "m.substrate", False),
+    ("layer_id", "l.layer_id", False),
+    ("composition_string", "l.composition_string", False),
+    ("element_dict", "l.element_dict", True),
+    ("orientation", "l.orientation", False),
+    ("space_group", "l.space_group", False),
+    ("mp_id", "l.mp_id", False),
+    ("sample_metadata", "m.sample_metadata", True),
+    ("user_id", "m.user_id", False),
+    ("version", f"'{VERSION_PREFIX}' || m.version", False),
+    ("last_updated", "m.last_updated", False),
+)
+_LISTED_FROM = (
+    " FROM target_materials m {join} layers l ON l.sample_id = m.sample_id"
+    " WHERE m.organisation = ? ORDER BY m.sample_id, l.layer_id, l.id"
+)
+_LIST_ROWS = (
+    "SELECT " + ", ".join(f"{column} AS {field}" for field, column, _ in _LISTED) + _LISTED_FROM
+)
+# The same listing encoded as one JSON array by SQLite itself: a large organisation's
+# listing then costs no Python work per row. `json()` embeds the stored JSON columns as
+# JSON rather than as strings.
+_LIST_ROWS_JSON = (
+    "SELECT coalesce(json_group_array(json(row)), '[]') FROM (SELECT json_object("  # noqa: S608
+    + ", ".join(
+        f"'{field}', " + (f"json({column})" if is_json else column)
+        for field, column, is_json in _LISTED
+    )
+    + ") AS row"
+    + _LISTED_FROM
+    + ")"
+)
+_INSERT_LAYER = (
+    "INSERT INTO layers (id, organisation, sample_id, layer_id, composition_string,"
+    " element_dict, orientation, space_group, mp_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_INSERT_LAYER_IF_OWNED = (
+    "INSERT INTO layers (id, organisation, sample_id, layer_id, composition_string,"
+    " element_dict, orientation, space_group, mp_id) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?"
+    " WHERE EXISTS (SELECT 1 FROM target_materials WHERE organisation = ? AND sample_id = ?)"
+)
+# Columns a layer PATCH may set; anything else in a change set is a bug in the caller.
+_PATCHABLE_LAYER_COLUMNS = frozenset(
+    {"composition_string", "element_dict", "orientation", "space_group", "mp_id"}
+)
+_PATCHABLE_MATERIAL_COLUMNS = frozenset({"sample_name", "substrate", "sample_metadata"})
+_USER_ID_NAMESPACE = uuid.UUID("6f1c1f9e-7f0e-4d57-9a43-3c8d1b0c5a11")
+
+
+class SampleNotFoundError(LookupError):
+    """No target material with this id belongs to the caller's organisation.
+
+    Example:
+        ```python
+        from atomscale_sandbox._store import SampleNotFoundError
+
+        print(issubclass(SampleNotFoundError, LookupError))  # True
+        ```
+    """
+
+    def __init__(self, sample_id: int) -> None:
+        super().__init__(f"Target material {sample_id} not found")
+        self.sample_id = sample_id
+
+
+class LayerIdTakenError(Exception):
+    """A layer asked for an explicit `id` that another layer already has.
+
+    Example:
+        ```python
+        from atomscale_sandbox._store import LayerIdTakenError
+
+        print(LayerIdTakenError(7))  # Layer id 7 is already taken
+        ```
+    """
+
+    def __init__(self, layer_record_id: int) -> None:
+        super().__init__(f"Layer id {layer_record_id} is already taken")
+        self.layer_record_id = layer_record_id
+
+
+@dataclass(frozen=True)
+class LayerValues:
+    """A layer ready to store: derived fields already filled in.
+
+    Attributes:
+        layer_id: Position in the stack.
+        sample_id: Parent target material, or `None` for an unattached layer.
+        composition_string: Formula.
+        element_dict: Element -> amount.
+        orientation: Orientation as given.
+        space_group: Hermann-Mauguin symbol.
+        mp_id: Materials Project id.
+        id: Explicit record id, or `None` to let the store number it.
+
+    Example:
+        ```python
+        from atomscale_sandbox._store import LayerValues
+
+        layer = LayerValues(layer_id=1, sample_id=None, composition_string="MgO")
+        ```
+    """
+
+    layer_id: int
+    sample_id: int | None
+    composition_string: str | None = None
+    element_dict: Mapping[str, int | float] | None = None
+    orientation: str | None = None
+    space_group: str | None = None
+    mp_id: str | None = None
+    id: int | None = None
+
+
+def organisation_user_id(organisation: str) -> str:
+    """The stable `user_id` shown on an organisation's records.
+
+    Args:
+        organisation: Organisation name.
+
+    Returns:
+        A UUID string, the same for the same name in every run.
+
+    Example:
+        ```python
+        from atomscale_sandbox._store import organisation_user_id
+
+        print(organisation_user_id("lab-a") == organisation_user_id("lab-a"))  # True
+        ```
+    """
+    return str(uuid.uuid5(_USER_ID_NAMESPACE, organisation))
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def _dump(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, separators=(",", ":"))
+
+
+def _load(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def _layer_reply(row: sqlite3.Row) -> dict[str, Any]:
+    layer = dict(row)
+    layer["element_dict"] = _load(layer["element_dict"])
+    return layer
+
+
+def _material_reply(row: sqlite3.Row) -> dict[str, Any]:
+    material = dict(row)
+    material["sample_metadata"] = _load(material["sample_metadata"])
+    material["version"] = f"{VERSION_PREFIX}{material['version']}"
+    material["detail_notes_id"] = None
+    return material
+
+
+class SandboxStore:
+    """The sandbox's database: target materials and their layers, per organisation.
+
+    Args:
+        path: SQLite file to use, created if missing; records in it survive a restart.
+            `None` uses a file in a new temporary directory, deleted on `close`, so
+            that the store behaves the same (WAL and all) either way.
+
+    Example:
+        ```python
+        from atomscale_sandbox._store import LayerValues, SandboxStore
+
+        store = SandboxStore()
+        material = store.create_target_material("lab-a", "BTO film", "SrTiO3", {}, [])
+        store.add_layer("lab-a", LayerValues(layer_id=1, sample_id=material["sample_id"]))
+        print(store.count_layers(sample_id=material["sample_id"]))  # 1
+        store.close()
+        ```
+    """
+
+    def __init__(self, path: str | Path | None = None) -> None:
+        self._temporary_dir: str | None = None
+        if path is None:
+            self._temporary_dir = tempfile.mkdtemp(prefix="atomscale-sandbox-")
+            path = Path(self._temporary_dir, "sandbox.db")
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        # check_same_thread=False because the lock, not the thread, guards the
+        # connection; isolation_level=None so that transactions are exactly the
+        # BEGIN/COMMIT below and not the sqlite3 module's implicit ones.
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # In WAL mode NORMAL writes each commit to the WAL before COMMIT returns but
+        # fsyncs only at checkpoints: a commit survives the process being killed
+        # (what a restart test and a crashed sandbox need) and the file is never
+        # corrupted, but a power cut may lose the last commits. FULL would fsync on
+        # every commit, which at the ~1,500 writes/s benchmarks need would be the
+        # bottleneck, and a stand-in server has no data worth that price.
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.executescript(_SCHEMA)
+        self._cleanup = weakref.finalize(self, _close_and_remove, self._db, self._temporary_dir)
+
+    def close(self) -> None:
+        """Close the database; a temporary one is deleted. Safe to call twice.
+
+        Example:
+            ```python
+            from atomscale_sandbox._store import SandboxStore
+
+            SandboxStore().close()
+            ```
+        """
+        with self._lock:
+            self._cleanup()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    # --- the API's operations, each for one organisation -------------------------------
+
+    def create_target_material(
+        self,
+        organisation: str,
+        sample_name: str,
+        substrate: str,
+        sample_metadata: Mapping[str, Any] | None,
+        layers: Sequence[LayerValues],
+    ) -> dict[str, Any]:
+        """Store a new target material and its layers, all or nothing.
+
+        Args:
+            organisation: Owner.
+            sample_name: Name.
+            substrate: Substrate.
+            sample_metadata: Free-form JSON object.
+            layers: Layers to add to it; their `sample_id` is ignored.
+
+        Returns:
+            The target material as the API returns it.
+
+        Raises:
+            LayerIdTakenError: A layer's explicit id is taken; nothing is stored.
+
+        Example:
+            ```python
+            from atomscale_sandbox._store import SandboxStore
+
+            store = SandboxStore()
+            material = store.create_target_material("lab-a", "STO", "SrTiO3", None, [])
+            print(material["version"])  # 0.269.1
+            ```
+        """
+        with self._transaction() as db:
+            cursor = db.execute(
+                "INSERT INTO target_materials (organisation, user_id, sample_name, substrate,"
+                " sample_metadata, version, last_updated) VALUES (?, ?, ?, ?, ?, 1, ?)",
+                (
+                    organisation,
+                    organisation_user_id(organisation),
+                    sample_name,
+                    substrate,
+                    _dump(sample_metadata),
+                    _now(),
+                ),
+            )
+            sample_id = cursor.lastrowid
+            assert sample_id is not None
+            for layer in layers:
+                self._insert_layer(db, organisation, layer, sample_id)
+            return self._material(db, organisation, sample_id)
+
+    def add_layer(self, organisation: str, layer: LayerValues) -> dict[str, Any]:
+        """Store one more layer; a second one at the same position is stored too.
+
+        Args:
+            organisation: Owner.
+            layer: The layer; its `sample_id` must be one of the organisation's target
+                materials, or `None`.
+
+        Returns:
+            The layer as the API returns it.
+
+        Raises:
+            SampleNotFoundError: `sample_id` is not one of the organisation's.
+            LayerIdTakenError: The explicit `id` is taken.
+
+        Example:
+            ```python
+            from atomscale_sandbox._store import LayerValues, SandboxStore
+
+            store = SandboxStore()
+            print(store.add_layer("lab-a", LayerValues(layer_id=1, sample_id=None))["id"])
+            ```
+        """
+        # The hot path of every load test, so one statement (autocommitted, as atomic
+        # as a transaction) instead of BEGIN, a check, the insert and COMMIT: the
+        # insert happens only if the target material is the organisation's.
+        element_dict = None if layer.element_dict is None else dict(layer.element_dict)
+        values = (
+            layer.id,
+            organisation,
+            layer.sample_id,
+            layer.layer_id,
+            layer.composition_string,
+            _dump(element_dict),
+            layer.orientation,
+            layer.space_group,
+            layer.mp_id,
+        )
+        with self._lock:
+            try:
+                if layer.sample_id is None:
+                    cursor = self._db.execute(_INSERT_LAYER, values)
+                else:
+                    owner = (organisation, layer.sample_id)
+                    cursor = self._db.execute(_INSERT_LAYER_IF_OWNED, (*values, *owner))
+            except sqlite3.IntegrityError as exc:
+                # The only constraint an insert of an owned material can break.
+                if layer.id is not None and "layers.id" in str(exc):
+                    raise LayerIdTakenError(layer.id) from exc
+                raise
+        if layer.sample_id is not None and cursor.rowcount == 0:
+            raise SampleNotFoundError(layer.sample_id)
+        return {
+            "id": cursor.lastrowid,
+            "layer_id": layer.layer_id,
+            "sample_id": layer.sample_id,
+            "composition_string": layer.composition_string,
+            "element_dict": element_dict,
+            "orientation": layer.orientation,
+            "space_group": layer.space_group,
+            "mp_id": layer.mp_id,
+        }
+
+    def update_layer(
+        self, organisation: str, sample_id: int, layer_id: int, changes: Mapping[str, Any]
+    ) -> dict[str, Any] | None:
+        """Change the fields in `changes` of the layer at `(sample_id, layer_id)`.
+
+        If duplicates share that position, only the oldest (lowest `id`) changes, as a
+        service that looks up "the" layer with a `LIMIT 1` query would do.
+
+        Args:
+            organisation: Owner.
+            sample_id: Target material of the layer.
+            layer_id: Position of the layer.
+            changes: Column -> new value, for the layer columns a client may change.
+
+        Returns:
+            The changed layer, or `None` if the organisation has no such layer.
+
+        Example:
+            ```python
+            from atomscale_sandbox._store import SandboxStore
+
+            print(SandboxStore().update_layer("lab-a", 1, 1, {"orientation": "110"}))  # None
+            ```
+        """
+        unknown = set(changes) - _PATCHABLE_LAYER_COLUMNS
+        if unknown:
+            raise ValueError(f"not patchable layer columns: {sorted(unknown)}")
+        with self._transaction() as db:
+            row = db.execute(
+                "SELECT id FROM layers WHERE organisation = ? AND sample_id = ? AND layer_id = ?"
+                " ORDER BY id LIMIT 1",
+                (organisation, sample_id, layer_id),
+            ).fetchone()
+            if row is None:
+                return None
+            if changes:
+                values = {
+                    column: _dump(value) if column == "element_dict" else value
+                    for column, value in changes.items()
+                }
+                assignments = ", ".join(f"{column} = ?" for column in values)
+                update = f"UPDATE layers SET {assignments} WHERE id = ?"  # noqa: S608
+                db.execute(update, (*values.values(), row["id"]))
+            return _layer_reply(db.execute(_SELECT_LAYER, (row["id"],)).fetchone())
+
+    def replace_layers(
+        self, organisation: str, sample_id: int, layers: Sequence[LayerValues]
+    ) -> None:
+        """Make `layers` the whole stack of a target material, all or nothing.
+
+        Args:
+            organisation: Owner.
+            sample_id: The target material; the layers' own `sample_id` is ignored.
+            layers: The new stack.
+
+        Raises:
+            SampleNotFoundError: `sample_id` is not one of the organisation's.
+            LayerIdTakenError: A layer's explicit id is taken by a layer outside this
+                stack (or twice within it); nothing changes.
+
+        Example:
+            ```python
+            from atomscale_sandbox._store import LayerValues, SandboxStore
+
+            store = SandboxStore()
+            sample = store.create_target_material("lab-a", "x", "MgO", {}, [])["sample_id"]
+            store.replace_layers("lab-a", sample, [LayerValues(layer_id=1, sample_id=None)])
+            ```
+        """
+        with self._transaction() as db:
+            self._require_material(db, organisation, sample_id)
+            db.execute("DELETE FROM layers WHERE sample_id = ?", (sample_id,))
+            for layer in layers:
+                self._insert_layer(db, organisation, layer, sample_id)
+
+    def update_target_material(
+        self, organisation: str, sample_id: int, changes: Mapping[str, Any]
+    ) -> dict[str, Any] | None:
+        """Change a target material's fields in `changes`, bumping its version.
+
+        Args:
+            organisation: Owner.
+            sample_id: The target material.
+            changes: Column -> new value, among `sample_name`, `substrate`,
+                `sample_metadata`; may be empty (the version is bumped all the same).
+
+        Returns:
+            The changed target material, or `None` if the organisation has no such one.
+
+        Example:
+            ```python
+            from atomscale_sandbox._store import SandboxStore
+
+            print(SandboxStore().update_target_material("lab-a", 1, {"substrate": "MgO"}))
+            ```
+        """
+        unknown = set(changes) - _PATCHABLE_MATERIAL_COLUMNS
+        if unknown:
+            raise ValueError(f"not patchable target-material columns: {sorted(unknown)}")
+        values = {
+            column: _dump(value) if column == "sample_metadata" else value
+            for column, value in changes.items()
+        }
+        assignments = "".join(f"{column} = ?, " for column in values)
+        update = (
+            f"UPDATE target_materials SET {assignments}version = version + 1,"  # noqa: S608
+            " last_updated = ? WHERE organisation = ? AND sample_id = ?"
+        )
+        with self._transaction() as db:
+            updated = db.execute(update, (*values.values(), _now(), organisation, sample_id))
+            if updated.rowcount == 0:
+                return None
+            return self._material(db, organisation, sample_id)
+
+    def list_rows(self, organisation: str, *, include_empty: bool) -> list[dict[str, Any]]:
+        """The listing of `GET /target-materials/` as dicts, one row per attached layer.
+
+        The route sends `list_rows_json`; this decoding in Python is for reading the
+        listing in code and tests.
+
+        Args:
+            organisation: Whose records.
+            include_empty: Also list each target material without layers, as one row
+                with null layer fields.
+
+        Returns:
+            Rows ordered by target material, then position, then record id.
+
+        Example:
+            ```python
+            from atomscale_sandbox._store import SandboxStore
+
+            print(SandboxStore().list_rows("lab-a", include_empty=False))  # []
+            ```
+        """
+        query = _LIST_ROWS.format(join="LEFT JOIN" if include_empty else "JOIN")
+        with self._lock:
+            rows = self._db.execute(query, (organisation,)).fetchall()
+        listing = []
+        for row in rows:
+            entry = dict(row)
+            entry["element_dict"] = _load(entry["element_dict"])
+            entry["sample_metadata"] = _load(entry["sample_metadata"])
+            listing.append(entry)
+        return listing
+
+    def list_rows_json(self, organisation: str, *, include_empty: bool) -> str:
+        """`list_rows` encoded as a JSON array by SQLite, the body `GET` sends.
+
+        Args:
+            organisation: Whose records.
+            include_empty: As for `list_rows`.
+
+        Returns:
+            JSON text; `json.loads` of it equals `list_rows(...)`.
+
+        Example:
+            ```python
+            from atomscale_sandbox._store import SandboxStore
+
+            print(SandboxStore().list_rows_json("lab-a", include_empty=False))  # []
+            ```
+        """
+        query = _LIST_ROWS_JSON.format(join="LEFT JOIN" if include_empty else "JOIN")
+        with self._lock:
+            (text,) = self._db.execute(query, (organisation,)).fetchone()
+        return str(text)
+
+    def fill(self, organisation: str, rows: int, *, layers_per_material: int = 10) -> None:
+        """Add `rows` listed rows to an organisation, as a large shared account has.
+
+        Makes target materials named `filler-N` on SrTiO3, each with up to
+        `layers_per_material` layers, in one transaction: a 50,000-row organisation
+        takes about a second.
+
+        Args:
+            organisation: Whose records.
+            rows: How many layers to add in all.
+            layers_per_material: Layers per target material.
+
+        Example:
+            ```python
+            from atomscale_sandbox._store import SandboxStore
+
+            store = SandboxStore()
+            store.fill("lab-a", 25)
+            print(store.count_layers(organisation="lab-a"))  # 25
+            ```
+        """
+        if rows < 0 or layers_per_material < 1:
+            raise ValueError("rows must be >= 0 and layers_per_material >= 1")
+        user_id, now = organisation_user_id(organisation), _now()
+        with self._transaction() as db:
+            start = 0
+            while start < rows:
+                count = min(layers_per_material, rows - start)
+                cursor = db.execute(
+                    "INSERT INTO target_materials (organisation, user_id, sample_name, substrate,"
+                    " sample_metadata, version, last_updated) VALUES (?, ?, ?, ?, ?, 1, ?)",
+                    (
+                        organisation,
+                        user_id,
+                        f"filler-{start // layers_per_material}",
+                        "SrTiO3",
+                        "{}",
+                        now,
+                    ),
+                )
+                db.executemany(
+                    _INSERT_LAYER,
+                    [
+                        (
+                            None,
+                            organisation,
+                            cursor.lastrowid,
+                            position,
+                            "SrTiO3",
+                            '{"Sr":1,"Ti":1,"O":3}',
+                            "001",
+                            "Pm-3m",
+                            "mp-5229",
+                        )
+                        for position in range(1, count + 1)
+                    ],
+                )
+                start += count
+
+    # --- direct reads, for tests' assertions -------------------------------------------
+
+    def layer_rows(
+        self, *, organisation: str | None = None, sample_id: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Stored layers, attached or not, with their organisation, in `id` order.
+
+        Args:
+            organisation: Only this organisation's layers; all if `None`.
+            sample_id: Only this target material's layers; all if `None`.
+
+        Returns:
+            One dict per stored row, duplicates included.
+
+        Example:
+            ```python
+            from atomscale_sandbox._store import SandboxStore
+
+            print(SandboxStore().layer_rows(organisation="lab-a"))  # []
+            ```
+        """
+        conditions, parameters = _filters(organisation=organisation, sample_id=sample_id)
+        query = f"{_SELECT_LAYER_ROWS}{conditions} ORDER BY id"
+        with self._lock:
+            rows = self._db.execute(query, parameters).fetchall()
+        return [_layer_reply(row) for row in rows]
+
+    def count_layers(
+        self,
+        *,
+        organisation: str | None = None,
+        sample_id: int | None = None,
+        layer_id: int | None = None,
+    ) -> int:
+        """How many layer rows are stored, duplicates included.
+
+        Args:
+            organisation: Only this organisation's; all if `None`.
+            sample_id: Only this target material's; all if `None`.
+            layer_id: Only at this position; all if `None`.
+
+        Returns:
+            The number of rows.
+
+        Example:
+            ```python
+            from atomscale_sandbox._store import SandboxStore
+
+            print(SandboxStore().count_layers(sample_id=1, layer_id=1))  # 0
+            ```
+        """
+        conditions, parameters = _filters(
+            organisation=organisation, sample_id=sample_id, layer_id=layer_id
+        )
+        query = f"SELECT count(*) FROM layers{conditions}"  # noqa: S608
+        with self._lock:
+            row = self._db.execute(query, parameters).fetchone()
+        return int(row[0])
+
+    def target_materials(self, *, organisation: str | None = None) -> list[dict[str, Any]]:
+        """Stored target materials with their organisation, in `sample_id` order.
+
+        Args:
+            organisation: Only this organisation's; all if `None`.
+
+        Returns:
+            One dict per target material, as the API shows it plus `organisation`.
+
+        Example:
+            ```python
+            from atomscale_sandbox._store import SandboxStore
+
+            print(SandboxStore().target_materials())  # []
+            ```
+        """
+        conditions, parameters = _filters(organisation=organisation)
+        query = f"{_SELECT_MATERIAL_ROWS}{conditions} ORDER BY sample_id"
+        with self._lock:
+            rows = self._db.execute(query, parameters).fetchall()
+        return [_material_reply(row) for row in rows]
+
+    # --- helpers, called with the lock held --------------------------------------------
+
+    def _require_material(self, db: sqlite3.Connection, organisation: str, sample_id: int) -> None:
+        found = db.execute(
+            "SELECT 1 FROM target_materials WHERE organisation = ? AND sample_id = ?",
+            (organisation, sample_id),
+        ).fetchone()
+        if found is None:
+            raise SampleNotFoundError(sample_id)
+
+    def _material(
+        self, db: sqlite3.Connection, organisation: str, sample_id: int
+    ) -> dict[str, Any]:
+        query = f"{_SELECT_MATERIAL} WHERE organisation = ? AND sample_id = ?"
+        row = db.execute(query, (organisation, sample_id)).fetchone()
+        return _material_reply(row)
+
+    def _insert_layer(
+        self,
+        db: sqlite3.Connection,
+        organisation: str,
+        layer: LayerValues,
+        sample_id: int | None,
+    ) -> dict[str, Any]:
+        if layer.id is not None:
+            taken = db.execute("SELECT 1 FROM layers WHERE id = ?", (layer.id,)).fetchone()
+            if taken is not None:
+                raise LayerIdTakenError(layer.id)
+        element_dict = None if layer.element_dict is None else dict(layer.element_dict)
+        cursor = db.execute(
+            _INSERT_LAYER,
+            (
+                layer.id,
+                organisation,
+                sample_id,
+                layer.layer_id,
+                layer.composition_string,
+                _dump(element_dict),
+                layer.orientation,
+                layer.space_group,
+                layer.mp_id,
+            ),
+        )
+        return {
+            "id": cursor.lastrowid,
+            "layer_id": layer.layer_id,
+            "sample_id": sample_id,
+            "composition_string": layer.composition_string,
+            "element_dict": element_dict,
+            "orientation": layer.orientation,
+            "space_group": layer.space_group,
+            "mp_id": layer.mp_id,
+        }
+
+
+def _filters(**equal_to: int | str | None) -> tuple[str, tuple[int | str, ...]]:
+    """A WHERE clause requiring each non-None column to equal its value."""
+    used = {column: value for column, value in equal_to.items() if value is not None}
+    if not used:
+        return "", ()
+    return " WHERE " + " AND ".join(f"{column} = ?" for column in used), tuple(used.values())
+
+
+def _close_and_remove(db: sqlite3.Connection, temporary_dir: str | None) -> None:
+    db.close()
+    if temporary_dir is not None:
+        shutil.rmtree(temporary_dir, ignore_errors=True)

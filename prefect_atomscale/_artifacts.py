@@ -1,0 +1,566 @@
+"""What a stack run shows in the Prefect UI: a table of its layers and a picture of the stack.
+
+`publish_stack_artifacts` (and its async twin) publish two artifacts for a created
+stack: a table (position, formula, orientation, space group, Materials Project id,
+record id) and a markdown artifact with an SVG picture of the stack, substrate at the
+bottom and repeated periods collapsed to "x 20", so a scientist reads it at a glance.
+The pieces (`stack_table`, `stack_svg`, `stack_markdown`, `describe_stack`,
+`collapse_repeats`, `artifact_key`) are public for flows that publish their own.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from collections.abc import Hashable, Iterable, Sequence
+from typing import Any, NamedTuple
+from uuid import UUID
+from xml.sax.saxutils import escape, quoteattr
+
+from prefect_atomscale._models import Layer, TargetMaterial
+
+__all__ = [
+    "StackArtifacts",
+    "apublish_stack_artifacts",
+    "artifact_key",
+    "collapse_repeats",
+    "describe_stack",
+    "publish_stack_artifacts",
+    "stack_markdown",
+    "stack_svg",
+    "stack_table",
+]
+
+
+def collapse_repeats(keys: Sequence[Hashable]) -> list[tuple[int, int, int]]:
+    """Split a sequence into runs of a repeated period, as few drawn rows as possible.
+
+    Used to draw a 20-period superlattice as one period marked "x 20", whether the
+    stack came from a repeat block or was written out layer by layer.
+
+    Args:
+        keys: One key per layer in stack order, e.g. `(formula, orientation)`.
+
+    Returns:
+        `(start, period, count)` triples covering `keys` in order: `keys[start :
+        start + period]` repeated `count` times. Single layers have period 1, count 1.
+
+    Example:
+        ```python
+        from prefect_atomscale._artifacts import collapse_repeats
+
+        print(collapse_repeats(["SRO", "BTO", "STO", "BTO", "STO", "SRO"]))
+        # [(0, 1, 1), (1, 2, 2), (5, 1, 1)]
+        ```
+    """
+    n = len(keys)
+    # cost counts drawn rows, in halves: a band is 2, the bracket of a block is 1, so
+    # a block of p layers drawn once beats writing them out whenever it repeats.
+    cost = [0] * (n + 1)
+    choice: list[tuple[int, int]] = [(1, 1)] * (n + 1)
+    for start in range(n - 1, -1, -1):
+        cost[start] = 2 + cost[start + 1]
+        choice[start] = (1, 1)
+        for period in range(1, min(16, (n - start) // 2) + 1):
+            unit = keys[start : start + period]
+            count = 1
+            while (
+                start + (count + 1) * period <= n
+                and keys[start + count * period : start + (count + 1) * period] == unit
+            ):
+                count += 1
+            if count < 2:
+                continue
+            total = 2 * period + 1 + cost[start + count * period]
+            if total < cost[start]:
+                cost[start] = total
+                choice[start] = (period, count)
+    segments: list[tuple[int, int, int]] = []
+    start = 0
+    while start < n:
+        period, count = choice[start]
+        segments.append((start, period, count))
+        start += period * count
+    return segments
+
+
+def _sorted(layers: Sequence[Layer]) -> list[Layer]:
+    return sorted(layers, key=lambda layer: (layer.layer_id, layer.id))
+
+
+def _label(layer: Layer) -> str:
+    formula = layer.composition_string or "?"
+    return f"{formula} ({layer.orientation})" if layer.orientation else formula
+
+
+def describe_stack(substrate: str, layers: Sequence[Layer]) -> str:
+    """Write a stack in one line, bottom to top, repeats collapsed.
+
+    Args:
+        substrate: The substrate.
+        layers: The layers, in any order.
+
+    Returns:
+        E.g. `SrTiO3 substrate -> L1 SrRuO3 (001) -> L2-L41 20 x (BaTiO3 (001) /
+        SrTiO3 (001)) -> L42 SrRuO3 (001)`.
+
+    Example:
+        ```python
+        from prefect_atomscale import Layer
+        from prefect_atomscale._artifacts import describe_stack
+
+        layer = Layer(id=1, layer_id=1, sample_id=4, composition_string="TiO2")
+        print(describe_stack("MgO", [layer]))
+        ```
+    """
+    ordered = _sorted(layers)
+    keys = [(layer.composition_string, layer.orientation) for layer in ordered]
+    parts = [f"{substrate} substrate"]
+    for start, period, count in collapse_repeats(keys):
+        first, last = ordered[start], ordered[start + period * count - 1]
+        if count == 1:
+            parts.append(f"L{first.layer_id} {_label(first)}")
+            continue
+        unit = " / ".join(_label(layer) for layer in ordered[start : start + period])
+        parts.append(f"L{first.layer_id}-L{last.layer_id} {count} \u00d7 ({unit})")
+    return " \u2192 ".join(parts)
+
+
+def stack_table(layers: Sequence[Layer]) -> list[dict[str, str | int]]:
+    """Rows of the layer table artifact, L1 (on the substrate) first.
+
+    Args:
+        layers: The created layers, in any order.
+
+    Returns:
+        One row per layer: position, formula, orientation, space group, mp id, record id.
+
+    Example:
+        ```python
+        from prefect_atomscale import Layer
+        from prefect_atomscale._artifacts import stack_table
+
+        layer = Layer(id=7, layer_id=1, sample_id=4, composition_string="GaN")
+        print(stack_table([layer]))
+        ```
+    """
+    return [
+        {
+            "position": layer.layer_id,
+            "formula": layer.composition_string or "\u2014",
+            "orientation": f"({layer.orientation})" if layer.orientation else "\u2014",
+            "space group": layer.space_group or "\u2014",
+            "mp id": layer.mp_id or "\u2014",
+            "record id": layer.id,
+        }
+        for layer in _sorted(layers)
+    ]
+
+
+# Light fills that keep dark text readable and stay apart from each other.
+_PALETTE = (
+    "#9ecae1",
+    "#fdbb84",
+    "#a1d99b",
+    "#fa9fb5",
+    "#c6b4e3",
+    "#fee08b",
+    "#80cdc1",
+    "#d9d9d9",
+    "#f4a582",
+    "#b3de69",
+)
+_FONT = "DejaVu Sans, Helvetica, Arial, sans-serif"
+_WIDTH = 700
+_BAND_X = 70
+_BAND_WIDTH = 470
+_ROW = 32
+_SUBSTRATE = 48
+_TOP = 16
+
+
+def _tspans(pieces: Iterable[tuple[str, bool]], lowered_size: int, drop: int) -> str:
+    """Render (text, lowered) pieces as tspans; lowered ones are subscripts."""
+    out = []
+    lowered = False
+    for text, low in pieces:
+        if not text:
+            continue
+        shift = (drop if low else -drop) if low != lowered else 0
+        size = f' font-size="{lowered_size}"' if low else ""
+        out.append(f'<tspan dy="{shift}"{size}>{escape(text)}</tspan>')
+        lowered = low
+    return "".join(out)
+
+
+def _formula_pieces(formula: str) -> list[tuple[str, bool]]:
+    """BaTiO3 -> BaTiO, then 3 lowered: counts are subscripts."""
+    parts = re.split(r"(\d+(?:\.\d+)?)", formula)
+    return [(part, index % 2 == 1) for index, part in enumerate(parts)]
+
+
+def _formula_svg(formula: str, tail: str = "") -> str:
+    """A formula with its counts as subscripts, then `tail` on the baseline."""
+    return _tspans([*_formula_pieces(formula), (tail, False)], 11, 4)
+
+
+def _space_group_pieces(symbol: str) -> list[tuple[str, bool]]:
+    """P6_3mc -> P6, then 3 lowered, then mc: screw axes are subscripts."""
+    parts = re.split(r"_(\d)", symbol)
+    return [(part, index % 2 == 1) for index, part in enumerate(parts)]
+
+
+def _formula_width(formula: str) -> int:
+    """Rough width in pixels of a formula drawn by `_formula_svg` at 15 px bold."""
+    counts = sum(len(number) for number in re.findall(r"\d+(?:\.\d+)?", formula))
+    return round((len(formula) - counts) * 10.5 + counts * 7)
+
+
+def _band(y: int, layer: Layer, fill: str, left_label: str | None, orientation_x: int) -> list[str]:
+    middle = y + _ROW // 2 + 5
+    parts = [
+        f'<rect x="{_BAND_X}" y="{y}" width="{_BAND_WIDTH}" height="{_ROW}" fill="{fill}" '
+        'stroke="#ffffff" stroke-width="1.5"/>',
+        f'<text x="{_BAND_X + 12}" y="{middle}" font-size="15" font-weight="bold" '
+        f'fill="#1f2933">{_formula_svg(layer.composition_string or "?")}</text>',
+    ]
+    if layer.orientation:
+        parts.append(
+            f'<text x="{orientation_x}" y="{middle}" font-size="14" fill="#1f2933">'
+            f"({escape(layer.orientation)})</text>"
+        )
+    extra = _space_group_pieces(layer.space_group) if layer.space_group else []
+    if layer.mp_id:
+        extra += [((" \u00b7 " if extra else "") + layer.mp_id, False)]
+    if extra:
+        parts.append(
+            f'<text x="{_BAND_X + _BAND_WIDTH - 10}" y="{middle}" font-size="12" '
+            f'text-anchor="end" fill="#3e4c59">{_tspans(extra, 9, 3)}</text>'
+        )
+    if left_label:
+        parts.append(
+            f'<text x="{_BAND_X - 8}" y="{middle}" font-size="13" text-anchor="end" '
+            f'fill="#52606d">{escape(left_label)}</text>'
+        )
+    return parts
+
+
+def stack_svg(substrate: str, layers: Sequence[Layer]) -> str:
+    """Draw the stack as an SVG picture: substrate at the bottom, top layer on top.
+
+    One band per layer, labelled with its formula (counts as subscripts), orientation,
+    space group and Materials Project id, and its position on the left; the same
+    formula always gets the same colour, substrate included. A repeated period is
+    drawn once with a bracket saying "x 20" and the positions it spans.
+
+    Args:
+        substrate: The substrate.
+        layers: The layers, in any order.
+
+    Returns:
+        A standalone SVG document.
+
+    Example:
+        ```python
+        from prefect_atomscale import Layer
+        from prefect_atomscale._artifacts import stack_svg
+
+        layer = Layer(id=1, layer_id=1, sample_id=4, composition_string="BaTiO3")
+        svg = stack_svg("SrTiO3", [layer])
+        print(svg[:4])  # <svg
+        ```
+    """
+    ordered = _sorted(layers)
+    colours: dict[str, str] = {}
+    for formula in [substrate, *(layer.composition_string or "?" for layer in ordered)]:
+        colours.setdefault(formula, _PALETTE[len(colours) % len(_PALETTE)])
+    segments = collapse_repeats(
+        [(layer.composition_string, layer.orientation) for layer in ordered]
+    )
+    rows = sum(period for _, period, _ in segments)
+    # Orientations line up in one column, just right of the widest formula.
+    widest = max((_formula_width(layer.composition_string or "?") for layer in ordered), default=0)
+    orientation_x = _BAND_X + 12 + max(widest, 90) + 18
+    height = _TOP + rows * _ROW + _SUBSTRATE + 30
+    body: list[str] = []
+    y = _TOP
+    for start, period, count in reversed(segments):
+        unit = ordered[start : start + period]
+        top = y
+        for layer in reversed(unit):
+            label = f"L{layer.layer_id}" if count == 1 else None
+            body += _band(y, layer, colours[layer.composition_string or "?"], label, orientation_x)
+            y += _ROW
+        if count > 1:
+            first, last = ordered[start], ordered[start + period * count - 1]
+            x = _BAND_X + _BAND_WIDTH + 10
+            body += [
+                # A bracket over the period's bands, then how often it repeats.
+                f'<path d="M {x} {top + 3} h 8 v {y - top - 6} h -8" fill="none" '
+                'stroke="#323f4b" stroke-width="2"/>',
+                f'<text x="{x + 16}" y="{(top + y) // 2 + 2}" font-size="22" '
+                f'font-weight="bold" fill="#1f2933">\u00d7 {count}</text>',
+                f'<text x="{x + 16}" y="{(top + y) // 2 + 20}" font-size="12" '
+                f'fill="#52606d">L{first.layer_id}\u2013L{last.layer_id} '
+                f"({period * count} layers)</text>",
+                # One period, outlined, stands for all of them.
+                f'<rect x="{_BAND_X - 3}" y="{top - 2}" width="{_BAND_WIDTH + 6}" '
+                f'height="{y - top + 4}" rx="3" fill="none" stroke="#323f4b" '
+                'stroke-width="1.5" stroke-dasharray="6 3"/>',
+                f'<text x="{_BAND_X - 8}" y="{(top + y) // 2 + 5}" font-size="12" '
+                'text-anchor="end" fill="#52606d">period</text>',
+            ]
+    substrate_fill = colours[substrate]
+    body += [
+        f'<rect x="{_BAND_X}" y="{y}" width="{_BAND_WIDTH}" height="{_SUBSTRATE}" '
+        f'fill="{substrate_fill}"/>',
+        f'<rect x="{_BAND_X}" y="{y}" width="{_BAND_WIDTH}" height="{_SUBSTRATE}" '
+        'fill="url(#hatch)"/>',
+        f'<rect x="{_BAND_X + 8}" y="{y + 12}" width="{_BAND_WIDTH - 16}" height="24" rx="3" '
+        'fill="#ffffff" fill-opacity="0.85"/>',
+        f'<text x="{_BAND_X + _BAND_WIDTH // 2}" y="{y + 29}" font-size="15" '
+        f'font-weight="bold" text-anchor="middle" fill="#1f2933">'
+        f"{_formula_svg(substrate, ' substrate')}</text>",
+        f'<text x="{_BAND_X - 8}" y="{y + 29}" font-size="13" text-anchor="end" '
+        'fill="#52606d">sub.</text>',
+        # Growth direction: up, from the substrate.
+        f'<path d="M 14 {y - 4} V {_TOP + 10}" stroke="#9aa5b1" stroke-width="2"/>',
+        f'<path d="M 8 {_TOP + 16} L 14 {_TOP + 4} L 20 {_TOP + 16} Z" fill="#9aa5b1"/>',
+        f'<text x="{_BAND_X}" y="{y + _SUBSTRATE + 20}" font-size="12" fill="#52606d">'
+        "growth direction \u2191 \u00b7 L1 is grown first, on the substrate</text>",
+    ]
+    title = escape(describe_stack(substrate, ordered))
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{_WIDTH}" height="{height}" '
+        f'viewBox="0 0 {_WIDTH} {height}" font-family={quoteattr(_FONT)}>'
+        f"<title>{title}</title>"
+        '<defs><pattern id="hatch" width="8" height="8" patternUnits="userSpaceOnUse" '
+        'patternTransform="rotate(45)"><line x1="0" y1="0" x2="0" y2="8" stroke="#52606d" '
+        'stroke-opacity="0.35" stroke-width="2"/></pattern></defs>'
+        f'<rect width="{_WIDTH}" height="{height}" fill="#ffffff"/>' + "".join(body) + "</svg>"
+    )
+
+
+def stack_markdown(
+    material: TargetMaterial,
+    layers: Sequence[Layer],
+    *,
+    summary: str | None = None,
+    source: str | None = None,
+) -> str:
+    """The markdown artifact: a heading, one line of facts, the picture, the stack in words.
+
+    The picture is `stack_svg` as a data-URI image, which the Prefect UI shows as is.
+
+    Args:
+        material: The target material.
+        layers: Its layers, in any order.
+        summary: What this run did, e.g. `40 created, 2 from the cache`.
+        source: The stack file it came from, if any.
+
+    Returns:
+        Markdown text.
+
+    Example:
+        ```python
+        from prefect_atomscale import Layer, TargetMaterial
+        from prefect_atomscale._artifacts import stack_markdown
+
+        material = TargetMaterial(sample_id=4, sample_name="GaN film", substrate="Al2O3")
+        layer = Layer(id=1, layer_id=1, sample_id=4, composition_string="GaN")
+        print(stack_markdown(material, [layer]))
+        ```
+    """
+    name, substrate = _name(material), _substrate(material)
+    svg = stack_svg(substrate, layers)
+    image = base64.b64encode(svg.encode()).decode()
+    facts = [
+        f"Target material **{material.sample_id}** on **{_md(substrate)}**",
+        f"{len(layers)} layer{'s' if len(layers) != 1 else ''}",
+    ]
+    if summary:
+        facts.append(summary)
+    if source:
+        facts.append(f"from `{source.replace('`', '')}`")
+    # Alt text is plain: brackets or parentheses in it would end the image syntax.
+    alt = re.sub(r"[\[\]()]", "", f"Stack of {name} on {substrate}")
+    return "\n\n".join(
+        [
+            f"### {_md(name)}",
+            " \u00b7 ".join(facts),
+            f"![{alt}](data:image/svg+xml;base64,{image})",
+            f"**Bottom to top:** {_md(describe_stack(substrate, layers))}",
+        ]
+    )
+
+
+def _name(material: TargetMaterial) -> str:
+    # The service may leave a name or substrate out of a reply; say so, don't fail.
+    return material.sample_name or f"target material {material.sample_id}"
+
+
+def _substrate(material: TargetMaterial) -> str:
+    return material.substrate or "an unnamed substrate"
+
+
+def _md(text: str) -> str:
+    """Escape what markdown would read as formatting or HTML in a name."""
+    return re.sub(r"([\\`*_\[\]<>#|])", r"\\\1", text)
+
+
+def artifact_key(material: TargetMaterial) -> str:
+    """The artifact key of a target material: its name in lowercase and dashes, and its id.
+
+    Args:
+        material: The target material.
+
+    Returns:
+        E.g. `bto-sto-superlattice-s42`; only lowercase letters, digits and dashes, as
+        Prefect requires, the name part cut to 40 characters.
+
+    Example:
+        ```python
+        from prefect_atomscale import TargetMaterial
+        from prefect_atomscale._artifacts import artifact_key
+
+        print(artifact_key(TargetMaterial(sample_id=42, sample_name="BTO/STO SL", substrate="x")))
+        ```
+    """
+    slug = re.sub(r"[^a-z0-9]+", "-", (material.sample_name or "").lower()).strip("-")
+    if len(slug) > 40:  # keys show in narrow cards; cut at a word
+        slug = slug[:41].rsplit("-", 1)[0]
+    return f"{slug or 'stack'}-s{material.sample_id}"
+
+
+class StackArtifacts(NamedTuple):
+    """The ids and key of the artifacts `publish_stack_artifacts` created.
+
+    Attributes:
+        table: Id of the table artifact (the layers).
+        markdown: Id of the markdown artifact (the picture).
+        key: The key both share a stem of: `layers-<key>` and `stack-<key>`.
+
+    Example:
+        ```python
+        from uuid import uuid4
+        from prefect_atomscale._artifacts import StackArtifacts
+
+        print(StackArtifacts(table=uuid4(), markdown=uuid4(), key="film-s4").key)
+        ```
+    """
+
+    table: UUID
+    markdown: UUID
+    key: str
+
+
+def _artifact_content(
+    material: TargetMaterial,
+    layers: Sequence[Layer],
+    summary: str | None,
+    source: str | None,
+) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    key = artifact_key(material)
+    # Cards in the UI show the first few words of a description: say what it is first.
+    what = f"{_name(material)} (target material {material.sample_id}) on {_substrate(material)}"
+    table = {
+        "table": stack_table(layers),
+        "key": f"layers-{key}",
+        "description": f"Layer table of {what}: {len(layers)} layers, L1 on the substrate.",
+    }
+    markdown = {
+        "markdown": stack_markdown(material, layers, summary=summary, source=source),
+        "key": f"stack-{key}",
+        "description": f"Stack picture of {what}, substrate at the bottom.",
+    }
+    return key, table, markdown
+
+
+def publish_stack_artifacts(
+    material: TargetMaterial,
+    layers: Sequence[Layer],
+    *,
+    summary: str | None = None,
+    source: str | None = None,
+) -> StackArtifacts:
+    """Publish the layer table and the stack picture as artifacts of the current run.
+
+    Call it from a sync flow or task; async code uses `apublish_stack_artifacts`. The
+    keys are `layers-<name>-s<id>` and `stack-<name>-s<id>`, so the Artifacts page
+    keeps one history per target material.
+
+    Args:
+        material: The target material.
+        layers: Its layers, in any order.
+        summary: What this run did, e.g. `40 created, 2 from the cache`.
+        source: The stack file it came from, if any.
+
+    Returns:
+        The artifacts' ids and key.
+
+    Raises:
+        TypeError: Called from async code, where Prefect's artifact functions return
+            coroutines.
+
+    Example:
+        ```python
+        from prefect import flow
+        from prefect_atomscale import Layer, TargetMaterial
+        from prefect_atomscale._artifacts import publish_stack_artifacts
+
+        @flow
+        def show() -> None:
+            material = TargetMaterial(sample_id=4, sample_name="GaN film", substrate="Al2O3")
+            layer = Layer(id=1, layer_id=1, sample_id=4, composition_string="GaN")
+            publish_stack_artifacts(material, [layer])
+        ```
+    """
+    # Imported here: the rest of this module is useful without a Prefect API.
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    key, table, markdown = _artifact_content(material, layers, summary, source)
+    table_id = create_table_artifact(**table)
+    markdown_id = create_markdown_artifact(**markdown)
+    if not isinstance(table_id, UUID) or not isinstance(markdown_id, UUID):
+        raise TypeError("publish_stack_artifacts runs in sync code; await apublish_stack_artifacts")
+    return StackArtifacts(table=table_id, markdown=markdown_id, key=key)
+
+
+async def apublish_stack_artifacts(
+    material: TargetMaterial,
+    layers: Sequence[Layer],
+    *,
+    summary: str | None = None,
+    source: str | None = None,
+) -> StackArtifacts:
+    """Publish the layer table and the stack picture; the async twin of `publish_stack_artifacts`.
+
+    Args:
+        material: The target material.
+        layers: Its layers, in any order.
+        summary: What this run did, e.g. `40 created, 2 from the cache`.
+        source: The stack file it came from, if any.
+
+    Returns:
+        The artifacts' ids and key.
+
+    Example:
+        ```python
+        from prefect import flow
+        from prefect_atomscale import Layer, TargetMaterial
+        from prefect_atomscale._artifacts import apublish_stack_artifacts
+
+        @flow
+        async def show() -> None:
+            material = TargetMaterial(sample_id=4, sample_name="GaN film", substrate="Al2O3")
+            layer = Layer(id=1, layer_id=1, sample_id=4, composition_string="GaN")
+            layers = [layer]
+            await apublish_stack_artifacts(material, layers)
+        ```
+    """
+    from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
+
+    key, table, markdown = _artifact_content(material, layers, summary, source)
+    table_id = await acreate_table_artifact(**table)
+    markdown_id = await acreate_markdown_artifact(**markdown)
+    return StackArtifacts(table=table_id, markdown=markdown_id, key=key)

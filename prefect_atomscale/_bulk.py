@@ -1,0 +1,335 @@
+"""`create_layers` / `acreate_layers`: a whole layer stack written inside one task.
+
+One task per layer costs Prefect's per-task overhead per layer; for campaigns and
+back-fills of thousands of layers, these tasks write a whole stack at once with the
+same guarantees as `create_layer`: local validation of every layer before any request,
+retries of transient faults only, caching by account and request, and no layer
+written twice. How they write:
+
+- a target material this process just created, with nothing written to it since (by
+  this process or any other on this machine), gets its stack in one request to the
+  replace-stack endpoint (`POST /target-materials/{sample_id}/layers`), which is atomic;
+- any other target material is known from this process's view of it (see `views`:
+  one `GET /target-materials/` the first time), then each missing layer is posted, at
+  most `max_concurrency` at a time on the shared pool; equal layers are adopted and
+  different ones follow `if_exists`, as in `create_layer`.
+
+The whole write holds the target material's lock, so no `create_layer` of this machine
+writes into the stack meanwhile. If some layers fail with transient faults, the task is
+retried; the retry lets late writes settle, reads the stack again and writes only what
+is still missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from prefect import task
+from prefect.logging import get_run_logger
+from prefect.runtime import task_run as current_task_run
+
+from prefect_atomscale._caching import invalidate_position
+from prefect_atomscale._client import AsyncAtomscaleClient, AtomscaleClient
+from prefect_atomscale._credentials import AtomscaleCredentials
+from prefect_atomscale._exceptions import (
+    AtomscaleError,
+)
+from prefect_atomscale._models import Layer
+from prefect_atomscale._payloads import LayerRequest, StackRequest
+from prefect_atomscale._reconcile import (
+    Adopt,
+    Create,
+    IfExists,
+    Update,
+    check_if_exists,
+    decide_layer,
+    mark_unsettled,
+)
+from prefect_atomscale._retries import aretry_if_transient, retry_if_transient
+from prefect_atomscale._tasks import (
+    _settle_if_retry,
+    _unsettled_on_failure,
+    async_request_client,
+    request_client,
+    task_options,
+)
+from prefect_atomscale._views import material_views
+
+__all__ = ["DEFAULT_MAX_CONCURRENCY", "acreate_layers", "create_layers"]
+
+# Writes in flight at once when posting layer by layer; at or below the default pool
+# size (AtomscaleCredentials.max_connections), so every write has a connection ready.
+DEFAULT_MAX_CONCURRENCY = 16
+
+
+def _stack_request(inputs: dict[str, Any]) -> StackRequest:
+    return StackRequest.build(inputs.get("sample_id"), inputs.get("layers"))
+
+
+def _run_name() -> str:
+    parameters = current_task_run.parameters
+    layers = parameters.get("layers")
+    count = len(layers) if isinstance(layers, Sequence) else "?"
+    return f"create-layers-s{parameters.get('sample_id')}-{count}-layers"
+
+
+def _plan(
+    stack: StackRequest, existing: list[Layer], if_exists: IfExists
+) -> list[tuple[LayerRequest, Adopt | Update | Create]]:
+    at: dict[int, list[Layer]] = {}
+    for layer in existing:
+        at.setdefault(layer.layer_id, []).append(layer)
+    return [
+        (request, decide_layer(request, at.get(request.layer_id, []), if_exists))
+        for request in stack.requests
+    ]
+
+
+def _written(
+    plan: list[tuple[LayerRequest, Any]], outcomes: Sequence[Layer | AtomscaleError]
+) -> list[Layer]:
+    """The layers in stack order, or raise the error to report.
+
+    A permanent error goes first (no retry can help it); else a transient one, so that
+    Prefect retries the task and the retry writes what is still missing.
+    """
+    errors = [o for o in outcomes if isinstance(o, AtomscaleError)]
+    if errors:
+        permanent = [error for error in errors if not error.transient]
+        raise (permanent or errors)[0]
+    layers = [o for o in outcomes if isinstance(o, Layer)]
+    return [request.complete(layer) for (request, _), layer in zip(plan, layers, strict=True)]
+
+
+def _report(stack: StackRequest, plan: list[tuple[LayerRequest, Any]], replaced: bool) -> None:
+    logger = get_run_logger()
+    if replaced:
+        logger.info("Wrote %s in one replace-stack request.", stack.describe())
+        return
+    counts = {"created": 0, "adopted": 0, "updated": 0}
+    for _request, decision in plan:
+        kind = {Adopt: "adopted", Update: "updated", Create: "created"}[type(decision)]
+        counts[kind] += 1
+    logger.info(
+        "Wrote %s: %s created, %s already there, %s updated.",
+        stack.describe(),
+        counts["created"],
+        counts["adopted"],
+        counts["updated"],
+    )
+
+
+def _writing(stack: StackRequest) -> str:
+    return f"writing {stack.describe()}"
+
+
+def _reading(stack: StackRequest) -> str:
+    return f"reading {stack.describe()}"
+
+
+def _replaced(key: str, stack: StackRequest, listed: list[Layer]) -> list[Layer]:
+    """After a replace: the material's view is what the service now lists."""
+    material_views.writing(key)
+    material_views.load(key, listed)
+    _report(stack, [], replaced=True)
+    return stack.in_order(listed)
+
+
+def _record(
+    key: str,
+    unsettled: tuple[str, int, int],
+    plan: list[tuple[LayerRequest, Adopt | Update | Create]],
+    outcomes: Sequence[Layer | AtomscaleError],
+) -> None:
+    """Put what was written into the material's view; after a failure, forget the view."""
+    created = [o for (_, d), o in zip(plan, outcomes, strict=True) if isinstance(d, Create)]
+    updated = [o for (_, d), o in zip(plan, outcomes, strict=True) if isinstance(d, Update)]
+    material_views.wrote(key, [o for o in created if isinstance(o, Layer)])
+    material_views.wrote(key, [o for o in updated if isinstance(o, Layer)], replaced=True)
+    for layer in updated:
+        if isinstance(layer, Layer):
+            invalidate_position(unsettled[0], layer.sample_id, layer.layer_id)
+    errors = [o for o in outcomes if isinstance(o, AtomscaleError)]
+    if errors:
+        material_views.forget(key)
+    if any(error.transient for error in errors):
+        mark_unsettled(*unsettled)
+
+
+def _write_one(
+    client: AtomscaleClient, request: LayerRequest, decision: Adopt | Update | Create
+) -> Layer:
+    if isinstance(decision, Adopt):
+        return decision.layer
+    if isinstance(decision, Update):
+        return client.update_layer(request)
+    return client.create_layer(request)
+
+
+async def _awrite_one(
+    client: AsyncAtomscaleClient, request: LayerRequest, decision: Adopt | Update | Create
+) -> Layer:
+    if isinstance(decision, Adopt):
+        return decision.layer
+    if isinstance(decision, Update):
+        return await client.update_layer(request)
+    return await client.create_layer(request)
+
+
+@task(**task_options("create_layers", _stack_request, retry_if_transient, _run_name))
+def create_layers(
+    credentials: AtomscaleCredentials,
+    sample_id: int,
+    layers: Sequence[Mapping[str, Any]],
+    if_exists: IfExists = "error",
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+) -> list[Layer]:
+    """Write a whole layer stack of one target material inside one task.
+
+    Args:
+        credentials: The Atomscale account.
+        sample_id: The target material, from `create_target_material`.
+        layers: One dict per layer with `create_layer`'s arguments
+            (`composition_string`, `orientation`, ...); `layer_id` defaults to the
+            layer's place in the list, 1 for the first.
+        if_exists: What to do where a different layer already sits at a position:
+            `"error"` (default), `"update"` or `"reuse"`, as for `create_layer`.
+        max_concurrency: Most layer writes in flight at once (when not replacing).
+
+    Returns:
+        The layers, in the order given.
+
+    Raises:
+        AtomscaleValidationError: A bad layer anywhere in the list; nothing is sent.
+        AtomscaleConflictError: A different layer is at a position and `if_exists` is
+            "error"; nothing is sent.
+        AtomscaleError: Any other failure, after retries for transient ones.
+
+    Example:
+        ```python
+        from prefect import flow
+        from prefect_atomscale import AtomscaleCredentials, create_layers, create_target_material
+
+        @flow
+        def superlattice() -> None:
+            credentials = AtomscaleCredentials.load("atomscale")
+            sample = create_target_material(credentials, "(BTO/STO)x20", "SrTiO3")
+            period = [{"composition_string": f, "orientation": "001"}
+                      for f in ("BaTiO3", "SrTiO3")]
+            create_layers(credentials, sample.sample_id, period * 20)
+        ```
+    """
+    stack = StackRequest.build(sample_id, layers)
+    policy = check_if_exists(if_exists)
+    client = request_client(credentials, stack)
+    account = credentials.account_fingerprint()
+    if settle := _settle_if_retry((account, stack.sample_id, 0)):
+        time.sleep(settle)
+    with material_views.stack_write(account, stack.sample_id) as key:
+        view = material_views.current(key)
+        if view is not None and view.created_here:
+            material_views.writing(key)
+            with _unsettled_on_failure(key, account, stack.sample_id, 0):
+                client.replace_layers(stack.sample_id, stack.requests, _writing(stack))
+            listed = client.layers_of(stack.sample_id, f"reading back {stack.describe()}")
+            return _replaced(key, stack, listed)
+        if view is None:
+            view = material_views.load(key, client.layers_of(stack.sample_id, _reading(stack)))
+        plan = _plan(stack, view.layers(), policy)
+
+        def write(step: tuple[LayerRequest, Adopt | Update | Create]) -> Layer | AtomscaleError:
+            try:
+                return _write_one(client, *step)
+            except AtomscaleError as exc:
+                return exc
+
+        material_views.writing(key)
+        with ThreadPoolExecutor(max_workers=max(1, max_concurrency)) as pool:
+            outcomes = list(pool.map(write, plan))
+        _record(key, (account, stack.sample_id, 0), plan, outcomes)
+    written = _written(plan, outcomes)
+    _report(stack, plan, replaced=False)
+    return written
+
+
+@task(**task_options("acreate_layers", _stack_request, aretry_if_transient, _run_name))
+async def acreate_layers(
+    credentials: AtomscaleCredentials,
+    sample_id: int,
+    layers: Sequence[Mapping[str, Any]],
+    if_exists: IfExists = "error",
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+) -> list[Layer]:
+    """Write a whole layer stack of one target material inside one task; async twin.
+
+    Args:
+        credentials: The Atomscale account.
+        sample_id: The target material, from `acreate_target_material`.
+        layers: One dict per layer with `create_layer`'s arguments; `layer_id`
+            defaults to the layer's place in the list, 1 for the first.
+        if_exists: `"error"` (default), `"update"` or `"reuse"`, as for `create_layer`.
+        max_concurrency: Most layer writes in flight at once (when not replacing).
+
+    Returns:
+        The layers, in the order given.
+
+    Raises:
+        AtomscaleValidationError: A bad layer anywhere in the list; nothing is sent.
+        AtomscaleConflictError: A different layer is at a position and `if_exists` is
+            "error"; nothing is sent.
+        AtomscaleError: Any other failure, after retries for transient ones.
+
+    Example:
+        ```python
+        from prefect import flow
+        from prefect_atomscale import AtomscaleCredentials, acreate_layers, acreate_target_material
+
+        @flow
+        async def gan_hemt() -> None:
+            credentials = await AtomscaleCredentials.aload("atomscale")
+            sample = await acreate_target_material(credentials, "GaN HEMT", "Al2O3")
+            await acreate_layers(credentials, sample.sample_id, [
+                {"composition_string": "AlN", "orientation": "0001"},
+                {"composition_string": "GaN", "orientation": "0001"},
+            ])
+        ```
+    """
+    stack = StackRequest.build(sample_id, layers)
+    policy = check_if_exists(if_exists)
+    client = async_request_client(credentials, stack)
+    account = credentials.account_fingerprint()
+    if settle := _settle_if_retry((account, stack.sample_id, 0)):
+        await asyncio.sleep(settle)
+    async with material_views.astack_write(account, stack.sample_id) as key:
+        view = material_views.current(key)
+        if view is not None and view.created_here:
+            material_views.writing(key)
+            with _unsettled_on_failure(key, account, stack.sample_id, 0):
+                await client.replace_layers(stack.sample_id, stack.requests, _writing(stack))
+            listed = await client.layers_of(stack.sample_id, f"reading back {stack.describe()}")
+            return _replaced(key, stack, listed)
+        if view is None:
+            listed = await client.layers_of(stack.sample_id, _reading(stack))
+            view = material_views.load(key, listed)
+        plan = _plan(stack, view.layers(), policy)
+        slots = asyncio.Semaphore(max(1, max_concurrency))
+
+        async def write(
+            step: tuple[LayerRequest, Adopt | Update | Create],
+        ) -> Layer | AtomscaleError:
+            async with slots:
+                try:
+                    return await _awrite_one(client, *step)
+                except AtomscaleError as exc:
+                    return exc
+
+        material_views.writing(key)
+        outcomes = await asyncio.gather(*(write(step) for step in plan))
+        _record(key, (account, stack.sample_id, 0), plan, outcomes)
+    written = _written(plan, outcomes)
+    _report(stack, plan, replaced=False)
+    return written

@@ -1,0 +1,147 @@
+"""Cache keys for the create tasks: which account, which request, which task version.
+
+Prefect's stock policies hash the task inputs, and the credentials block is one of them.
+That goes wrong twice: the block hashes with its secret masked, so two accounts would
+share entries, and a block loaded by name hashes differently from the same block built
+in memory. `AtomscaleRequestCache` therefore keys on the account fingerprint (a hash of
+base URL and API key, never the key), the canonical request body, `if_exists`, a
+version, and the epoch of the record's position. An update (PATCH) bumps that epoch, so
+every entry that still holds the record as it was stops answering: the next run asks
+the service instead of returning a layer that no longer exists as cached. Epochs live in
+a small table shared by the processes of this Prefect home (`locking.Generations`).
+Task inputs that fail validation get no key: the task raises its own
+clear error, without Prefect's "Error computing cache key" traceback first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Protocol
+
+from prefect.cache_policies import CachePolicy
+from prefect.context import TaskRunContext
+
+from prefect_atomscale._credentials import AtomscaleCredentials
+from prefect_atomscale._exceptions import AtomscaleError
+from prefect_atomscale._locking import Generations, file_of
+
+__all__ = ["DEFAULT_CACHE_EXPIRATION", "AtomscaleRequestCache", "invalidate_position"]
+
+_EPOCHS = Generations("epochs")
+
+
+def _position_key(account: str, sample_id: int, layer_id: int | None) -> str:
+    return f"{account}/{sample_id}" if layer_id is None else f"{account}/{sample_id}/{layer_id}"
+
+
+def invalidate_position(account: str, sample_id: int, layer_id: int) -> None:
+    """Retire every cache entry of a layer position and of its target material's stack.
+
+    Called after an update changed the record there: entries made before no longer
+    describe it. (Positions share 1,024 epochs, so a few others miss once too and ask
+    the service, which answers with what they cached.)
+
+    Example:
+        ```python
+        from prefect_atomscale._caching import invalidate_position
+
+        invalidate_position("0123abcd", 42, 2)
+        ```
+    """
+    _EPOCHS.bump(file_of(_position_key(account, sample_id, layer_id)))
+    _EPOCHS.bump(file_of(_position_key(account, sample_id, None)))
+
+
+def _epoch(account: str, request: Any) -> int:
+    sample_id = getattr(request, "sample_id", None)
+    if not isinstance(sample_id, int) or not sample_id:
+        return 0  # a target material: no position to change under it
+    layer_id = getattr(request, "layer_id", None)
+    return _EPOCHS.read(file_of(_position_key(account, sample_id, layer_id)))
+
+
+# A re-run within this time reuses the record created before instead of posting again.
+# Thirty days covers re-running a campaign after a fix; pass
+# `create_layer.with_options(cache_expiration=...)` to change it, or `refresh_cache=True`
+# to force a new write (e.g. after deleting the record on Atomscale).
+DEFAULT_CACHE_EXPIRATION = timedelta(days=30)
+
+
+class _CanonicalRequest(Protocol):
+    def canonical_json(self) -> str: ...
+
+
+@dataclass
+class AtomscaleRequestCache(CachePolicy):
+    """Cache key = task name + version + account + canonical request body + `if_exists`.
+
+    Attributes:
+        task_name: Keeps two tasks with equal bodies apart.
+        version: Bump it when a task's request or reply changes meaning.
+        build_request: Builds the checked request from the task's inputs.
+
+    Example:
+        ```python
+        from prefect import task
+        from prefect_atomscale._caching import AtomscaleRequestCache
+        from prefect_atomscale._payloads import TargetMaterialRequest
+
+        policy = AtomscaleRequestCache(
+            task_name="my_task", version="1",
+            build_request=lambda inputs: TargetMaterialRequest.build(
+                sample_name=inputs["name"], substrate=inputs["substrate"]),
+        )
+
+        @task(cache_policy=policy)
+        def my_task(credentials, name: str, substrate: str) -> None: ...
+        ```
+    """
+
+    task_name: str = ""
+    version: str = "1"
+    build_request: Callable[[dict[str, Any]], _CanonicalRequest] | None = None
+
+    def compute_key(
+        self,
+        task_ctx: TaskRunContext,
+        inputs: dict[str, Any],
+        flow_parameters: dict[str, Any],
+        **kwargs: Any,
+    ) -> str | None:
+        """Compute the key, or None when the inputs are invalid (the task then raises).
+
+        Args:
+            task_ctx: The task run context (unused).
+            inputs: The task's arguments by name; must hold `credentials`.
+            flow_parameters: The flow's parameters (unused).
+            **kwargs: Further arguments Prefect may pass (unused).
+
+        Returns:
+            A hex digest, or None.
+
+        Example:
+            ```python
+            from prefect_atomscale._tasks import create_layer
+
+            print(create_layer.cache_policy)
+            ```
+        """
+        credentials = inputs.get("credentials")
+        if not isinstance(credentials, AtomscaleCredentials) or self.build_request is None:
+            return None
+        try:
+            request = self.build_request(inputs)
+            fingerprint = credentials.account_fingerprint()
+        except AtomscaleError:
+            return None
+        # What to do about a different record (`if_exists`) changes the outcome, so a
+        # run with "update" must not be answered by the cache entry of one with "reuse".
+        # Prefect passes defaults as inputs; left out, it is the tasks' default, "error".
+        policy = str(inputs.get("if_exists", "error"))
+        epoch = str(_epoch(fingerprint, request))
+        parts = [self.task_name, self.version, fingerprint, request.canonical_json(), policy, epoch]
+        material = "\0".join(parts)
+        return hashlib.sha256(material.encode()).hexdigest()

@@ -1,0 +1,942 @@
+"""Typed calls to the Atomscale target-material endpoints, sync and async.
+
+`AtomscaleClient` and `AsyncAtomscaleClient` send checked requests (see `payloads`) over
+an httpx client that `AtomscaleCredentials` configured, and turn every reply into a
+model or into one of the errors in `exceptions`. Both twins share the request table and
+the reply decoding below; each only adds how it sends. Nothing here retries: retrying is
+the tasks' job, through Prefect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+import httpx
+from pydantic import TypeAdapter, ValidationError
+
+from prefect_atomscale._credentials import AtomscaleCredentials
+from prefect_atomscale._exceptions import (
+    AtomscaleAuthError,
+    AtomscaleConfigurationError,
+    AtomscaleConflictError,
+    AtomscaleConnectionError,
+    AtomscaleError,
+    AtomscaleNotFoundError,
+    AtomscaleProtocolError,
+    AtomscaleRateLimitError,
+    AtomscaleServerError,
+    AtomscaleTimeoutError,
+    AtomscaleValidationError,
+)
+from prefect_atomscale._listing import ListingReader
+from prefect_atomscale._models import Layer, TargetMaterial, TargetMaterialRow
+from prefect_atomscale._payloads import LayerRequest, TargetMaterialRequest
+
+__all__ = ["AsyncAtomscaleClient", "AtomscaleClient"]
+
+T = TypeVar("T")
+
+# Paths exactly as the API reference writes them: trailing slashes differ between routes.
+TARGET_MATERIALS = "/target-materials/"
+LAYERS = "/target-materials/layers/"
+
+_ROWS = TypeAdapter(list[TargetMaterialRow])
+_MIN_SCRUBBED_KEY = 8
+
+
+@dataclass(frozen=True)
+class _Call:
+    """One request and what it is for, so that every error can say both."""
+
+    method: str
+    path: str
+    purpose: str
+    body: Any = None
+
+    def __str__(self) -> str:
+        return f"{self.method} {self.path}"
+
+
+def _create_target_material(request: TargetMaterialRequest) -> _Call:
+    return _Call("POST", TARGET_MATERIALS, f"creating {request.describe()}", request.body)
+
+
+def _create_layer(request: LayerRequest) -> _Call:
+    return _Call("POST", LAYERS, f"creating {request.describe()}", request.body)
+
+
+def _update_layer(request: LayerRequest) -> _Call:
+    # The API finds the layer to change by (sample_id, layer_id), both in the body.
+    return _Call("PATCH", LAYERS, f"updating {request.describe()}", request.body)
+
+
+def _replace_layers(sample_id: int, requests: Sequence[LayerRequest], purpose: str) -> _Call:
+    path = f"/target-materials/{sample_id}/layers"
+    return _Call("POST", path, purpose, [dict(request.body) for request in requests])
+
+
+def _list_rows(purpose: str) -> _Call:
+    return _Call("GET", TARGET_MATERIALS, purpose)
+
+
+@dataclass(frozen=True)
+class _Rows:
+    """The listed rows a look-up needs: those `keep` accepts.
+
+    The list holds every layer of the organisation, and a look-up needs the few of one
+    target material: only those are decoded (see `listing`), which keeps a look-up's
+    time and memory small in a large account. Items that are not objects are kept, so
+    that a malformed reply still fails validation.
+    """
+
+    keep: Callable[[dict[str, Any]], bool]
+
+    def __call__(self, data: Any) -> list[TargetMaterialRow]:
+        if isinstance(data, list):
+            data = [row for row in data if not isinstance(row, dict) or self.keep(row)]
+        return _ROWS.validate_python(data)
+
+
+def _is(value: Any, wanted: int | str) -> bool:
+    # Lenient as validation is: an id sent as a string still matches.
+    return value == wanted or (isinstance(value, str) and value.strip() == str(wanted))
+
+
+def _of_material(sample_id: int) -> _Rows:
+    return _Rows(lambda row: _is(row.get("sample_id"), sample_id))
+
+
+def _at_position(request: LayerRequest) -> _Rows:
+    return _Rows(
+        lambda row: (
+            _is(row.get("sample_id"), request.sample_id)
+            and _is(row.get("layer_id"), request.layer_id)
+        )
+    )
+
+
+def _named(request: TargetMaterialRequest) -> _Rows:
+    return _Rows(lambda row: _is(row.get("sample_name"), request.sample_name))
+
+
+class _Base:
+    """What both clients share: the settings they report in errors, and reply decoding."""
+
+    def __init__(self, http: httpx.Client | httpx.AsyncClient, *, secret: str | None = None):
+        self._base_url = str(http.base_url).rstrip("/")
+        # Kept only to scrub it from error text in case a proxy or server echoes it. A
+        # key too short to be real would only mangle ordinary words, so it is not scrubbed.
+        key = secret if secret is not None else http.headers.get("X-API-KEY")
+        self._secret = key if key and len(key) >= _MIN_SCRUBBED_KEY else None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(base_url={self._base_url!r})"
+
+    def _parse(self, call: _Call, response: httpx.Response, parse: Callable[[Any], T]) -> T:
+        return self._validated(call, response.status_code, self._decode(call, response), parse)
+
+    def _validated(self, call: _Call, status: int, data: Any, parse: Callable[[Any], T]) -> T:
+        # Errors are raised outside the `except` blocks here and below: raised inside,
+        # they would carry the original exception as `__context__`, and that one holds
+        # the request (with its X-API-KEY header) or the reply text. `from None` only
+        # hides it from tracebacks; pickling with tblib (Dask installs it) still keeps it.
+        try:
+            return parse(data)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}"
+                for err in exc.errors()[:3]
+            )
+        raise self._scrub(
+            AtomscaleProtocolError(
+                f"{call} while {call.purpose} answered {status} with JSON of "
+                f"an unexpected shape ({problems}). Check that base_url "
+                f"{self._base_url!r} is the Atomscale API; if it is, the API has changed "
+                "and prefect-atomscale needs an update.",
+                status_code=status,
+                detail=data,
+            )
+        )
+
+    def _decode(self, call: _Call, response: httpx.Response) -> Any:
+        status = response.status_code
+        if 200 <= status < 300:
+            try:
+                return response.json()
+            except ValueError:
+                pass
+            raise self._scrub(self._not_json(call, status, _describe_body(response)))
+        raise self._scrub(self._error_for(call, response))
+
+    def _not_json(self, call: _Call, status: int, body: str) -> AtomscaleProtocolError:
+        return AtomscaleProtocolError(
+            f"{call} while {call.purpose} answered {status} but the body is not "
+            f"JSON ({body}). Check that base_url "
+            f"{self._base_url!r} is the Atomscale API and not a proxy or login page.",
+            status_code=status,
+        )
+
+    def _streamed_failure(
+        self, call: _Call, response: httpx.Response | None, exc: Exception
+    ) -> AtomscaleError:
+        """The error for a look-up whose streamed reply could not be read."""
+        if isinstance(exc, httpx.HTTPError):
+            return self._transport_error(call, exc)
+        status = response.status_code if response is not None else 0
+        kind = response.headers.get("content-type", "no content type") if response else ""
+        return self._not_json(call, status, f"a {kind.split(';')[0]} body")
+
+    def _error_for(self, call: _Call, response: httpx.Response) -> AtomscaleError:
+        status = response.status_code
+        detail = _detail(response)
+        said = _detail_text(detail) if detail is not None else _describe_body(response)
+        head = f"Atomscale answered {status} to {call} while {call.purpose}: {said}."
+        if 300 <= status < 400:
+            return AtomscaleProtocolError(
+                f"{call} while {call.purpose} was redirected ({status}) to "
+                f"{response.headers.get('location', 'an unnamed place')!r}. Redirects are not "
+                "followed so the API key never leaves for another host: set base_url to the "
+                "API's real address.",
+                status_code=status,
+            )
+        if status in (400, 413, 422):
+            fix = (
+                "Send a smaller request, e.g. fewer layers at once."
+                if status == 413
+                else "Fix the field named above and run again; retrying as is cannot succeed."
+            )
+            return AtomscaleValidationError(f"{head} {fix}", status_code=status, detail=detail)
+        if status in (401, 403) and detail is None:
+            return AtomscaleAuthError(
+                f"{head} The reply is not the API's JSON: a proxy, firewall or login page "
+                f"answered. Check that base_url {self._base_url!r} reaches the Atomscale API "
+                "directly from this machine.",
+                status_code=status,
+            )
+        if status == 401:
+            return AtomscaleAuthError(
+                f"{head} The API key was refused: it may be mistyped, expired or revoked. "
+                "Put a current key from the Atomscale dashboard in the AtomscaleCredentials "
+                "block (or AS_API_KEY / ATOMSCALE_API_KEY).",
+                status_code=status,
+                detail=detail,
+            )
+        if status == 403:
+            return AtomscaleAuthError(
+                f"{head} The key is valid but may not do this: use a key with write access "
+                "to this organisation.",
+                status_code=status,
+                detail=detail,
+            )
+        if status == 404:
+            return AtomscaleNotFoundError(
+                f"{head} Check that the target material exists and belongs to the "
+                f"organisation of this API key, and that base_url {self._base_url!r} is right.",
+                status_code=status,
+                detail=detail,
+            )
+        if status == 409:
+            return AtomscaleConflictError(
+                f"{head} A record with these identifiers already exists; look it up, or "
+                "change the request.",
+                status_code=status,
+                detail=detail,
+            )
+        if status == 429:
+            retry_after = _retry_after(response)
+            return AtomscaleRateLimitError(
+                f"{head} Too many requests; the task retries after "
+                f"{'the backoff' if retry_after is None else f'{retry_after:g} s'}.",
+                status_code=status,
+                detail=detail,
+                retry_after=retry_after,
+            )
+        if status == 408 or status >= 500:
+            return AtomscaleServerError(
+                f"{head} The service failed; the task retries with backoff. If it keeps "
+                "failing, check the Atomscale status page or try later.",
+                status_code=status,
+                detail=detail,
+            )
+        return AtomscaleProtocolError(
+            f"{head} This status is not part of the documented API; check that base_url "
+            f"{self._base_url!r} is the Atomscale API.",
+            status_code=status,
+            detail=detail,
+        )
+
+    def _transport_error(self, call: _Call, exc: httpx.HTTPError) -> AtomscaleError:
+        where = f"{self._base_url} ({call} while {call.purpose})"
+        error: AtomscaleError
+        if isinstance(exc, httpx.ConnectTimeout):
+            error = AtomscaleTimeoutError(
+                f"Could not connect to {where} in time: {exc!s}. Check base_url and the network."
+            )
+        elif isinstance(exc, httpx.TimeoutException):
+            error = AtomscaleTimeoutError(
+                f"No reply from {where} within the timeout ({type(exc).__name__}). The request "
+                "may or may not have been applied; a retry or a re-run looks before writing "
+                "again, so nothing is written twice. If this persists, check the service, or "
+                "raise the block's timeout."
+            )
+        elif isinstance(exc, httpx.ConnectError):
+            error = AtomscaleConnectionError(
+                f"Could not connect to {where}: {exc!s}. Check base_url and the network."
+            )
+        elif isinstance(exc, httpx.UnsupportedProtocol | httpx.InvalidURL):
+            error = AtomscaleConfigurationError(f"Cannot send {call} to {where}: {exc!s}.")
+        else:
+            error = AtomscaleConnectionError(
+                f"The connection to {where} broke before a reply arrived "
+                f"({type(exc).__name__}: {exc!s}). The request may or may not have been "
+                "applied; a retry or a re-run looks before writing again, so nothing is "
+                "written twice. If this persists, check the network and base_url."
+            )
+        return self._scrub(error)
+
+    def _scrub(self, error: AtomscaleError) -> AtomscaleError:
+        if self._secret and self._secret in error.message:
+            error.message = error.message.replace(self._secret, "[API key]")
+            error.args = (error.message,)
+        if self._secret and self._secret in repr(error.detail):
+            error.detail = "[withheld: contained the API key]"
+        return error
+
+
+class AtomscaleClient(_Base):
+    """A synchronous client for the Atomscale target-material endpoints.
+
+    Args:
+        http: An `httpx.Client` from `AtomscaleCredentials.get_client()`.
+
+    Example:
+        ```python
+        from prefect_atomscale import AtomscaleClient, AtomscaleCredentials
+        from prefect_atomscale._payloads import TargetMaterialRequest
+
+        credentials = AtomscaleCredentials.load("atomscale")
+        with AtomscaleClient.from_credentials(credentials) as client:
+            request = TargetMaterialRequest.build(sample_name="BTO/STO", substrate="SrTiO3")
+            print(client.create_target_material(request).sample_id)
+        ```
+    """
+
+    def __init__(self, http: httpx.Client):
+        super().__init__(http)
+        self._http = http
+
+    @classmethod
+    def from_credentials(cls, credentials: AtomscaleCredentials) -> Self:
+        """Build a client with its own connection pool from a credentials block.
+
+        Args:
+            credentials: The account to talk to.
+
+        Returns:
+            A client; close it when done.
+
+        Example:
+            ```python
+            from prefect_atomscale import AtomscaleClient, AtomscaleCredentials
+
+            client = AtomscaleClient.from_credentials(AtomscaleCredentials(api_key="k"))
+            client.close()
+            ```
+        """
+        return cls(credentials.get_client())
+
+    def create_target_material(self, request: TargetMaterialRequest) -> TargetMaterial:
+        """Create a target material (`POST /target-materials/`), with its layers if any.
+
+        Args:
+            request: The checked request.
+
+        Returns:
+            The created target material; what the reply left out is filled in from
+            the request.
+
+        Example:
+            ```python
+            from prefect_atomscale import AtomscaleClient, AtomscaleCredentials
+            from prefect_atomscale._payloads import TargetMaterialRequest
+
+            with AtomscaleClient.from_credentials(AtomscaleCredentials.load("atomscale")) as c:
+                request = TargetMaterialRequest.build(sample_name="X", substrate="MgO")
+                c.create_target_material(request)
+            ```
+        """
+        call = _create_target_material(request)
+        return request.complete(self._parse(call, self._send(call), TargetMaterial.model_validate))
+
+    def create_layer(self, request: LayerRequest) -> Layer:
+        """Create one layer (`POST /target-materials/layers/`).
+
+        Args:
+            request: The checked request.
+
+        Returns:
+            The created layer.
+
+        Example:
+            ```python
+            from prefect_atomscale import AtomscaleClient, AtomscaleCredentials
+            from prefect_atomscale._payloads import LayerRequest
+
+            with AtomscaleClient.from_credentials(AtomscaleCredentials.load("atomscale")) as c:
+                request = LayerRequest.build(sample_id=42, layer_id=1, composition_string="GaN")
+                c.create_layer(request)
+            ```
+        """
+        call = _create_layer(request)
+        return self._parse(call, self._send(call), Layer.model_validate)
+
+    def update_layer(self, request: LayerRequest) -> Layer:
+        """Change the layer at the request's position (`PATCH /target-materials/layers/`).
+
+        Args:
+            request: The checked request; its `(sample_id, layer_id)` names the layer.
+
+        Returns:
+            The updated layer.
+
+        Example:
+            ```python
+            from prefect_atomscale import AtomscaleClient, AtomscaleCredentials
+            from prefect_atomscale._payloads import LayerRequest
+
+            with AtomscaleClient.from_credentials(AtomscaleCredentials.load("atomscale")) as c:
+                request = LayerRequest.build(sample_id=42, layer_id=1, composition_string="AlN")
+                c.update_layer(request)
+            ```
+        """
+        call = _update_layer(request)
+        return self._parse(call, self._send(call), Layer.model_validate)
+
+    def list_rows(self, purpose: str = "listing target materials") -> list[TargetMaterialRow]:
+        """List every layer of the organisation, joined with its target material.
+
+        Args:
+            purpose: What the listing is for, quoted in errors.
+
+        Returns:
+            One row per layer (`GET /target-materials/`).
+
+        Example:
+            ```python
+            from prefect_atomscale import AtomscaleClient, AtomscaleCredentials
+
+            with AtomscaleClient.from_credentials(AtomscaleCredentials.load("atomscale")) as c:
+                print(len(c.list_rows()))
+            ```
+        """
+        call = _list_rows(purpose)
+        return self._parse(call, self._send(call), _ROWS.validate_python)
+
+    def find_layers(self, request: LayerRequest) -> list[Layer]:
+        """Return the layers that already sit at the request's position, oldest first.
+
+        Args:
+            request: The layer whose `(sample_id, layer_id)` to look up.
+
+        Returns:
+            Existing layers at that position (normally none or one).
+
+        Example:
+            ```python
+            from prefect_atomscale import AtomscaleClient, AtomscaleCredentials
+            from prefect_atomscale._payloads import LayerRequest
+
+            with AtomscaleClient.from_credentials(AtomscaleCredentials.load("atomscale")) as c:
+                print(c.find_layers(LayerRequest.build(sample_id=42, layer_id=1)))
+            ```
+        """
+        call = _list_rows(f"checking whether {request.describe()} already exists")
+        return _layers_at(self._look_up(call, _at_position(request)), request)
+
+    def find_target_materials(self, request: TargetMaterialRequest) -> list[TargetMaterial]:
+        """Return listed target materials identical to the request, lowest `sample_id` first.
+
+        Identical means same name, substrate and metadata. The list endpoint may omit
+        target materials that have no layers yet, so an empty answer is not proof.
+
+        Args:
+            request: The target material to look for.
+
+        Returns:
+            Matching target materials.
+
+        Example:
+            ```python
+            from prefect_atomscale import AtomscaleClient, AtomscaleCredentials
+            from prefect_atomscale._payloads import TargetMaterialRequest
+
+            with AtomscaleClient.from_credentials(AtomscaleCredentials.load("atomscale")) as c:
+                request = TargetMaterialRequest.build(sample_name="X", substrate="MgO")
+                print(c.find_target_materials(request))
+            ```
+        """
+        call = _list_rows(f"checking whether {request.describe()} already exists")
+        return _materials_like(self._look_up(call, _named(request)), request)
+
+    def replace_layers(
+        self, sample_id: int, requests: Sequence[LayerRequest], purpose: str
+    ) -> None:
+        """Replace a target material's whole stack (`POST /target-materials/{id}/layers`).
+
+        Every existing layer of the target material is removed, in one transaction.
+
+        Args:
+            sample_id: The target material.
+            requests: The new stack.
+            purpose: What the call is for, quoted in errors.
+
+        Example:
+            ```python
+            from prefect_atomscale import AtomscaleClient, AtomscaleCredentials
+            from prefect_atomscale._payloads import LayerRequest
+
+            with AtomscaleClient.from_credentials(AtomscaleCredentials.load("atomscale")) as c:
+                stack = [LayerRequest.build(sample_id=42, layer_id=1, composition_string="GaN")]
+                c.replace_layers(42, stack, "writing the stack of target material 42")
+            ```
+        """
+        call = _replace_layers(sample_id, requests, purpose)
+        self._decode(call, self._send(call))
+
+    def layers_of(self, sample_id: int, purpose: str) -> list[Layer]:
+        """Return the layers the service lists for one target material, oldest first.
+
+        Args:
+            sample_id: The target material.
+            purpose: What the listing is for, quoted in errors.
+
+        Returns:
+            Its layers, in record-id order.
+
+        Example:
+            ```python
+            from prefect_atomscale import AtomscaleClient, AtomscaleCredentials
+
+            with AtomscaleClient.from_credentials(AtomscaleCredentials.load("atomscale")) as c:
+                print(c.layers_of(42, "reading target material 42"))
+            ```
+        """
+        call = _list_rows(purpose)
+        return _layers_of(self._look_up(call, _of_material(sample_id)), sample_id)
+
+    def close(self) -> None:
+        """Close the underlying connection pool.
+
+        Example:
+            ```python
+            from prefect_atomscale import AtomscaleClient, AtomscaleCredentials
+
+            AtomscaleClient.from_credentials(AtomscaleCredentials(api_key="k")).close()
+            ```
+        """
+        self._http.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _send(self, call: _Call) -> httpx.Response:
+        try:
+            return self._http.request(call.method, call.path, json=call.body)
+        except httpx.HTTPError as exc:
+            error = self._transport_error(call, exc)
+        raise error  # outside the except block: see _parse
+
+    def _look_up(self, call: _Call, rows: _Rows) -> list[TargetMaterialRow]:
+        """Stream the listing and keep the rows `rows` needs (see `listing`)."""
+        reader, data, response = ListingReader(rows.keep), None, None
+        failure: AtomscaleError | None = None
+        try:
+            with self._http.stream(call.method, call.path) as response:
+                if not 200 <= response.status_code < 300:
+                    response.read()
+                    failure = self._error_for(call, response)
+                else:
+                    for chunk in response.iter_bytes():
+                        reader.feed(chunk)
+                    data = reader.result()
+        except (httpx.HTTPError, ValueError) as exc:
+            failure = self._streamed_failure(call, response, exc)
+        if failure is not None or response is None:
+            raise self._scrub(failure or self._not_json(call, 0, "no reply"))
+        return self._validated(call, response.status_code, data, rows)
+
+
+class AsyncAtomscaleClient(_Base):
+    """An asynchronous client for the Atomscale target-material endpoints.
+
+    The twin of `AtomscaleClient`: the same methods, awaited.
+
+    Args:
+        http: An `httpx.AsyncClient` from `AtomscaleCredentials.get_async_client()`.
+        max_in_flight: Most requests sent at once (the rest wait in order); None for no
+            limit beyond the pool's own.
+
+    Example:
+        ```python
+        import asyncio
+        from prefect_atomscale import AsyncAtomscaleClient, AtomscaleCredentials
+
+        async def main() -> None:
+            credentials = AtomscaleCredentials.load("atomscale")
+            async with AsyncAtomscaleClient.from_credentials(credentials) as client:
+                print(len(await client.list_rows()))
+
+        asyncio.run(main())
+        ```
+    """
+
+    def __init__(self, http: httpx.AsyncClient, *, max_in_flight: int | None = None):
+        super().__init__(http)
+        self._http = http
+        # Requests beyond the pool's size wait here, in order, rather than in httpcore's
+        # pool, which rescans every waiting request whenever a connection frees up: 200
+        # gathered layers on 20 connections spent more time there than in the requests.
+        self._in_flight = asyncio.Semaphore(max_in_flight) if max_in_flight else None
+
+    @classmethod
+    def from_credentials(cls, credentials: AtomscaleCredentials) -> Self:
+        """Build a client with its own connection pool from a credentials block.
+
+        Args:
+            credentials: The account to talk to.
+
+        Returns:
+            A client; close it with `aclose` when done. At most `max_connections`
+            requests of it are in flight at once; the others wait their turn.
+
+        Example:
+            ```python
+            from prefect_atomscale import AsyncAtomscaleClient, AtomscaleCredentials
+
+            client = AsyncAtomscaleClient.from_credentials(AtomscaleCredentials(api_key="k"))
+            ```
+        """
+        return cls(credentials.get_async_client(), max_in_flight=credentials.max_connections)
+
+    async def create_target_material(self, request: TargetMaterialRequest) -> TargetMaterial:
+        """Create a target material (`POST /target-materials/`), with its layers if any.
+
+        Args:
+            request: The checked request.
+
+        Returns:
+            The created target material; what the reply left out is filled in from
+            the request.
+
+        Example:
+            ```python
+            from prefect_atomscale._payloads import TargetMaterialRequest
+
+            async def make(client):
+                return await client.create_target_material(
+                    TargetMaterialRequest.build(sample_name="X", substrate="MgO")
+                )
+            ```
+        """
+        call = _create_target_material(request)
+        material = self._parse(call, await self._send(call), TargetMaterial.model_validate)
+        return request.complete(material)
+
+    async def create_layer(self, request: LayerRequest) -> Layer:
+        """Create one layer (`POST /target-materials/layers/`).
+
+        Args:
+            request: The checked request.
+
+        Returns:
+            The created layer.
+
+        Example:
+            ```python
+            from prefect_atomscale._payloads import LayerRequest
+
+            async def make(client):
+                return await client.create_layer(LayerRequest.build(sample_id=42, layer_id=1))
+            ```
+        """
+        call = _create_layer(request)
+        return self._parse(call, await self._send(call), Layer.model_validate)
+
+    async def update_layer(self, request: LayerRequest) -> Layer:
+        """Change the layer at the request's position (`PATCH /target-materials/layers/`).
+
+        Args:
+            request: The checked request; its `(sample_id, layer_id)` names the layer.
+
+        Returns:
+            The updated layer.
+
+        Example:
+            ```python
+            from prefect_atomscale._payloads import LayerRequest
+
+            async def change(client):
+                return await client.update_layer(
+                    LayerRequest.build(sample_id=42, layer_id=1, composition_string="AlN")
+                )
+            ```
+        """
+        call = _update_layer(request)
+        return self._parse(call, await self._send(call), Layer.model_validate)
+
+    async def list_rows(self, purpose: str = "listing target materials") -> list[TargetMaterialRow]:
+        """List every layer of the organisation, joined with its target material.
+
+        Args:
+            purpose: What the listing is for, quoted in errors.
+
+        Returns:
+            One row per layer (`GET /target-materials/`).
+
+        Example:
+            ```python
+            async def count(client):
+                return len(await client.list_rows())
+            ```
+        """
+        call = _list_rows(purpose)
+        return self._parse(call, await self._send(call), _ROWS.validate_python)
+
+    async def find_layers(self, request: LayerRequest) -> list[Layer]:
+        """Return the layers that already sit at the request's position, oldest first.
+
+        Args:
+            request: The layer whose `(sample_id, layer_id)` to look up.
+
+        Returns:
+            Existing layers at that position (normally none or one).
+
+        Example:
+            ```python
+            from prefect_atomscale._payloads import LayerRequest
+
+            async def existing(client):
+                return await client.find_layers(LayerRequest.build(sample_id=42, layer_id=1))
+            ```
+        """
+        call = _list_rows(f"checking whether {request.describe()} already exists")
+        return _layers_at(await self._look_up(call, _at_position(request)), request)
+
+    async def find_target_materials(self, request: TargetMaterialRequest) -> list[TargetMaterial]:
+        """Return listed target materials identical to the request, lowest `sample_id` first.
+
+        Args:
+            request: The target material to look for.
+
+        Returns:
+            Matching target materials (see the sync twin for what "listed" means).
+
+        Example:
+            ```python
+            from prefect_atomscale._payloads import TargetMaterialRequest
+
+            async def existing(client):
+                request = TargetMaterialRequest.build(sample_name="X", substrate="MgO")
+                return await client.find_target_materials(request)
+            ```
+        """
+        call = _list_rows(f"checking whether {request.describe()} already exists")
+        return _materials_like(await self._look_up(call, _named(request)), request)
+
+    async def replace_layers(
+        self, sample_id: int, requests: Sequence[LayerRequest], purpose: str
+    ) -> None:
+        """Replace a target material's whole stack (`POST /target-materials/{id}/layers`).
+
+        Args:
+            sample_id: The target material.
+            requests: The new stack.
+            purpose: What the call is for, quoted in errors.
+
+        Example:
+            ```python
+            async def rewrite(client, stack):
+                await client.replace_layers(42, stack, "writing the stack of 42")
+            ```
+        """
+        call = _replace_layers(sample_id, requests, purpose)
+        self._decode(call, await self._send(call))
+
+    async def layers_of(self, sample_id: int, purpose: str) -> list[Layer]:
+        """Return the layers the service lists for one target material, oldest first.
+
+        Args:
+            sample_id: The target material.
+            purpose: What the listing is for, quoted in errors.
+
+        Returns:
+            Its layers, in record-id order.
+
+        Example:
+            ```python
+            async def read(client):
+                return await client.layers_of(42, "reading target material 42")
+            ```
+        """
+        call = _list_rows(purpose)
+        return _layers_of(await self._look_up(call, _of_material(sample_id)), sample_id)
+
+    async def aclose(self) -> None:
+        """Close the underlying connection pool.
+
+        Example:
+            ```python
+            async def done(client):
+                await client.aclose()
+            ```
+        """
+        await self._http.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def _send(self, call: _Call) -> httpx.Response:
+        if self._in_flight is None:
+            return await self._request(call)
+        async with self._in_flight:
+            return await self._request(call)
+
+    async def _request(self, call: _Call) -> httpx.Response:
+        try:
+            return await self._http.request(call.method, call.path, json=call.body)
+        except httpx.HTTPError as exc:
+            error = self._transport_error(call, exc)
+        raise error  # outside the except block: see _parse
+
+    async def _look_up(self, call: _Call, rows: _Rows) -> list[TargetMaterialRow]:
+        """Async twin of the sync client's `_look_up`."""
+        if self._in_flight is None:
+            return await self._stream(call, rows)
+        async with self._in_flight:
+            return await self._stream(call, rows)
+
+    async def _stream(self, call: _Call, rows: _Rows) -> list[TargetMaterialRow]:
+        reader, data, response = ListingReader(rows.keep), None, None
+        failure: AtomscaleError | None = None
+        try:
+            async with self._http.stream(call.method, call.path) as response:
+                if not 200 <= response.status_code < 300:
+                    await response.aread()
+                    failure = self._error_for(call, response)
+                else:
+                    async for chunk in response.aiter_bytes():
+                        reader.feed(chunk)
+                    data = reader.result()
+        except (httpx.HTTPError, ValueError) as exc:
+            failure = self._streamed_failure(call, response, exc)
+        if failure is not None or response is None:
+            raise self._scrub(failure or self._not_json(call, 0, "no reply"))
+        return self._validated(call, response.status_code, data, rows)
+
+
+def _layers_at(rows: list[TargetMaterialRow], request: LayerRequest) -> list[Layer]:
+    found = [
+        layer
+        for row in rows
+        if row.sample_id == request.sample_id and row.layer_id == request.layer_id
+        for layer in [row.as_layer()]
+        if layer is not None
+    ]
+    return sorted(found, key=lambda layer: layer.id)
+
+
+def _layers_of(rows: list[TargetMaterialRow], sample_id: int) -> list[Layer]:
+    found = [
+        layer
+        for row in rows
+        if row.sample_id == sample_id
+        for layer in [row.as_layer()]
+        if layer is not None
+    ]
+    return sorted(found, key=lambda layer: layer.id)
+
+
+def _materials_like(
+    rows: list[TargetMaterialRow], request: TargetMaterialRequest
+) -> list[TargetMaterial]:
+    found = {
+        material.sample_id: material
+        for row in rows
+        for material in [row.as_target_material()]
+        if material is not None and request.matches(material)
+    }
+    return [found[sample_id] for sample_id in sorted(found)]
+
+
+def _detail(response: httpx.Response) -> Any:
+    """Return the `detail` of a FastAPI error envelope, or None if there is none."""
+    try:
+        data = response.json()
+    except ValueError:
+        return None
+    if isinstance(data, dict) and "detail" in data:
+        return data["detail"]
+    return data
+
+
+def _detail_text(detail: Any) -> str:
+    """Render a `detail` (string, object, or FastAPI's list of errors) as one line."""
+    if isinstance(detail, str):
+        return detail
+    if isinstance(detail, list) and all(isinstance(item, dict) for item in detail):
+        parts = []
+        for item in detail:
+            loc = ".".join(str(p) for p in item.get("loc", []) if p != "body")
+            msg = item.get("msg", json.dumps(item))
+            parts.append(f"{loc}: {msg}" if loc else str(msg))
+        return "; ".join(parts)
+    text = json.dumps(detail, default=str)
+    return text if len(text) <= 500 else text[:500] + "..."
+
+
+def _describe_body(response: httpx.Response) -> str:
+    kind = response.headers.get("content-type", "no content type").split(";")[0]
+    if kind == "text/html":
+        return f"an HTML page of {len(response.content)} bytes, likely from a proxy or gateway"
+    if not response.content:
+        return "an empty body"
+    return f"a {kind} body of {len(response.content)} bytes"
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    """Read `Retry-After` as seconds: a number, or an HTTP date (RFC 9110 allows both)."""
+    value = response.headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())

@@ -1,0 +1,413 @@
+"""The `AtomscaleCredentials` block: an API key, where the API lives, and clients built from them.
+
+Unset fields fall back, at the moment of use, to the environment variables the official
+`atomscale` SDK reads, so a saved block never captures a key from whoever saved it. The
+key is a `SecretStr`: masked in reprs, `model_dump()` and the Prefect UI, and unwrapped
+only when an HTTP client is built.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import ipaddress
+import os
+from importlib.metadata import PackageNotFoundError, version
+from typing import ClassVar, NamedTuple
+from urllib.parse import urlsplit
+
+import httpx
+from prefect.blocks.abstract import CredentialsBlock
+from pydantic import Field, SecretStr
+
+from prefect_atomscale._exceptions import AtomscaleConfigurationError
+
+__all__ = ["DEFAULT_BASE_URL", "AtomscaleCredentials", "ConnectionSettings"]
+
+DEFAULT_BASE_URL = "https://api.atomscale.ai"
+
+# The official SDK reads AS_API_KEY first, then ATOMSCALE_API_KEY; we keep its order so
+# that one environment always means one account, whichever tool reads it.
+API_KEY_ENV_VARS = ("AS_API_KEY", "ATOMSCALE_API_KEY")
+BASE_URL_ENV_VAR = "AS_API_ENDPOINT"
+
+try:
+    _VERSION = version("prefect-atomscale")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    _VERSION = "0+unknown"
+USER_AGENT = f"prefect-atomscale/{_VERSION}"
+
+# How long an idle pooled connection is kept for the next task. httpx's 5 s default
+# closes connections during any lull of a long flow (a retry's back-off, a slow step),
+# so each burst after it opens new ones. 30 s stays under the idle timeouts common in
+# front of web APIs (60 s on AWS load balancers); a connection the server closed sooner
+# is noticed before reuse, and the rare race with it is a transient, retried error.
+KEEPALIVE_EXPIRY_SECONDS = 30.0
+
+
+class ConnectionSettings(NamedTuple):
+    """Everything needed to talk to one Atomscale account, resolved and checked.
+
+    Attributes:
+        base_url: The API root without a trailing slash.
+        api_key: The key itself; keep it out of logs, messages and cache keys.
+        timeout: Seconds allowed for reading, writing and waiting for a pooled connection.
+        connect_timeout: Seconds allowed for opening a connection.
+        max_connections: Size of the connection pool.
+
+    Example:
+        ```python
+        from prefect_atomscale import AtomscaleCredentials
+
+        settings = AtomscaleCredentials(api_key="k").resolve()
+        print(settings.base_url)
+        ```
+    """
+
+    base_url: str
+    api_key: SecretStr
+    timeout: float
+    connect_timeout: float
+    max_connections: int = 20
+
+    def httpx_timeout(self) -> httpx.Timeout:
+        """Return the timeouts as an `httpx.Timeout`.
+
+        Returns:
+            Connect, read, write and pool timeouts for an httpx client.
+
+        Example:
+            ```python
+            from prefect_atomscale import AtomscaleCredentials
+
+            print(AtomscaleCredentials(api_key="k").resolve().httpx_timeout())
+            ```
+        """
+        return httpx.Timeout(self.timeout, connect=self.connect_timeout)
+
+    def fingerprint(self) -> str:
+        """Return a stable, non-reversible id of the account: a hash of base URL and key.
+
+        Returns:
+            A 32-character hex digest.
+
+        Example:
+            ```python
+            from prefect_atomscale import AtomscaleCredentials
+
+            print(AtomscaleCredentials(api_key="k").resolve().fingerprint())
+            ```
+        """
+        return _fingerprint(self.base_url, self.api_key.get_secret_value())
+
+    def client_options(self) -> dict[str, object]:
+        """Return the keyword arguments shared by `httpx.Client` and `httpx.AsyncClient`.
+
+        Returns:
+            `base_url`, `headers` (key, User-Agent), `timeout`, and no redirect following.
+
+        Example:
+            ```python
+            import httpx
+            from prefect_atomscale import AtomscaleCredentials
+
+            options = AtomscaleCredentials(api_key="k").resolve().client_options()
+            with httpx.Client(**options) as client:
+                print(client.base_url)
+            ```
+        """
+        return {
+            "base_url": self.base_url,
+            "headers": {
+                "X-API-KEY": self.api_key.get_secret_value(),
+                "User-Agent": USER_AGENT,
+                "Accept": "application/json",
+            },
+            "timeout": self.httpx_timeout(),
+            # Keep-alive for every pooled connection, so concurrent tasks reuse rather
+            # than reopen them.
+            "limits": httpx.Limits(
+                max_connections=self.max_connections,
+                max_keepalive_connections=self.max_connections,
+                keepalive_expiry=KEEPALIVE_EXPIRY_SECONDS,
+            ),
+            # A redirect would carry X-API-KEY to wherever it points; refuse to follow,
+            # and let the client report it as a misconfigured base URL instead.
+            "follow_redirects": False,
+        }
+
+
+class AtomscaleCredentials(CredentialsBlock):
+    """Credentials and connection settings for the Atomscale API.
+
+    Save one block per Atomscale account (organisation key); load it by name in flows.
+    Fields left empty are read from the environment when a client is built: the key
+    from `AS_API_KEY`, then `ATOMSCALE_API_KEY`; the base URL from `AS_API_ENDPOINT`,
+    else https://api.atomscale.ai.
+
+    Attributes:
+        api_key: The Atomscale API key (sent as the `X-API-KEY` header).
+        base_url: Root URL of the API.
+        timeout: Seconds to wait for a reply, a write, or a free pooled connection.
+        connect_timeout: Seconds to wait for a new connection.
+        max_connections: Connections one process keeps open to the API.
+        allow_insecure_http: Allow sending the key over plain http to a remote host.
+
+    Example:
+        ```python
+        from prefect_atomscale import AtomscaleCredentials
+
+        AtomscaleCredentials(api_key="YOUR_API_KEY").save("BLOCK_NAME", overwrite=True)
+        credentials = AtomscaleCredentials.load("BLOCK_NAME")
+        ```
+    """
+
+    _block_type_name: ClassVar[str] = "Atomscale Credentials"
+    # The UI shows this under "Code example" with the block's name filled in; only a
+    # load belongs there (a save in it would get the same name substituted).
+    _code_example: ClassVar[str] = (
+        "```python\nfrom prefect_atomscale import AtomscaleCredentials\n\n"
+        'credentials = AtomscaleCredentials.load("BLOCK_NAME")\n```'
+    )
+    # The package's own page; it renders this README, which documents the block.
+    _documentation_url: ClassVar[str] = "https://pypi.org/project/prefect-atomscale/"  # type: ignore[assignment]
+
+    api_key: SecretStr | None = Field(
+        default=None,
+        title="API key",
+        description=(
+            "Atomscale API key from the web dashboard, sent as the X-API-KEY header. "
+            "Leave empty to read AS_API_KEY or ATOMSCALE_API_KEY at run time."
+        ),
+    )
+    base_url: str | None = Field(
+        default=None,
+        title="Base URL",
+        description=(
+            "Root URL of the Atomscale API. Leave empty to read AS_API_ENDPOINT at run "
+            f"time, else {DEFAULT_BASE_URL}."
+        ),
+        examples=[DEFAULT_BASE_URL],
+    )
+    timeout: float = Field(
+        default=30.0,
+        gt=0,
+        title="Timeout (seconds)",
+        description="Seconds to wait for a reply, to send a request, or for a free connection.",
+    )
+    connect_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        title="Connect timeout (seconds)",
+        description="Seconds to wait when opening a new connection to the API.",
+    )
+    max_connections: int = Field(
+        default=20,
+        ge=1,
+        le=1000,
+        title="Max connections",
+        description=(
+            "Most connections one process keeps open to the API for this account; tasks "
+            "running concurrently share them."
+        ),
+    )
+    allow_insecure_http: bool = Field(
+        default=False,
+        title="Allow insecure HTTP",
+        description=(
+            "Allow sending the API key over plain http:// to a host other than this "
+            "machine. Leave off unless a trusted proxy terminates TLS for you."
+        ),
+    )
+
+    def resolve(self) -> ConnectionSettings:
+        """Resolve empty fields from the environment and check the result.
+
+        Returns:
+            The settings a client is built from.
+
+        Raises:
+            AtomscaleConfigurationError: No API key anywhere, an empty key, a base URL
+                that is not an absolute http(s) URL, or plain http to a remote host
+                without `allow_insecure_http`.
+
+        Example:
+            ```python
+            from prefect_atomscale import AtomscaleCredentials
+
+            print(AtomscaleCredentials(api_key="k", base_url="http://127.0.0.1:8000").resolve())
+            ```
+        """
+        return ConnectionSettings(
+            base_url=self._resolve_base_url(),
+            api_key=self._resolve_api_key(),
+            timeout=self.timeout,
+            connect_timeout=self.connect_timeout,
+            max_connections=self.max_connections,
+        )
+
+    def key_fingerprint(self) -> str:
+        """A hash of the API key alone, whatever the base URL is spelled as.
+
+        The ownership token of the target materials the tasks create is made from it
+        (`payloads.owner_token`): the same key owns the same materials whether the block
+        says `127.0.0.1` or `localhost`. It reveals nothing of the key.
+
+        Returns:
+            32 hex digits.
+
+        Raises:
+            AtomscaleConfigurationError: No API key is set or found in the environment.
+
+        Example:
+            ```python
+            from prefect_atomscale import AtomscaleCredentials
+
+            print(AtomscaleCredentials(api_key="k").key_fingerprint())
+            ```
+        """
+        # "owner" stands where a base URL would: no real base URL is spelled that way.
+        return _fingerprint("owner", self.resolve().api_key.get_secret_value())
+
+    def account_fingerprint(self) -> str:
+        """Return a stable, non-reversible id of the account these credentials reach.
+
+        Two blocks with the same key and base URL (saved, loaded or built in memory)
+        share it; different keys never do. Cache keys use it instead of the key.
+
+        Returns:
+            A 32-character hex digest of the base URL and the API key.
+
+        Raises:
+            AtomscaleConfigurationError: As `resolve` does.
+
+        Example:
+            ```python
+            from prefect_atomscale import AtomscaleCredentials
+
+            print(AtomscaleCredentials(api_key="k").account_fingerprint())
+            ```
+        """
+        return self.resolve().fingerprint()
+
+    def get_client(self) -> httpx.Client:
+        """Return a new `httpx.Client` that authenticates to the Atomscale API.
+
+        The caller owns the client; close it (or use it in a `with` block). Tasks in this
+        package share pooled clients instead of calling this per request.
+
+        Returns:
+            A client with the base URL, `X-API-KEY` and User-Agent headers and timeouts.
+
+        Raises:
+            AtomscaleConfigurationError: As `resolve` does.
+
+        Example:
+            ```python
+            from prefect_atomscale import AtomscaleCredentials
+
+            with AtomscaleCredentials(api_key="k").get_client() as client:
+                print(client.base_url)
+            ```
+        """
+        return httpx.Client(**self.resolve().client_options())  # type: ignore[arg-type]
+
+    def get_async_client(self) -> httpx.AsyncClient:
+        """Return a new `httpx.AsyncClient` that authenticates to the Atomscale API.
+
+        Returns:
+            An async client configured as `get_client` configures the sync one.
+
+        Raises:
+            AtomscaleConfigurationError: As `resolve` does.
+
+        Example:
+            ```python
+            import asyncio
+            from prefect_atomscale import AtomscaleCredentials
+
+            async def main() -> None:
+                async with AtomscaleCredentials(api_key="k").get_async_client() as client:
+                    print(client.base_url)
+
+            asyncio.run(main())
+            ```
+        """
+        return httpx.AsyncClient(**self.resolve().client_options())  # type: ignore[arg-type]
+
+    def _resolve_api_key(self) -> SecretStr:
+        if self.api_key is not None:
+            if not self.api_key.get_secret_value().strip():
+                raise AtomscaleConfigurationError(
+                    "The AtomscaleCredentials block has an empty api_key. Paste the key "
+                    "from the Atomscale dashboard into the block, or clear the field to "
+                    f"read it from {' or '.join(API_KEY_ENV_VARS)}."
+                )
+            return self.api_key
+        for name in API_KEY_ENV_VARS:
+            value = os.environ.get(name, "").strip()
+            if value:
+                return SecretStr(value)
+        raise AtomscaleConfigurationError(
+            "No Atomscale API key: the AtomscaleCredentials block has no api_key and "
+            f"neither {' nor '.join(API_KEY_ENV_VARS)} is set. Create a key in the "
+            "Atomscale dashboard, then either save it in the block "
+            "(AtomscaleCredentials(api_key=...).save('atomscale')) or export "
+            "ATOMSCALE_API_KEY."
+        )
+
+    def _resolve_base_url(self) -> str:
+        raw = self.base_url or os.environ.get(BASE_URL_ENV_VAR, "").strip() or DEFAULT_BASE_URL
+        source = "base_url" if self.base_url else BASE_URL_ENV_VAR
+        return _checked_base_url(raw, source, self.allow_insecure_http)
+
+
+# Tasks resolve their credentials on every run; remembering the checks of the few URLs a
+# process uses saves two URL parses per task (errors are raised, never remembered).
+@functools.lru_cache(maxsize=64)
+def _checked_base_url(raw: str, source: str, allow_insecure_http: bool) -> str:
+    try:
+        parts = urlsplit(raw.strip())
+        _ = parts.port  # raises ValueError for a port that is not a port
+        # The URL as httpx will use it: the host checked below must be the one it
+        # connects to, whatever the two parsers make of an odd URL.
+        host_httpx_uses = httpx.URL(raw.strip()).host
+    except (ValueError, httpx.InvalidURL) as exc:
+        raise AtomscaleConfigurationError(
+            f"{source} {raw!r} is not a valid URL ({exc}). Write it with its scheme "
+            f"and host, for example {DEFAULT_BASE_URL!r}."
+        ) from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise AtomscaleConfigurationError(
+            f"{source} {raw!r} is not an absolute http(s) URL. Write it with its "
+            f"scheme and host, for example {DEFAULT_BASE_URL!r}."
+        )
+    if parts.username or parts.password or parts.query or parts.fragment:
+        raise AtomscaleConfigurationError(
+            f"{source} must be a plain API root such as {DEFAULT_BASE_URL!r}, without "
+            "credentials, a query or a fragment; put the key in api_key instead."
+        )
+    loopback = _is_loopback(parts.hostname) and _is_loopback(host_httpx_uses)
+    insecure = parts.scheme == "http" and not loopback
+    if insecure and not allow_insecure_http:
+        raise AtomscaleConfigurationError(
+            f"Refusing to send the API key over plain http to {parts.hostname}: "
+            "anyone on the network could read it. Use https://, or set "
+            "allow_insecure_http=True on the block if a trusted proxy handles TLS."
+        )
+    return raw.strip().rstrip("/")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@functools.lru_cache(maxsize=64)
+def _fingerprint(base_url: str, api_key: str) -> str:
+    material = "\0".join(["prefect-atomscale account v1", base_url, api_key])
+    return hashlib.sha256(material.encode()).hexdigest()[:32]

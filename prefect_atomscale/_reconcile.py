@@ -1,0 +1,197 @@
+"""Decide what a create task does when its record may already exist: adopt, update, create.
+
+The API's answer to a second POST of the same layer position is unknown; assume it
+stores a second row. So a task always knows what a position holds before it writes:
+from this process's view of the target material (see `views`: one listing per target
+material, kept true across the processes of this machine), listed anew on every retry,
+since the earlier attempt's reply may have been lost after the write landed.
+What it finds decides:
+
+- a layer equal to the request: adopt it, write nothing (exactly-once);
+- a different layer at that position: `if_exists` says what to do: `"error"` (the
+  default) refuses, `"update"` changes it with PATCH, `"reuse"` keeps it as it is;
+- nothing: create it.
+
+A write whose reply never came (a timeout, a dropped connection, a 5xx) may still be
+committed by the service later, after the client gave up. Its retry therefore lets the
+write settle first: it looks only once `SETTLE_SECONDS` have passed since the client
+gave up (`mark_unsettled` / `settle_delay`), so a write that lands within that window is
+found and adopted, not written again.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+from prefect_atomscale._exceptions import AtomscaleConflictError, AtomscaleValidationError
+from prefect_atomscale._models import Layer
+from prefect_atomscale._payloads import LayerRequest
+
+__all__ = [
+    "SETTLE_SECONDS",
+    "Adopt",
+    "Create",
+    "IfExists",
+    "Update",
+    "check_if_exists",
+    "decide_layer",
+    "mark_unsettled",
+    "settle_delay",
+]
+
+SETTLE_SECONDS = 3.0
+"""How long after the client gave up on a write its retry waits before looking again.
+
+Long enough for a service that commits a queued write a moment after the client's
+timeout; a write committed later than this can still be duplicated (see README)."""
+
+# Writes whose outcome is unknown, by what they write, with when the client gave up.
+_UNSETTLED_LIMIT = 10_000
+_unsettled: dict[tuple[object, ...], float] = {}
+_unsettled_lock = threading.Lock()
+
+
+def mark_unsettled(*what: object) -> None:
+    """Record that a write of `what` failed without an answer: it may still land.
+
+    Example:
+        ```python
+        from prefect_atomscale._reconcile import mark_unsettled, settle_delay
+
+        mark_unsettled("acct", 42, 1)
+        print(settle_delay("acct", 42, 1) > 0)  # True
+        ```
+    """
+    with _unsettled_lock:
+        _unsettled[what] = time.monotonic()
+        if len(_unsettled) > _UNSETTLED_LIMIT:  # bounded, oldest first
+            del _unsettled[next(iter(_unsettled))]
+
+
+def settle_delay(*what: object) -> float:
+    """Seconds still to wait before looking for the outcome of an unsettled write of `what`.
+
+    The mark is used up: the look that follows the wait is the one that decides.
+
+    Example:
+        ```python
+        from prefect_atomscale._reconcile import settle_delay
+
+        print(settle_delay("acct", 7, 1))  # 0.0: nothing unsettled
+        ```
+    """
+    with _unsettled_lock:
+        since = _unsettled.pop(what, None)
+    if since is None:
+        return 0.0
+    return max(0.0, since + SETTLE_SECONDS - time.monotonic())
+
+
+IfExists = Literal["error", "update", "reuse"]
+"""What `create_layer` does when a different layer already sits at its position."""
+
+
+@dataclass(frozen=True)
+class Adopt:
+    """Use this existing layer; write nothing.
+
+    Attributes:
+        layer: The layer already at the position.
+        equal: Whether it is what the request asks for (else kept by `if_exists="reuse"`).
+    """
+
+    layer: Layer
+    equal: bool = True
+
+
+@dataclass(frozen=True)
+class Update:
+    """Change the existing layer at the position with PATCH.
+
+    Attributes:
+        existing: The layer as it is now.
+    """
+
+    existing: Layer
+
+
+@dataclass(frozen=True)
+class Create:
+    """Nothing is at the position: create the layer."""
+
+
+def check_if_exists(if_exists: object) -> IfExists:
+    """Check an `if_exists` argument locally.
+
+    Args:
+        if_exists: The value given.
+
+    Returns:
+        The value, typed.
+
+    Raises:
+        AtomscaleValidationError: If it is not one of "error", "update", "reuse".
+
+    Example:
+        ```python
+        from prefect_atomscale._reconcile import check_if_exists
+
+        print(check_if_exists("update"))
+        ```
+    """
+    choices = get_args(IfExists)
+    if if_exists not in choices:
+        raise AtomscaleValidationError(
+            f"if_exists must be one of {', '.join(map(repr, choices))}, got {if_exists!r}."
+        )
+    return if_exists  # type: ignore[return-value]
+
+
+def decide_layer(
+    request: LayerRequest, existing: list[Layer], if_exists: IfExists
+) -> Adopt | Update | Create:
+    """Decide what to do given the layers already at the request's position.
+
+    Args:
+        request: The layer to create.
+        existing: Layers at its `(sample_id, layer_id)`, oldest first.
+        if_exists: What to do about a different layer there.
+
+    Returns:
+        The decision.
+
+    Raises:
+        AtomscaleConflictError: A different layer is there and `if_exists` is "error".
+
+    Example:
+        ```python
+        from prefect_atomscale import Layer
+        from prefect_atomscale._payloads import LayerRequest
+        from prefect_atomscale._reconcile import decide_layer
+
+        request = LayerRequest.build(sample_id=1, layer_id=1, composition_string="GaN")
+        there = Layer(id=5, layer_id=1, sample_id=1, composition_string="GaN")
+        print(decide_layer(request, [there], "error"))  # Adopt(...)
+        ```
+    """
+    equal = [layer for layer in existing if request.matches(layer)]
+    if equal:
+        return Adopt(equal[0])
+    if not existing:
+        return Create()
+    current = existing[0]
+    if if_exists == "update":
+        return Update(current)
+    if if_exists == "reuse":
+        return Adopt(current, equal=False)
+    raise AtomscaleConflictError(
+        f"Cannot create {request.describe()}: record {current.id} already sits at that "
+        f"position as {current.composition_string or 'a layer without a formula'} "
+        f"{current.orientation or ''}".rstrip()
+        + ". Pass if_exists='update' to change it to what you asked for, "
+        "if_exists='reuse' to keep it, or use another layer_id.",
+        detail=current.model_dump(),
+    )
