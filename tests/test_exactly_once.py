@@ -34,8 +34,8 @@ from prefect_atomscale import (
     create_layer,
     create_layers,
     create_target_material,
-    locking,
 )
+from prefect_atomscale import _locking as locking
 
 ROOT = Path(__file__).resolve().parent.parent
 ALL_FAULTS = [
