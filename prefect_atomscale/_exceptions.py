@@ -8,11 +8,11 @@ AtomscaleError                      base: .status_code, .detail, .transient
 ├── AtomscaleValidationError        the request is invalid: found locally, or a 400/413/422
 │   ├── InvalidCompositionError     a chemical formula that cannot be parsed
 │   ├── InvalidOrientationError     Miller indices that cannot be read
-│   └── InvalidStackFileError       a stack file that cannot be used (in `stacks`)
+│   └── InvalidStackFileError       a stack file that cannot be used (.problems: where, what)
 ├── AtomscaleAuthError              401/403: the key is wrong, expired or lacks the scope
 ├── AtomscaleNotFoundError          404: e.g. a sample_id that does not exist for this key
 ├── AtomscaleConflictError          409, or a different record where one would be written
-│   └── StackConflictError          a stack file's name is taken by another stack (in `stacks`)
+│   └── StackConflictError          a stack file's name is taken by another stack
 ├── AtomscaleRateLimitError         429: too many requests (transient; .retry_after)
 ├── AtomscaleServerError            408/5xx: the service failed (transient)
 ├── AtomscaleConnectionError        no reply: refused, dropped connection (transient)
@@ -31,6 +31,8 @@ server's `detail`, never from request headers.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 __all__ = [
@@ -47,6 +49,9 @@ __all__ = [
     "AtomscaleValidationError",
     "InvalidCompositionError",
     "InvalidOrientationError",
+    "InvalidStackFileError",
+    "StackConflictError",
+    "StackFileProblem",
 ]
 
 
@@ -290,3 +295,122 @@ class AtomscaleProtocolError(AtomscaleError):
         print(AtomscaleProtocolError.transient)  # False
         ```
     """
+
+
+@dataclass(frozen=True)
+class StackFileProblem:
+    """One problem found in a stack file.
+
+    Attributes:
+        where: The place in words, with the line where known, e.g. `layer L5 (line 14;
+            period 1 of 20, and the same in every period)`; empty if unknown.
+        field: The field at fault, e.g. `orientation`, or None.
+        message: What is wrong and what to write instead.
+        position: The layer's position, if the problem is in a layer.
+        period: The period, if the layer is in a repeat block (the first period is
+            named; every period is the same).
+        line: Line in the file, for YAML and CSV files.
+
+    Example:
+        ```python
+        from prefect_atomscale import StackFileProblem
+
+        problem = StackFileProblem(where="layer L2 (line 9)", field="orientation", message="bad")
+        print(problem.describe())
+        ```
+    """
+
+    where: str
+    field: str | None
+    message: str
+    position: int | None = None
+    period: int | None = None
+    line: int | None = None
+
+    def describe(self) -> str:
+        """Render the problem as one line, e.g. `layer L2 (line 9), field 'orientation': bad`.
+
+        Returns:
+            The problem in words.
+
+        Example:
+            ```python
+            from prefect_atomscale import StackFileProblem
+
+            print(StackFileProblem(where="", field="name", message="is missing").describe())
+            ```
+        """
+        parts = [self.where] if self.where else []
+        if not parts and self.line is not None:
+            parts = [f"line {self.line}"]
+        if self.field:
+            parts.append(f"field {self.field!r}")
+        head = ", ".join(parts)
+        return f"{head}: {self.message}" if head else self.message
+
+
+class InvalidStackFileError(AtomscaleValidationError):
+    """A stack file that cannot be used; nothing was sent.
+
+    The message names the file and, for each problem, the layer (position and, in a
+    repeat block, the period), the field and what is wrong.
+
+    Attributes:
+        path: The file as given.
+        problems: Every problem found.
+
+    Example:
+        ```python
+        from prefect_atomscale import InvalidStackFileError, parse_stack
+
+        try:
+            parse_stack({"name": "x", "substrate": "SrTiO3",
+                         "layers": [{"composition": "Xx2O3"}]}, source="x.yaml")
+        except InvalidStackFileError as exc:
+            print(exc.problems[0].position, exc.problems[0].field)  # 1 composition
+        ```
+    """
+
+    def __init__(self, path: str, problems: Sequence[StackFileProblem]):
+        self.path = path
+        self.problems = list(problems)
+        shown = [problem.describe() for problem in self.problems[:20]]
+        if len(self.problems) > len(shown):
+            shown.append(f"... and {len(self.problems) - len(shown)} more")
+        if len(shown) == 1:
+            message = f"{path}: {shown[0]}. Nothing was sent; fix the file and run again."
+        else:
+            lines = "\n".join(f"  - {line}" for line in shown)
+            message = (
+                f"{path} has {len(self.problems)} problems; nothing was sent. Fix the file "
+                f"and run again:\n{lines}"
+            )
+        super().__init__(message)
+
+
+class StackConflictError(AtomscaleConflictError):
+    """The account already has a target material of this name whose stack is different.
+
+    Raised instead of creating a second one; nothing was sent. Rename the target
+    material in the file, or fix the file so that it describes what exists.
+
+    Attributes:
+        path: The stack file.
+        problems: What differs, one sentence each.
+
+    Example:
+        ```python
+        from prefect_atomscale import StackConflictError
+
+        print(StackConflictError("sl.yaml", "SL", ["L3 is SrTiO3 there"]).problems)
+        ```
+    """
+
+    def __init__(self, path: str, name: str, problems: Sequence[str]):
+        self.path = path
+        self.problems = list(problems)
+        super().__init__(
+            f"{path}: the account already has a target material named {name!r} with a "
+            f"different stack: {'; '.join(self.problems)}. Nothing was sent. Give the "
+            "file a new name, or make it describe what exists."
+        )
