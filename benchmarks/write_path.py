@@ -52,7 +52,6 @@ from prefect_atomscale import (
     create_layers,
     create_target_material,
 )
-from prefect_atomscale._retries import DEFAULT_RETRIES, DEFAULT_RETRY_DELAYS
 
 SIZES = (1_000, 10_000)
 # CPU seconds of the flow thread in the last timed loop: steadier than wall time on a
@@ -142,7 +141,7 @@ def _lookups(
     samples: _common.Samples,
     size: int,
 ) -> None:
-    from flows.stack_from_file import stack_from_file
+    from prefect_atomscale.flows import stack_from_file
 
     def gets() -> int:
         return sandbox.stats().count(_common.MATERIALS_GET_ROUTE)
@@ -218,8 +217,8 @@ def _plain_key(context: Any, parameters: dict[str, Any]) -> str:
 
 
 @task(
-    retries=DEFAULT_RETRIES,
-    retry_delay_seconds=DEFAULT_RETRY_DELAYS,
+    retries=create_layer.retries,
+    retry_delay_seconds=create_layer.retry_delay_seconds,
     cache_key_fn=_plain_key,
     persist_result=True,
 )

@@ -19,31 +19,25 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
-from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.futures import wait
 from pydantic import BaseModel, Field
 
-if __package__ in (None, ""):
-    # Run as `python flows/build_stack.py`: make the repository root importable.
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from prefect_atomscale import (
     AtomscaleCredentials,
     Layer,
+    LayerSpec,
     TargetMaterial,
     create_layer,
     create_target_material,
+    publish_stack_artifacts,
 )
-from prefect_atomscale._artifacts import publish_stack_artifacts
-from prefect_atomscale._stacks import LayerSpec
 
-__all__ = ["BuiltStack", "LayerSpec", "build_stack", "create_layers", "format_stack"]
+__all__ = ["BuiltStack", "LayerSpec", "build_stack", "create_layer_tasks", "format_stack"]
 
 
 class BuiltStack(BaseModel):
@@ -67,7 +61,7 @@ DEMO_LAYERS = [
 ]
 
 
-def create_layers(
+def create_layer_tasks(
     credentials: AtomscaleCredentials,
     material: TargetMaterial,
     layers: Sequence[LayerSpec],
@@ -207,7 +201,7 @@ def build_stack(
         credentials, sample_name, substrate, sample_metadata, return_state=True
     )
     material: TargetMaterial = material_state.result()
-    built = create_layers(
+    built = create_layer_tasks(
         credentials, material, layers, material_cached=material_state.name == "Cached"
     )
     publish_stack_artifacts(material, built.layers, summary=built.summary)

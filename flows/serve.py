@@ -1,10 +1,10 @@
 """Serve the stack-folder flow from this process on a cron schedule: no work pool needed.
 
-The same flow `prefect.yaml` deploys (`stacks_from_folder`), served with `flow.serve`:
-this process registers the deployment with the Prefect server, then waits and runs
-its scheduled runs, and runs started from the UI, in subprocesses until Ctrl-C (which
-pauses the schedule). Needs PREFECT_API_URL pointing at a Prefect server and a saved
-AtomscaleCredentials block:
+The same flow `prefect.yaml` deploys (`prefect_atomscale.flows.stacks_from_folder`),
+served with `flow.serve`: this process registers the deployment with the Prefect
+server, then waits and runs its scheduled runs, and runs started from the UI, in
+subprocesses until Ctrl-C (which pauses the schedule). Needs PREFECT_API_URL pointing
+at a Prefect server and a saved AtomscaleCredentials block:
 
     python flows/serve.py                                  # flows/examples, 06:00 UTC daily
     python flows/serve.py --folder /data/stacks --block atomscale --cron "30 5 * * 1-5"
@@ -13,14 +13,11 @@ AtomscaleCredentials block:
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-if __package__ in (None, ""):
-    # Run as `python flows/serve.py`: make the repository root importable.
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from prefect_atomscale.flows import stacks_from_folder
 
-from flows.stack_from_file import DEFAULT_BLOCK, stacks_from_folder
+DEFAULT_BLOCK = "atomscale"
 
 DEFAULT_CRON = "0 6 * * *"
 DEFAULT_NAME = "served"

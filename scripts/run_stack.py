@@ -10,11 +10,7 @@ submitted at once, as the example flow does.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from prefect import flow
 

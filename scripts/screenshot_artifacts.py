@@ -131,13 +131,12 @@ def main(argv: list[str] | None = None) -> int:
             PREFECT_HOME=str(work / "client"),
             PREFECT_SERVER_ANALYTICS_ENABLED="false",
         )
-        sys.path.insert(0, str(ROOT))
         from prefect.client.orchestration import get_client
         from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
         from atomscale_sandbox import run_sandbox
-        from flows.stack_from_file import stack_from_file
         from prefect_atomscale import AtomscaleCredentials
+        from prefect_atomscale.flows import stack_from_file
 
         with run_sandbox() as sandbox:
             block = "atomscale"

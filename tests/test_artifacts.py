@@ -30,7 +30,6 @@ from prefect.logging.handlers import APILogWorker
 
 from atomscale_sandbox import SandboxHandle
 from flows.build_stack import LayerSpec, build_stack
-from flows.stack_from_file import stack_from_file
 from prefect_atomscale import AtomscaleCredentials, Layer, TargetMaterial
 from prefect_atomscale._artifacts import (
     artifact_key,
@@ -41,6 +40,7 @@ from prefect_atomscale._artifacts import (
     stack_table,
 )
 from prefect_atomscale._stacks import load_stack_file
+from prefect_atomscale.flows import stack_from_file
 
 ROOT = Path(__file__).resolve().parent.parent
 SUPERLATTICE = ROOT / "flows" / "examples" / "bto_sto_superlattice.yaml"

@@ -15,7 +15,6 @@ from conftest import KEY_A, KEY_A2
 from helpers import LAYERS, TARGET_MATERIALS, requests_to, run_as_newcomer
 
 from atomscale_sandbox import SandboxHandle
-from flows.stack_from_file import stack_from_file, stacks_from_folder
 from prefect_atomscale import AtomscaleCredentials, AtomscaleValidationError, TargetMaterialRow
 from prefect_atomscale._payloads import OWNER_KEY, owner_token
 from prefect_atomscale._stacks import (
@@ -28,6 +27,7 @@ from prefect_atomscale._stacks import (
     load_stack_file,
     parse_stack,
 )
+from prefect_atomscale.flows import stack_from_file, stacks_from_folder
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "flows" / "examples"

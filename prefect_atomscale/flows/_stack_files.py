@@ -1,0 +1,347 @@
+"""The stack-file flows: one file (`stack_from_file`), or every new file in a folder.
+
+"Created yet" is decided by the Atomscale account itself, not by Prefect's cache: one
+`GET /target-materials/` per run lists what exists, and a file counts as created when
+a target material of the file's name, carrying this account's ownership token, holds
+all the file's layers. A run can then go to any worker, whatever its PREFECT_HOME, and
+a file created months ago is still skipped after the task cache expired. A colleague's
+target material of the same name is never taken or extended. One of ours with only
+some of the layers (an earlier run failed halfway, or layers were deleted at the
+service) gets the missing ones, whatever the cache remembers; one with different layers
+is left alone and the run fails naming the file. A new target material is created
+together with its layers in one request (`create_target_material(..., layers=...)`),
+so it is never left empty; the package's `create_layers` task then adopts or writes
+each layer.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, cast, get_args
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+from pydantic import BaseModel
+
+from prefect_atomscale._artifacts import publish_stack_artifacts
+from prefect_atomscale._bulk import create_layers
+from prefect_atomscale._credentials import AtomscaleCredentials
+from prefect_atomscale._models import Layer, TargetMaterial
+from prefect_atomscale._payloads import owner_token
+from prefect_atomscale._pool import client_for
+from prefect_atomscale._retries import (
+    DEFAULT_RETRIES,
+    DEFAULT_RETRY_DELAYS,
+    RETRY_JITTER_FACTOR,
+    retry_if_transient,
+)
+from prefect_atomscale._stacks import (
+    STACK_FILE_SUFFIXES,
+    ExistingStack,
+    InvalidStackFileError,
+    StackConflictError,
+    StackSpec,
+    compare_with_existing,
+    load_stack_file,
+)
+from prefect_atomscale._tasks import create_target_material
+
+__all__ = [
+    "StackFolderError",
+    "StackOutcome",
+    "find_existing_stacks",
+    "stack_files",
+    "stack_from_file",
+    "stacks_from_folder",
+]
+
+DEFAULT_FOLDER = "flows/examples"
+DEFAULT_BLOCK = "atomscale"
+
+Status = Literal["created", "completed", "already created", "invalid", "conflict", "failed"]
+
+
+class StackOutcome(BaseModel):
+    """What happened to one stack file."""
+
+    path: str
+    status: Status
+    name: str | None = None
+    sample_id: int | None = None
+    layers: int | None = None
+    message: str = ""
+
+
+class StackFolderError(Exception):
+    """Some stack files of a folder could not be created; the message names them."""
+
+
+@task(
+    name="find-existing-stacks",
+    task_run_name="find-existing-stacks",
+    cache_policy=NO_CACHE,
+    retries=DEFAULT_RETRIES,
+    retry_delay_seconds=DEFAULT_RETRY_DELAYS,
+    retry_jitter_factor=RETRY_JITTER_FACTOR,
+    retry_condition_fn=retry_if_transient,
+)
+def find_existing_stacks(
+    credentials: AtomscaleCredentials, specs: list[StackSpec]
+) -> list[ExistingStack]:
+    """Compare stacks with what the account holds, with one `GET /target-materials/`."""
+    rows = client_for(credentials).list_rows("looking up which stack files were created")
+    account = credentials.key_fingerprint()
+    return [compare_with_existing(spec, rows, owner_token(account, spec.name)) for spec in specs]
+
+
+def _load_credentials(name: str) -> AtomscaleCredentials:
+    # `Block.load` is typed as maybe-async; called from these sync flows it is not.
+    return cast(AtomscaleCredentials, AtomscaleCredentials.load(name))
+
+
+def _run_name() -> str:
+    return f"stack-from-file-{Path(str(flow_run.parameters.get('path', ''))).name}"
+
+
+def _folder_run_name() -> str:
+    folder = Path(str(flow_run.parameters.get("folder", DEFAULT_FOLDER))).resolve()
+    return f"stacks-from-folder-{folder.name}"
+
+
+def _create(
+    credentials: AtomscaleCredentials, spec: StackSpec, existing: ExistingStack, path: str
+) -> StackOutcome:
+    """Create what `existing` says is missing, publish the artifacts, say what happened."""
+    logger = get_run_logger()
+    layers = spec.layer_specs()
+    if existing.status == "conflict":
+        raise StackConflictError(path, spec.name, existing.problems)
+    if existing.status == "complete" and existing.material is not None:
+        material = existing.material
+        ordered = [existing.layers[position] for position in sorted(existing.layers)]
+        summary = "already created, nothing written"
+        logger.info(
+            "%s: already created as target material %s with all %s layers; nothing to do.",
+            path,
+            material.sample_id,
+            len(ordered),
+        )
+        publish_stack_artifacts(material, ordered, summary=summary, source=path)
+        return StackOutcome(
+            path=path,
+            status="already created",
+            name=spec.name,
+            sample_id=material.sample_id,
+            layers=len(ordered),
+            message=summary,
+        )
+    wanted = [layer.arguments() for layer in layers]
+    # The service, just asked, is the truth here: a cache entry from an earlier run
+    # (whose layers may since have been deleted) must not stop the writes.
+    if existing.status == "partial" and existing.material is not None:
+        material = existing.material
+        logger.info(
+            "%s: target material %s has %s of %s layers; adding %s.",
+            path,
+            material.sample_id,
+            len(existing.layers),
+            len(layers),
+            ", ".join(f"L{position}" for position in existing.missing),
+        )
+        status: Status = "completed"
+        summary = f"{len(existing.missing)} created now, {len(existing.layers)} already there"
+    else:
+        material = create_target_material.with_options(refresh_cache=True)(
+            credentials, spec.name, spec.substrate, spec.metadata, layers=wanted
+        )
+        status = "created"
+        summary = f"{len(wanted)} created now"
+    # One listing of the account: adopts what is there, writes what is still missing.
+    written = create_layers.with_options(refresh_cache=True)(
+        credentials, material.sample_id, wanted
+    )
+    _log_layers(material, written, existing)
+    logger.info(
+        "Target material %s %r on %s has %s layers: %s.",
+        material.sample_id,
+        material.sample_name,
+        material.substrate,
+        len(written),
+        summary,
+    )
+    publish_stack_artifacts(material, written, summary=summary, source=path)
+    return StackOutcome(
+        path=path,
+        status=status,
+        name=spec.name,
+        sample_id=material.sample_id,
+        layers=len(written),
+        message=summary,
+    )
+
+
+def _log_layers(material: TargetMaterial, written: list[Layer], existing: ExistingStack) -> None:
+    """One line per layer, as the UI's log shows a run: what it is, its record, what happened."""
+    logger = get_run_logger()
+    for layer in written:
+        what = " ".join(filter(None, [layer.composition_string, layer.orientation]))
+        logger.info(
+            "L%s %s: record %s (space group %s, %s), %s.",
+            layer.layer_id,
+            what,
+            layer.id,
+            layer.space_group or "not matched",
+            layer.mp_id or "no Materials Project id",
+            "already there" if layer.layer_id in existing.layers else "created",
+        )
+
+
+@flow(name="stack-from-file", flow_run_name=_run_name)
+def stack_from_file(path: str, credentials_block: str = DEFAULT_BLOCK) -> StackOutcome:
+    """Create the target material a stack file describes, unless it was created already.
+
+    Args:
+        path: The stack file (.yaml, .yml, .json or .csv), relative to the working
+            directory or absolute.
+        credentials_block: Name of the saved AtomscaleCredentials block to use.
+
+    Returns:
+        What happened: created, completed (missing layers added) or already created.
+    """
+    logger = get_run_logger()
+    spec = load_stack_file(path)  # a bad file fails here, before any request
+    logger.info(
+        "%s: %r on %s, %s layers.", path, spec.name, spec.substrate, len(spec.layer_specs())
+    )
+    credentials = _load_credentials(credentials_block)
+    [existing] = find_existing_stacks(credentials, [spec])
+    return _create(credentials, spec, existing, path)
+
+
+def stack_files(folder: str | Path) -> list[Path]:
+    """The stack files directly in `folder`, by name."""
+    directory = Path(folder)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"The stack folder {str(folder)!r} does not exist.")
+    return sorted(
+        path
+        for path in directory.iterdir()
+        if path.is_file() and path.suffix.lower() in STACK_FILE_SUFFIXES
+    )
+
+
+@flow(name="stacks-from-folder", flow_run_name=_folder_run_name)
+def stacks_from_folder(
+    folder: str = DEFAULT_FOLDER, credentials_block: str = DEFAULT_BLOCK
+) -> list[StackOutcome]:
+    """Create the target material of every stack file in a folder that is not created yet.
+
+    Every file is checked first; invalid ones are reported and skipped, the others go
+    on. One `GET /target-materials/` tells which files are already created (skipped,
+    no flow run), partly created (missing layers added) or in conflict with what
+    exists (reported, nothing sent). Each file to create runs as its own
+    `stack-from-file` subflow, with its own artifacts. The run fails at the end, naming
+    the files, if any file was invalid, in conflict or failed.
+
+    Args:
+        folder: Folder of stack files (.yaml, .yml, .json, .csv), relative to the
+            working directory or absolute. Subfolders are not read.
+        credentials_block: Name of the saved AtomscaleCredentials block to use.
+
+    Returns:
+        One outcome per file.
+    """
+    logger = get_run_logger()
+    outcomes: dict[str, StackOutcome] = {}
+    specs: dict[str, StackSpec] = {}
+    for file in stack_files(folder):
+        try:
+            specs[str(file)] = load_stack_file(file)
+        except InvalidStackFileError as exc:
+            logger.error("%s", exc)
+            outcomes[str(file)] = StackOutcome(path=str(file), status="invalid", message=str(exc))
+    by_name: dict[str, list[str]] = {}
+    for path, spec in specs.items():
+        by_name.setdefault(spec.name, []).append(path)
+    for name, paths in by_name.items():
+        if len(paths) > 1:
+            message = (
+                f"{len(paths)} files describe {name!r}: {', '.join(paths)}; rename all but one"
+            )
+            logger.error("%s", message)
+            for path in paths:
+                del specs[path]
+                outcomes[path] = StackOutcome(
+                    path=path, status="invalid", name=name, message=message
+                )
+    logger.info("%s stack files in %s, %s valid.", len(outcomes) + len(specs), folder, len(specs))
+    if specs:
+        credentials = _load_credentials(credentials_block)
+        found = find_existing_stacks(credentials, list(specs.values()))
+        for (path, spec), existing in zip(specs.items(), found, strict=True):
+            if existing.status == "complete" and existing.material is not None:
+                logger.info(
+                    "%s: already created as target material %s; skipped.",
+                    path,
+                    existing.material.sample_id,
+                )
+                outcomes[path] = StackOutcome(
+                    path=path,
+                    status="already created",
+                    name=spec.name,
+                    sample_id=existing.material.sample_id,
+                    layers=len(existing.layers),
+                    message="skipped",
+                )
+            elif existing.status == "conflict":
+                message = str(StackConflictError(path, spec.name, existing.problems))
+                logger.error("%s", message)
+                outcomes[path] = StackOutcome(
+                    path=path, status="conflict", name=spec.name, message=message
+                )
+            else:
+                state = stack_from_file(path, credentials_block, return_state=True)
+                if state.is_completed():
+                    outcomes[path] = state.result()
+                else:
+                    outcomes[path] = StackOutcome(
+                        path=path, status="failed", name=spec.name, message=state.message or ""
+                    )
+    results = [outcomes[path] for path in sorted(outcomes)]
+    _publish_folder_summary(folder, results)
+    problems = [
+        outcome for outcome in results if outcome.status in ("invalid", "conflict", "failed")
+    ]
+    counts = {status: sum(o.status == status for o in results) for status in get_args(Status)}
+    logger.info(
+        "Folder %s: %s.",
+        folder,
+        ", ".join(f"{count} {status}" for status, count in counts.items() if count) or "no files",
+    )
+    if problems:
+        raise StackFolderError(
+            f"{len(problems)} of {len(results)} stack files in {folder} were not created: "
+            + "; ".join(f"{Path(o.path).name} ({o.status})" for o in problems)
+            + ". The log has the reasons."
+        )
+    return results
+
+
+def _publish_folder_summary(folder: str, results: list[StackOutcome]) -> None:
+    slug = "".join(c if c.isalnum() else "-" for c in Path(folder).resolve().name.lower())
+    create_table_artifact(
+        table=[
+            {
+                "file": Path(outcome.path).name,
+                "status": outcome.status,
+                "target material": outcome.name or "\u2014",
+                "sample id": outcome.sample_id if outcome.sample_id is not None else "\u2014",
+                "layers": outcome.layers if outcome.layers is not None else "\u2014",
+            }
+            for outcome in results
+        ],
+        key=f"stack-folder-{slug.strip('-') or 'stacks'}",
+        description=f"Stack files in {folder} and what this run did with each.",
+    )
