@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 import prefect  # noqa: F401  # isort: skip
 
 # Eager: Prefect finds the block class on the package when it registers integrations.
-from prefect_atomscale._credentials import AtomscaleCredentials
+from prefect_atomscale._credentials import AtomscaleCredentials, ConnectionSettings
 from prefect_atomscale._exceptions import (
     AtomscaleAuthError,
     AtomscaleConfigurationError,
@@ -58,20 +58,31 @@ from prefect_atomscale._exceptions import (
     AtomscaleValidationError,
     InvalidCompositionError,
     InvalidOrientationError,
+    InvalidStackFileError,
+    StackConflictError,
+    StackFileProblem,
 )
 
 if TYPE_CHECKING:  # for type checkers and editors; at run time see __getattr__
+    from prefect_atomscale._artifacts import (
+        StackArtifacts,
+        apublish_stack_artifacts,
+        publish_stack_artifacts,
+    )
     from prefect_atomscale._bulk import acreate_layers, create_layers
     from prefect_atomscale._client import AsyncAtomscaleClient, AtomscaleClient
     from prefect_atomscale._composition import parse_composition
     from prefect_atomscale._models import Layer, TargetMaterial, TargetMaterialRow
     from prefect_atomscale._orientation import normalize_orientation
+    from prefect_atomscale._payloads import LayerRequest, TargetMaterialRequest
+    from prefect_atomscale._reconcile import IfExists
     from prefect_atomscale._stacks import (
-        InvalidStackFileError,
         LayerSpec,
-        StackConflictError,
+        RepeatBlock,
+        StackLayer,
         StackSpec,
         load_stack_file,
+        parse_stack,
     )
     from prefect_atomscale._tasks import (
         acreate_layer,
@@ -82,6 +93,9 @@ if TYPE_CHECKING:  # for type checkers and editors; at run time see __getattr__
 
 # Public name -> the module that defines it, imported on first access.
 _LAZY = {
+    "publish_stack_artifacts": "_artifacts",
+    "apublish_stack_artifacts": "_artifacts",
+    "StackArtifacts": "_artifacts",
     "acreate_layers": "_bulk",
     "create_layers": "_bulk",
     "AsyncAtomscaleClient": "_client",
@@ -91,11 +105,15 @@ _LAZY = {
     "TargetMaterial": "_models",
     "TargetMaterialRow": "_models",
     "normalize_orientation": "_orientation",
-    "InvalidStackFileError": "_stacks",
+    "LayerRequest": "_payloads",
+    "TargetMaterialRequest": "_payloads",
+    "IfExists": "_reconcile",
     "LayerSpec": "_stacks",
-    "StackConflictError": "_stacks",
+    "StackLayer": "_stacks",
+    "RepeatBlock": "_stacks",
     "StackSpec": "_stacks",
     "load_stack_file": "_stacks",
+    "parse_stack": "_stacks",
     "acreate_layer": "_tasks",
     "acreate_target_material": "_tasks",
     "create_layer": "_tasks",
@@ -131,22 +149,33 @@ __all__ = [
     "AtomscaleServerError",
     "AtomscaleTimeoutError",
     "AtomscaleValidationError",
+    "ConnectionSettings",
+    "IfExists",
     "InvalidCompositionError",
     "InvalidOrientationError",
     "InvalidStackFileError",
     "Layer",
+    "LayerRequest",
     "LayerSpec",
+    "RepeatBlock",
+    "StackArtifacts",
     "StackConflictError",
+    "StackFileProblem",
+    "StackLayer",
     "StackSpec",
     "TargetMaterial",
+    "TargetMaterialRequest",
     "TargetMaterialRow",
     "acreate_layer",
     "acreate_layers",
     "acreate_target_material",
+    "apublish_stack_artifacts",
     "create_layer",
     "create_layers",
     "create_target_material",
     "load_stack_file",
     "normalize_orientation",
     "parse_composition",
+    "parse_stack",
+    "publish_stack_artifacts",
 ]
