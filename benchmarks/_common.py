@@ -73,8 +73,6 @@ def _isolate_prefect() -> Path:
     os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
     for name in ("AS_API_KEY", "ATOMSCALE_API_KEY", "AS_API_ENDPOINT", "PREFECT_API_URL"):
         os.environ.pop(name, None)
-    if str(REPO_ROOT) not in sys.path:
-        sys.path.insert(0, str(REPO_ROOT))
     return home
 
 
@@ -552,7 +550,7 @@ def raw_post_loop(sandbox: SandboxProcess, layers: int) -> tuple[float, float]:
     """
     import httpx
 
-    from prefect_atomscale._payloads import LayerRequest, TargetMaterialRequest
+    from prefect_atomscale import LayerRequest, TargetMaterialRequest
 
     headers = {"X-API-KEY": sandbox.api_key, "Accept": "application/json"}
     with httpx.Client(base_url=sandbox.url, headers=headers, timeout=30.0) as client:

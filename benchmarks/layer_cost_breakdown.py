@@ -34,6 +34,8 @@ Rerun it with (defaults shown):
 
 from __future__ import annotations
 
+import dataclasses
+
 import _common  # first: isolates PREFECT_HOME before Prefect is imported
 
 # isort: split
@@ -49,8 +51,6 @@ from prefect.cache_policies import NO_CACHE, CachePolicy
 from prefect.context import TaskRunContext
 
 from prefect_atomscale import AtomscaleCredentials, create_layer, create_target_material
-from prefect_atomscale._caching import DEFAULT_CACHE_EXPIRATION, AtomscaleRequestCache
-from prefect_atomscale._tasks import TASK_VERSION, _layer_request
 
 SUBSTRATE = "SrTiO3"
 
@@ -80,7 +80,7 @@ def _empty(
     return 0
 
 
-_CACHED = {"cache_expiration": DEFAULT_CACHE_EXPIRATION, "persist_result": True}
+_CACHED = {"cache_expiration": create_layer.cache_expiration, "persist_result": True}
 VARIANTS: dict[str, Task[..., Any]] = {
     "empty": task(_empty, name="empty", cache_policy=NO_CACHE, persist_result=False),
     "empty + persisted result": task(
@@ -92,8 +92,13 @@ VARIANTS: dict[str, Task[..., Any]] = {
     "empty + our cache key, no lock": task(
         _empty,
         name="empty-our-key",
-        cache_policy=AtomscaleRequestCache(
-            task_name="bench-empty", version=TASK_VERSION, build_request=_layer_request
+        # `create_layer`'s own key (task name, version, account, request body), without
+        # its lock: the same policy object with the isolation level left unset.
+        cache_policy=dataclasses.replace(
+            create_layer.cache_policy,
+            task_name="bench-empty",
+            isolation_level=None,
+            lock_manager=None,
         ),
         **_CACHED,
     ),

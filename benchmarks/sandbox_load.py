@@ -50,12 +50,12 @@ from dataclasses import dataclass, field
 from multiprocessing.sharedctypes import Synchronized
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 from urllib.parse import urlsplit
 
 import httpx
 
-from atomscale_sandbox._connections import HTTP_PARSERS, resolve_http_parser
+from atomscale_sandbox import HttpParser, available_http_parsers
 
 LAYERS = "/target-materials/layers/"
 MATERIALS = "/target-materials/"
@@ -700,17 +700,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3, help="runs to take the median of")
     parser.add_argument("--crash", action="store_true", help="add a run killed half-way")
     parser.add_argument(
-        "--http", choices=HTTP_PARSERS, default="auto", help="the server's HTTP parser"
+        "--http", choices=get_args(HttpParser), default="auto", help="the server's HTTP parser"
     )
     options = parser.parse_args(argv)
     if min(options.writes, options.clients, options.processes, options.repeat) < 1:
         parser.error("--writes, --clients, --processes and --repeat must be positive")
     if options.processes > options.clients:
         parser.error("--processes must not exceed --clients")
-    try:
-        http_parser = resolve_http_parser(options.http)
-    except ValueError as exc:
-        parser.error(str(exc))
+    installed = available_http_parsers()  # h11 first, the faster one last
+    http_parser = installed[-1] if options.http == "auto" else options.http
+    if http_parser not in installed:
+        parser.error(f"--http {http_parser}: not installed here (installed: {installed})")
     setup = (
         f"server: `python -m atomscale_sandbox` (uvicorn, 1 process, HTTP/1.1 "
         f"parser {http_parser}); load: "
