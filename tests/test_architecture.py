@@ -31,18 +31,19 @@ LAYERS: dict[str, int] = {
     # 2 client: HTTP, no Prefect beyond the block it is built from
     "_client": 2,
     "_pool": 2,
-    # 3 tasks: retries, caching, locks, views, the tasks, artifacts
+    # 3 task support: retries, caching, locks, views
     "_retries": 3,
     "_caching": 3,
     "_locking": 3,
     "_views": 3,
-    "_tasks": 3,
-    "_bulk": 3,
-    "_artifacts": 3,
-    # 4 flows
-    "flows": 4,
+    # 4 tasks and artifacts
+    "_tasks": 4,
+    "_bulk": 4,
+    "_artifacts": 4,
+    # 5 flows
+    "flows": 5,
 }
-USES_PREFECT = {1, 3, 4}
+USES_PREFECT = {1, 3, 4, 5}
 
 
 def _imports(path: Path) -> set[str]:
