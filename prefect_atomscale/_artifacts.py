@@ -4,8 +4,8 @@
 stack: a table (position, formula, orientation, space group, Materials Project id,
 record id) and a markdown artifact with an SVG picture of the stack, substrate at the
 bottom and repeated periods collapsed to "x 20", so a scientist reads it at a glance.
-The pieces (`stack_table`, `stack_svg`, `stack_markdown`, `describe_stack`,
-`collapse_repeats`, `artifact_key`) are public for flows that publish their own.
+Only `publish_stack_artifacts`, its async twin and `StackArtifacts` are public; the
+pieces (`stack_table`, `stack_svg`, `stack_markdown`, ...) are their implementation.
 """
 
 from __future__ import annotations
@@ -44,14 +44,6 @@ def collapse_repeats(keys: Sequence[Hashable]) -> list[tuple[int, int, int]]:
     Returns:
         `(start, period, count)` triples covering `keys` in order: `keys[start :
         start + period]` repeated `count` times. Single layers have period 1, count 1.
-
-    Example:
-        ```python
-        from prefect_atomscale._artifacts import collapse_repeats
-
-        print(collapse_repeats(["SRO", "BTO", "STO", "BTO", "STO", "SRO"]))
-        # [(0, 1, 1), (1, 2, 2), (5, 1, 1)]
-        ```
     """
     n = len(keys)
     # cost counts drawn rows, in halves: a band is 2, the bracket of a block is 1, so
@@ -103,15 +95,6 @@ def describe_stack(substrate: str, layers: Sequence[Layer]) -> str:
     Returns:
         E.g. `SrTiO3 substrate -> L1 SrRuO3 (001) -> L2-L41 20 x (BaTiO3 (001) /
         SrTiO3 (001)) -> L42 SrRuO3 (001)`.
-
-    Example:
-        ```python
-        from prefect_atomscale import Layer
-        from prefect_atomscale._artifacts import describe_stack
-
-        layer = Layer(id=1, layer_id=1, sample_id=4, composition_string="TiO2")
-        print(describe_stack("MgO", [layer]))
-        ```
     """
     ordered = _sorted(layers)
     keys = [(layer.composition_string, layer.orientation) for layer in ordered]
@@ -134,15 +117,6 @@ def stack_table(layers: Sequence[Layer]) -> list[dict[str, str | int]]:
 
     Returns:
         One row per layer: position, formula, orientation, space group, mp id, record id.
-
-    Example:
-        ```python
-        from prefect_atomscale import Layer
-        from prefect_atomscale._artifacts import stack_table
-
-        layer = Layer(id=7, layer_id=1, sample_id=4, composition_string="GaN")
-        print(stack_table([layer]))
-        ```
     """
     return [
         {
@@ -259,16 +233,6 @@ def stack_svg(substrate: str, layers: Sequence[Layer]) -> str:
 
     Returns:
         A standalone SVG document.
-
-    Example:
-        ```python
-        from prefect_atomscale import Layer
-        from prefect_atomscale._artifacts import stack_svg
-
-        layer = Layer(id=1, layer_id=1, sample_id=4, composition_string="BaTiO3")
-        svg = stack_svg("SrTiO3", [layer])
-        print(svg[:4])  # <svg
-        ```
     """
     ordered = _sorted(layers)
     colours: dict[str, str] = {}
@@ -360,16 +324,6 @@ def stack_markdown(
 
     Returns:
         Markdown text.
-
-    Example:
-        ```python
-        from prefect_atomscale import Layer, TargetMaterial
-        from prefect_atomscale._artifacts import stack_markdown
-
-        material = TargetMaterial(sample_id=4, sample_name="GaN film", substrate="Al2O3")
-        layer = Layer(id=1, layer_id=1, sample_id=4, composition_string="GaN")
-        print(stack_markdown(material, [layer]))
-        ```
     """
     name, substrate = _name(material), _substrate(material)
     svg = stack_svg(substrate, layers)
@@ -417,14 +371,6 @@ def artifact_key(material: TargetMaterial) -> str:
     Returns:
         E.g. `bto-sto-superlattice-s42`; only lowercase letters, digits and dashes, as
         Prefect requires, the name part cut to 40 characters.
-
-    Example:
-        ```python
-        from prefect_atomscale import TargetMaterial
-        from prefect_atomscale._artifacts import artifact_key
-
-        print(artifact_key(TargetMaterial(sample_id=42, sample_name="BTO/STO SL", substrate="x")))
-        ```
     """
     slug = re.sub(r"[^a-z0-9]+", "-", (material.sample_name or "").lower()).strip("-")
     if len(slug) > 40:  # keys show in narrow cards; cut at a word

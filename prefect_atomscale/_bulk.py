@@ -9,7 +9,7 @@ written twice. How they write:
 - a target material this process just created, with nothing written to it since (by
   this process or any other on this machine), gets its stack in one request to the
   replace-stack endpoint (`POST /target-materials/{sample_id}/layers`), which is atomic;
-- any other target material is known from this process's view of it (see `views`:
+- any other target material is known from this process's view of it (see `_views`:
   one `GET /target-materials/` the first time), then each missing layer is posted, at
   most `max_concurrency` at a time on the shared pool; equal layers are adopted and
   different ones follow `if_exists`, as in `create_layer`.

@@ -8,7 +8,7 @@ base URL and API key, never the key), the canonical request body, `if_exists`, a
 version, and the epoch of the record's position. An update (PATCH) bumps that epoch, so
 every entry that still holds the record as it was stops answering: the next run asks
 the service instead of returning a layer that no longer exists as cached. Epochs live in
-a small table shared by the processes of this Prefect home (`locking.Generations`).
+a small table shared by the processes of this Prefect home (`_locking.Generations`).
 Task inputs that fail validation get no key: the task raises its own
 clear error, without Prefect's "Error computing cache key" traceback first.
 """
@@ -43,13 +43,6 @@ def invalidate_position(account: str, sample_id: int, layer_id: int) -> None:
     Called after an update changed the record there: entries made before no longer
     describe it. (Positions share 1,024 epochs, so a few others miss once too and ask
     the service, which answers with what they cached.)
-
-    Example:
-        ```python
-        from prefect_atomscale._caching import invalidate_position
-
-        invalidate_position("0123abcd", 42, 2)
-        ```
     """
     _EPOCHS.bump(file_of(_position_key(account, sample_id, layer_id)))
     _EPOCHS.bump(file_of(_position_key(account, sample_id, None)))
@@ -82,22 +75,6 @@ class AtomscaleRequestCache(CachePolicy):
         task_name: Keeps two tasks with equal bodies apart.
         version: Bump it when a task's request or reply changes meaning.
         build_request: Builds the checked request from the task's inputs.
-
-    Example:
-        ```python
-        from prefect import task
-        from prefect_atomscale._caching import AtomscaleRequestCache
-        from prefect_atomscale._payloads import TargetMaterialRequest
-
-        policy = AtomscaleRequestCache(
-            task_name="my_task", version="1",
-            build_request=lambda inputs: TargetMaterialRequest.build(
-                sample_name=inputs["name"], substrate=inputs["substrate"]),
-        )
-
-        @task(cache_policy=policy)
-        def my_task(credentials, name: str, substrate: str) -> None: ...
-        ```
     """
 
     task_name: str = ""
@@ -121,13 +98,6 @@ class AtomscaleRequestCache(CachePolicy):
 
         Returns:
             A hex digest, or None.
-
-        Example:
-            ```python
-            from prefect_atomscale._tasks import create_layer
-
-            print(create_layer.cache_policy)
-            ```
         """
         credentials = inputs.get("credentials")
         if not isinstance(credentials, AtomscaleCredentials) or self.build_request is None:

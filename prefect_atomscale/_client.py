@@ -1,8 +1,8 @@
 """Typed calls to the Atomscale target-material endpoints, sync and async.
 
-`AtomscaleClient` and `AsyncAtomscaleClient` send checked requests (see `payloads`) over
+`AtomscaleClient` and `AsyncAtomscaleClient` send checked requests (see `_payloads`) over
 an httpx client that `AtomscaleCredentials` configured, and turn every reply into a
-model or into one of the errors in `exceptions`. Both twins share the request table and
+model or into one of the errors in `_exceptions`. Both twins share the request table and
 the reply decoding below; each only adds how it sends. Nothing here retries: retrying is
 the tasks' job, through Prefect.
 """
@@ -91,7 +91,7 @@ class _Rows:
     """The listed rows a look-up needs: those `keep` accepts.
 
     The list holds every layer of the organisation, and a look-up needs the few of one
-    target material: only those are decoded (see `listing`), which keeps a look-up's
+    target material: only those are decoded (see `_listing`), which keeps a look-up's
     time and memory small in a large account. Items that are not objects are kept, so
     that a malformed reply still fails validation.
     """
@@ -562,7 +562,7 @@ class AtomscaleClient(_Base):
         raise error  # outside the except block: see _parse
 
     def _look_up(self, call: _Call, rows: _Rows) -> list[TargetMaterialRow]:
-        """Stream the listing and keep the rows `rows` needs (see `listing`)."""
+        """Stream the listing and keep the rows `rows` needs (see `_listing`)."""
         reader, data, response = ListingReader(rows.keep), None, None
         failure: AtomscaleError | None = None
         try:

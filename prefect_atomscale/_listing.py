@@ -31,16 +31,6 @@ class ListingReader:
 
     Args:
         keep: Says whether a row (a JSON object) is wanted.
-
-    Example:
-        ```python
-        from prefect_atomscale._listing import ListingReader
-
-        reader = ListingReader(lambda row: row.get("sample_id") == 42)
-        reader.feed(b'[{"sample_id": 7}, {"sample_')
-        reader.feed(b'id": 42, "layer_id": 1}]')
-        print(reader.result())  # [{'sample_id': 42, 'layer_id': 1}]
-        ```
     """
 
     def __init__(self, keep: Callable[[dict[str, Any]], bool]) -> None:

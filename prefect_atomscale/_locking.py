@@ -20,7 +20,7 @@ Every wait is bounded: past its timeout a lock fails loudly with
 `KeyLocks` orders the create tasks' own look-then-write sections. `Generations` is a
 small shared table, one counter per lock file, that a writer bumps before and after it
 writes: a process that finds a counter changed knows another process wrote there, and
-reads the service again (see `views`). `FlockLockManager` is the same locking behind
+reads the service again (see `_views`). `FlockLockManager` is the same locking behind
 Prefect's cache transactions, for `create_target_material`.
 """
 
@@ -185,15 +185,6 @@ class KeyLocks:
             no two runs can wait for each other in a circle).
         across_processes: Also order the processes of this machine (flocks); False for
             a family always taken under another one that already does.
-
-    Example:
-        ```python
-        from prefect_atomscale._locking import KeyLocks
-
-        locks = KeyLocks("example")
-        with locks.hold("account/42/3", what="layer 3 of target material 42"):
-            pass  # look, then write
-        ```
     """
 
     def __init__(self, family: str, *, across_processes: bool = True) -> None:
@@ -341,14 +332,6 @@ class Generations:
     before and after it writes. A process that remembered the counter and finds it
     changed knows that another process wrote there since, even one that died before it
     could say so.
-
-    Example:
-        ```python
-        from prefect_atomscale._locking import Generations
-
-        generations = Generations("example")
-        print(generations.read(7) <= generations.bump(7))  # True
-        ```
     """
 
     def __init__(self, family: str) -> None:
@@ -398,15 +381,6 @@ class FlockLockManager(LockManager):
     already holds for another transaction (the same target material twice inside one
     `with transaction():`) fails at once with `AtomscaleConflictError`, since waiting
     could never end.
-
-    Example:
-        ```python
-        from prefect_atomscale._locking import FlockLockManager
-
-        locks = FlockLockManager()
-        assert locks.acquire_lock("key", holder="me")
-        locks.release_lock("key", holder="me")
-        ```
     """
 
     def __init__(self, family: str = "cache") -> None:

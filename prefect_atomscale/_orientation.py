@@ -8,8 +8,6 @@ wrong and shows the accepted forms.
 
 The rules are few and specific (three or four indices, the hexagonal constraint
 i = -(h+k)), so a short hand-written scanner does the job better than a dependency.
-This module is pure (no I/O, no Prefect or HTTP imports) so that the bundled
-sandbox server can use it too.
 """
 
 from __future__ import annotations

@@ -358,28 +358,13 @@ def owner_token(account: str, sample_name: str) -> str:
 
     Returns:
         32 hex digits.
-
-    Example:
-        ```python
-        from prefect_atomscale._payloads import owner_token
-
-        print(owner_token("0123abcd", "BTO on STO") == owner_token("0123abcd", "BTO on STO"))
-        ```
     """
     material = "\0".join(["prefect-atomscale owner v1", account, sample_name])
     return hashlib.sha256(material.encode()).hexdigest()[:32]
 
 
 def token_of(metadata: Mapping[str, Any] | None) -> str | None:
-    """The ownership token a target material's metadata carries, if any.
-
-    Example:
-        ```python
-        from prefect_atomscale._payloads import token_of
-
-        print(token_of({"prefect_atomscale": {"owner": "ab12"}}))  # ab12
-        ```
-    """
+    """The ownership token a target material's metadata carries, if any."""
     mark = (metadata or {}).get(OWNER_KEY)
     owner = mark.get("owner") if isinstance(mark, Mapping) else None
     return owner if isinstance(owner, str) else None

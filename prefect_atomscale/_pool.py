@@ -53,15 +53,6 @@ def client_for(credentials: AtomscaleCredentials) -> AtomscaleClient:
 
     Raises:
         AtomscaleConfigurationError: If the credentials cannot be used.
-
-    Example:
-        ```python
-        from prefect_atomscale import AtomscaleCredentials
-        from prefect_atomscale._pool import client_for
-
-        credentials = AtomscaleCredentials(api_key="k")
-        assert client_for(credentials) is client_for(credentials)
-        ```
     """
     key = _pool_key(credentials)
     client = _sync_clients.get(key)
@@ -86,18 +77,6 @@ def async_client_for(credentials: AtomscaleCredentials) -> AsyncAtomscaleClient:
     Raises:
         AtomscaleConfigurationError: If the credentials cannot be used.
         RuntimeError: If no event loop is running.
-
-    Example:
-        ```python
-        import asyncio
-        from prefect_atomscale import AtomscaleCredentials
-        from prefect_atomscale._pool import async_client_for
-
-        async def main() -> None:
-            print(async_client_for(AtomscaleCredentials(api_key="k")))
-
-        asyncio.run(main())
-        ```
     """
     key = _pool_key(credentials)
     loop = asyncio.get_running_loop()
@@ -115,13 +94,6 @@ def close_all() -> None:
     """Close every shared sync client of this process; later calls build new ones.
 
     Async clients are dropped with their event loop and cannot be closed from here.
-
-    Example:
-        ```python
-        from prefect_atomscale._pool import close_all
-
-        close_all()
-        ```
     """
     with _lock:
         clients = list(_sync_clients.values())

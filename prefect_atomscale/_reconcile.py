@@ -2,7 +2,7 @@
 
 The API's answer to a second POST of the same layer position is unknown; assume it
 stores a second row. So a task always knows what a position holds before it writes:
-from this process's view of the target material (see `views`: one listing per target
+from this process's view of the target material (see `_views`: one listing per target
 material, kept true across the processes of this machine), listed anew on every retry,
 since the earlier attempt's reply may have been lost after the write landed.
 What it finds decides:
@@ -55,16 +55,7 @@ _unsettled_lock = threading.Lock()
 
 
 def mark_unsettled(*what: object) -> None:
-    """Record that a write of `what` failed without an answer: it may still land.
-
-    Example:
-        ```python
-        from prefect_atomscale._reconcile import mark_unsettled, settle_delay
-
-        mark_unsettled("acct", 42, 1)
-        print(settle_delay("acct", 42, 1) > 0)  # True
-        ```
-    """
+    """Record that a write of `what` failed without an answer: it may still land."""
     with _unsettled_lock:
         _unsettled[what] = time.monotonic()
         if len(_unsettled) > _UNSETTLED_LIMIT:  # bounded, oldest first
@@ -75,13 +66,6 @@ def settle_delay(*what: object) -> float:
     """Seconds still to wait before looking for the outcome of an unsettled write of `what`.
 
     The mark is used up: the look that follows the wait is the one that decides.
-
-    Example:
-        ```python
-        from prefect_atomscale._reconcile import settle_delay
-
-        print(settle_delay("acct", 7, 1))  # 0.0: nothing unsettled
-        ```
     """
     with _unsettled_lock:
         since = _unsettled.pop(what, None)
@@ -134,13 +118,6 @@ def check_if_exists(if_exists: object) -> IfExists:
 
     Raises:
         AtomscaleValidationError: If it is not one of "error", "update", "reuse".
-
-    Example:
-        ```python
-        from prefect_atomscale._reconcile import check_if_exists
-
-        print(check_if_exists("update"))
-        ```
     """
     choices = get_args(IfExists)
     if if_exists not in choices:
@@ -165,17 +142,6 @@ def decide_layer(
 
     Raises:
         AtomscaleConflictError: A different layer is there and `if_exists` is "error".
-
-    Example:
-        ```python
-        from prefect_atomscale import Layer
-        from prefect_atomscale._payloads import LayerRequest
-        from prefect_atomscale._reconcile import decide_layer
-
-        request = LayerRequest.build(sample_id=1, layer_id=1, composition_string="GaN")
-        there = Layer(id=5, layer_id=1, sample_id=1, composition_string="GaN")
-        print(decide_layer(request, [there], "error"))  # Adopt(...)
-        ```
     """
     equal = [layer for layer in existing if request.matches(layer)]
     if equal:

@@ -2,11 +2,11 @@
 
 `create_target_material` / `acreate_target_material` and `create_layer` /
 `acreate_layer` check their input locally (no request for a mistake that is knowable
-here), retry transient faults with Prefect's retry machinery (see `retries`), and cache
-their result by account and request (see `caching`), so re-running a finished flow
+here), retry transient faults with Prefect's retry machinery (see `_retries`), and cache
+their result by account and request (see `_caching`), so re-running a finished flow
 sends nothing. They never create a record twice: before writing they look for one that
-may already exist (see `reconcile`), and runs of the same request take turns through
-the cache lock, also across processes (see `locking`).
+may already exist (see `_reconcile`), and runs of the same request take turns through
+the cache lock, also across processes (see `_locking`).
 """
 
 from __future__ import annotations
@@ -111,15 +111,7 @@ def _target_material_run_name() -> str:
 
 
 def is_retry() -> bool:
-    """Tell whether the running task is on its second or later attempt.
-
-    Example:
-        ```python
-        from prefect_atomscale._tasks import is_retry
-
-        print(is_retry())  # False outside a task run
-        ```
-    """
+    """Tell whether the running task is on its second or later attempt."""
     context = TaskRunContext.get()
     return context is not None and context.task_run.run_count > 1
 
@@ -138,17 +130,10 @@ def task_options(
         serializable: Make runs of one request take turns through the cache lock, so
             the second finds the first's record in the cache. Only target materials need
             it (one created empty is invisible to the listing); layer writes are ordered
-            by position locks inside the task (see `views`), so a cache hit takes no lock.
+            by position locks inside the task (see `_views`), so a cache hit takes no lock.
 
     Returns:
         Keyword arguments for `prefect.task`.
-
-    Example:
-        ```python
-        from prefect_atomscale._tasks import task_options
-
-        print(sorted(task_options("x", None, None, None)))
-        ```
     """
     return {
         "name": name,
@@ -190,16 +175,6 @@ def request_client(credentials: AtomscaleCredentials, request: _Described) -> At
 
     Raises:
         AtomscaleConfigurationError: The credentials cannot be used.
-
-    Example:
-        ```python
-        from prefect_atomscale import AtomscaleCredentials
-        from prefect_atomscale._payloads import LayerRequest
-        from prefect_atomscale._tasks import request_client
-
-        request = LayerRequest.build(sample_id=1, layer_id=1)
-        print(request_client(AtomscaleCredentials(api_key="k"), request))
-        ```
     """
     try:
         return client_for(credentials)
@@ -221,20 +196,6 @@ def async_request_client(
 
     Raises:
         AtomscaleConfigurationError: The credentials cannot be used.
-
-    Example:
-        ```python
-        import asyncio
-        from prefect_atomscale import AtomscaleCredentials
-        from prefect_atomscale._payloads import LayerRequest
-        from prefect_atomscale._tasks import async_request_client
-
-        async def main() -> None:
-            request = LayerRequest.build(sample_id=1, layer_id=1)
-            print(async_request_client(AtomscaleCredentials(api_key="k"), request))
-
-        asyncio.run(main())
-        ```
     """
     try:
         return async_client_for(credentials)
@@ -334,7 +295,7 @@ def _owned_request(
     sample_metadata: Any,
     layers: Any,
 ) -> TargetMaterialRequest:
-    """The checked request, marked with the account's ownership token (see `payloads`)."""
+    """The checked request, marked with the account's ownership token (see `_payloads`)."""
     request = _target_material_request(
         {
             "sample_name": sample_name,
@@ -385,7 +346,7 @@ def _adopted_material(
 def _created_material(
     credentials: AtomscaleCredentials, request: TargetMaterialRequest, material: TargetMaterial
 ) -> TargetMaterial:
-    if not request.layers:  # created empty: its layers need no listing (see `views`)
+    if not request.layers:  # created empty: its layers need no listing (see `_views`)
         material_views.created(
             material_views.key(credentials.account_fingerprint(), material.sample_id)
         )

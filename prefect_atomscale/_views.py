@@ -7,7 +7,7 @@ process created the material), then kept up to date with the process's own write
 
 A view is trusted only while nothing else on this machine can have written its target
 material: every write bumps the shared counter of the material's lock file
-(`locking.Generations`) before and after it, while holding that file. A process that
+(`_locking.Generations`) before and after it, while holding that file. A process that
 finds the counter changed since its view was made lists the account again. That covers
 other flow runs, local Dask workers and a worker that died after its write landed.
 A write whose reply never came drops the view (the write may land late), and so do a

@@ -30,13 +30,6 @@ class ExistingStack(BaseModel):
         layers: Its layers that match the file, by position.
         missing: Positions still to create, for `partial`.
         problems: What differs, for `conflict`.
-
-    Example:
-        ```python
-        from prefect_atomscale._stacks import ExistingStack
-
-        print(ExistingStack(status="absent").status)
-        ```
     """
 
     model_config = ConfigDict(frozen=True)
@@ -54,7 +47,7 @@ def compare_with_existing(
     """Tell whether a stack was already created, from the rows of `GET /target-materials/`.
 
     A target material counts as the file's when its name is the file's name and, when
-    `owner` is given, its metadata carries that ownership token (`payloads.OWNER_KEY`):
+    `owner` is given, its metadata carries that ownership token (`_payloads.OWNER_KEY`):
     a colleague's material of the same name is then not the file's at all. It is
     complete when it sits on the file's substrate and every position holds a layer
     that matches the file (formula, orientation, and any field the file sets);
@@ -66,23 +59,10 @@ def compare_with_existing(
         spec: The stack file.
         rows: The account's rows, one per layer.
         owner: The ownership token the file's target material must carry, from
-            `payloads.owner_token(account, spec.name)`; None to match by name alone.
+            `_payloads.owner_token(account, spec.name)`; None to match by name alone.
 
     Returns:
         What exists.
-
-    Example:
-        ```python
-        from prefect_atomscale import TargetMaterialRow
-        from prefect_atomscale._stacks import compare_with_existing, parse_stack
-
-        spec = parse_stack(
-            {"name": "film", "substrate": "MgO", "layers": [{"composition": "TiO2"}]}
-        )
-        row = TargetMaterialRow(id=9, sample_id=4, sample_name="film", substrate="MgO",
-                                layer_id=1, composition_string="TiO2")
-        print(compare_with_existing(spec, [row]).status)  # complete
-        ```
     """
     candidates: dict[int, list[TargetMaterialRow]] = {}
     for row in rows:
