@@ -139,13 +139,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         The exit status: 0 after Ctrl-C or SIGTERM, 1 if it cannot listen or open the
         database, 2 for unusable options.
-
-    Example:
-        ```python
-        from atomscale_sandbox.__main__ import main
-
-        main(["--port", "0", "--api-key", "demo-key", "--fault-rate", "0.1"])
-        ```
     """
     parser = _parser()
     options = parser.parse_args(argv)

@@ -68,13 +68,6 @@ def resolve_http_parser(parser: HttpParser) -> Literal["h11", "httptools"]:
 
     Raises:
         ValueError: An unknown name, or `httptools` when it is not installed.
-
-    Example:
-        ```python
-        from atomscale_sandbox._connections import resolve_http_parser
-
-        print(resolve_http_parser("h11"))  # h11
-        ```
     """
     available = available_http_parsers()
     if parser == "auto":
@@ -105,14 +98,6 @@ class ConnectionRegistry:
 
     The protocol from `h11_protocol` and the app's `drop` calls run on the server's
     event-loop thread; `accepted` and `reset_count` may be called from any thread.
-
-    Example:
-        ```python
-        from atomscale_sandbox import ConnectionRegistry
-
-        registry = ConnectionRegistry()
-        print(registry.accepted)  # 0
-        ```
     """
 
     def __init__(self) -> None:
@@ -122,45 +107,17 @@ class ConnectionRegistry:
 
     @property
     def accepted(self) -> int:
-        """How many TCP connections the server accepted since start or `reset_count`.
-
-        Example:
-            ```python
-            from atomscale_sandbox import run_sandbox
-
-            with run_sandbox() as sandbox:
-                print(sandbox.stats.connections)  # reads this counter
-            ```
-        """
+        """How many TCP connections the server accepted since start or `reset_count`."""
         with self._count_lock:
             return self._accepted
 
     def reset_count(self) -> None:
-        """Start counting accepted connections from zero again.
-
-        Example:
-            ```python
-            from atomscale_sandbox import ConnectionRegistry
-
-            ConnectionRegistry().reset_count()
-            ```
-        """
+        """Start counting accepted connections from zero again."""
         with self._count_lock:
             self._accepted = 0
 
     def h11_protocol(self) -> type[asyncio.Protocol]:
-        """The h11 protocol class that reports connections here; see `protocol`.
-
-        Example:
-            ```python
-            import uvicorn
-
-            from atomscale_sandbox import create_app
-
-            app = create_app()
-            config = uvicorn.Config(app, http=app.connections.h11_protocol())
-            ```
-        """
+        """The h11 protocol class that reports connections here; see `protocol`."""
         return self.protocol("h11")
 
     def protocol(self, parser: HttpParser = "auto") -> type[asyncio.Protocol]:
@@ -176,16 +133,6 @@ class ConnectionRegistry:
 
         Raises:
             ValueError: An unknown parser, or httptools asked for but not installed.
-
-        Example:
-            ```python
-            import uvicorn
-
-            from atomscale_sandbox import create_app
-
-            app = create_app()
-            config = uvicorn.Config(app, http=app.connections.protocol("auto"))
-            ```
         """
         base: type[Any] = H11Protocol
         if resolve_http_parser(parser) == "httptools":
@@ -231,13 +178,6 @@ class ConnectionRegistry:
             Whether there was such a connection to drop. There is none when the client
             already went away, or when the app is served by a server that does not
             report its connections here (anything but `run_sandbox`).
-
-        Example:
-            ```python
-            from atomscale_sandbox import ConnectionRegistry
-
-            print(ConnectionRegistry().drop(("127.0.0.1", 50000), reset=True))  # False
-            ```
         """
         transport = self._open.get(peer) if peer is not None else None
         if transport is None:

@@ -503,21 +503,6 @@ class FaultInjectionMiddleware:
     Dropping a connection needs the server's connections in `connections`, which
     `run_sandbox` arranges; served any other way, a dropped request just ends with no
     reply from the app.
-
-    Example:
-        ```python
-        from atomscale_sandbox import (
-            ConnectionRegistry,
-            FaultConfig,
-            FaultInjectionMiddleware,
-            RequestStats,
-            create_app,
-        )
-
-        app = FaultInjectionMiddleware(
-            create_app(), FaultConfig(rate=0.1), RequestStats(), ConnectionRegistry()
-        )
-        ```
     """
 
     def __init__(

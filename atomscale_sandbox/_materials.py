@@ -33,13 +33,6 @@ class KnownMaterial:
         formula: The formula as usually written, e.g. `"BaTiO3"`.
         space_group: Hermann-Mauguin symbol of its usual thin-film structure.
         mp_id: Materials Project id of that structure, or `None` if not confirmed.
-
-    Example:
-        ```python
-        from atomscale_sandbox import KnownMaterial
-
-        print(KnownMaterial("MgO", "Fm-3m", "mp-1265").mp_id)
-        ```
     """
 
     formula: str
@@ -120,14 +113,6 @@ def match_material(element_amounts: Mapping[str, float]) -> KnownMaterial | None
 
     Returns:
         The matching entry, or `None`.
-
-    Example:
-        ```python
-        from atomscale_sandbox import match_material
-
-        print(match_material({"Ti": 1, "Sr": 1, "O": 3}))  # the SrTiO3 entry
-        print(match_material({"Sr": 1, "Ti": 0.8, "Nb": 0.2, "O": 3}))  # None
-        ```
     """
     try:
         amounts = frozenset(element_amounts.items())

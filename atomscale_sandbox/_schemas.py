@@ -101,16 +101,7 @@ _REPLY = ConfigDict(json_schema_extra=_first_paragraph)
 
 
 class LayerFields(BaseModel):
-    """A layer as a client sends it, to add it or as part of a stack.
-
-    Example:
-        ```python
-        from atomscale_sandbox._schemas import LayerFields
-
-        layer = LayerFields.model_validate({"layer_id": 1, "composition_string": "BaTiO3"})
-        print(layer.element_dict)  # None: the endpoint derives it
-        ```
-    """
+    """A layer as a client sends it, to add it or as part of a stack."""
 
     model_config = _REQUEST
 
@@ -147,16 +138,7 @@ class LayerFields(BaseModel):
 
 
 class LayerPatch(BaseModel):
-    """Changes to one layer, found by `(sample_id, layer_id)`; fields left out stay.
-
-    Example:
-        ```python
-        from atomscale_sandbox._schemas import LayerPatch
-
-        patch = LayerPatch.model_validate({"sample_id": 4, "layer_id": 1, "orientation": "110"})
-        print(patch.model_fields_set)
-        ```
-    """
+    """Changes to one layer, found by `(sample_id, layer_id)`; fields left out stay."""
 
     model_config = _REQUEST
 
@@ -174,15 +156,7 @@ class LayerPatch(BaseModel):
 
 
 class TargetMaterialFields(BaseModel):
-    """The target material itself, as sent to create one.
-
-    Example:
-        ```python
-        from atomscale_sandbox._schemas import TargetMaterialFields
-
-        print(TargetMaterialFields(sample_name="BTO", substrate="SrTiO3").sample_metadata)  # {}
-        ```
-    """
+    """The target material itself, as sent to create one."""
 
     model_config = _REQUEST
 
@@ -194,17 +168,7 @@ class TargetMaterialFields(BaseModel):
 
 
 class TargetMaterialCreate(BaseModel):
-    """A new target material, optionally with its layer stack.
-
-    Example:
-        ```python
-        from atomscale_sandbox._schemas import TargetMaterialCreate
-
-        sample = {"sample_name": "BTO", "substrate": "SrTiO3"}
-        body = TargetMaterialCreate.model_validate({"sample": sample, "layers": [{"layer_id": 1}]})
-        print(len(body.layers or []))  # 1
-        ```
-    """
+    """A new target material, optionally with its layer stack."""
 
     model_config = _REQUEST
 
@@ -216,15 +180,7 @@ class TargetMaterialCreate(BaseModel):
 
 
 class TargetMaterialPatch(BaseModel):
-    """Changes to a target material; fields left out stay as they are.
-
-    Example:
-        ```python
-        from atomscale_sandbox._schemas import TargetMaterialPatch
-
-        print(TargetMaterialPatch.model_validate({"substrate": "MgO"}).model_fields_set)
-        ```
-    """
+    """Changes to a target material; fields left out stay as they are."""
 
     model_config = _REQUEST
 
@@ -245,15 +201,7 @@ class TargetMaterialPatch(BaseModel):
 
 
 class Layer(BaseModel):
-    """A stored layer.
-
-    Example:
-        ```python
-        from atomscale_sandbox._schemas import Layer
-
-        print(Layer(id=100, layer_id=1, sample_id=42).model_dump()["composition_string"])
-        ```
-    """
+    """A stored layer."""
 
     model_config = _REPLY
 
@@ -268,15 +216,7 @@ class Layer(BaseModel):
 
 
 class TargetMaterial(BaseModel):
-    """A stored target material, without its layers.
-
-    Example:
-        ```python
-        from atomscale_sandbox._schemas import TargetMaterial
-
-        print(TargetMaterial.model_json_schema()["required"])
-        ```
-    """
+    """A stored target material, without its layers."""
 
     model_config = _REPLY
 
@@ -298,13 +238,6 @@ class TargetMaterialRow(BaseModel):
 
     A target material without layers appears (if at all, see `list_empty_materials`)
     as one row whose layer fields are null.
-
-    Example:
-        ```python
-        from atomscale_sandbox._schemas import TargetMaterialRow
-
-        print(list(TargetMaterialRow.model_fields)[:3])  # ['id', 'sample_id', 'sample_name']
-        ```
     """
 
     model_config = _REPLY
@@ -326,15 +259,7 @@ class TargetMaterialRow(BaseModel):
 
 
 class ErrorReply(BaseModel):
-    """The error envelope, as FastAPI sends it.
-
-    Example:
-        ```python
-        from atomscale_sandbox._schemas import ErrorReply
-
-        print(ErrorReply(detail="Target material 7 not found").model_dump())
-        ```
-    """
+    """The error envelope, as FastAPI sends it."""
 
     model_config = _REPLY
 

@@ -62,17 +62,7 @@ class StatsSnapshot:
 
 
 class RequestStats:
-    """Thread-safe counters, written by the server and read by tests.
-
-    Example:
-        ```python
-        from atomscale_sandbox import RequestStats
-
-        stats = RequestStats()
-        stats.record_request("GET", "/target-materials/")
-        print(stats.snapshot().requests)  # 1
-        ```
-    """
+    """Thread-safe counters, written by the server and read by tests."""
 
     def __init__(self, connections: ConnectionRegistry | None = None) -> None:
         self._lock = threading.Lock()
@@ -89,13 +79,6 @@ class RequestStats:
         Args:
             method: The HTTP method.
             route: The path template of the route it is for, or `UNROUTED`.
-
-        Example:
-            ```python
-            from atomscale_sandbox import RequestStats
-
-            RequestStats().record_request("POST", "/target-materials/")
-            ```
         """
         with self._lock:
             self._requests += 1
@@ -106,27 +89,12 @@ class RequestStats:
 
         Args:
             status: Its status code.
-
-        Example:
-            ```python
-            from atomscale_sandbox import RequestStats
-
-            RequestStats().record_status(201)
-            ```
         """
         with self._lock:
             self._by_status[status] += 1
 
     def record_unanswered(self) -> None:
-        """Count one request that ended with no reply at all.
-
-        Example:
-            ```python
-            from atomscale_sandbox import RequestStats
-
-            RequestStats().record_unanswered()
-            ```
-        """
+        """Count one request that ended with no reply at all."""
         with self._lock:
             self._unanswered += 1
 
@@ -135,27 +103,12 @@ class RequestStats:
 
         Args:
             kind: The fault kind's name, e.g. `"503"`.
-
-        Example:
-            ```python
-            from atomscale_sandbox import RequestStats
-
-            RequestStats().record_fault("reset")
-            ```
         """
         with self._lock:
             self._faults[kind] += 1
 
     def snapshot(self) -> StatsSnapshot:
-        """The counters now, as an immutable copy.
-
-        Example:
-            ```python
-            from atomscale_sandbox import RequestStats
-
-            print(dict(RequestStats().snapshot().by_status))  # {}
-            ```
-        """
+        """The counters now, as an immutable copy."""
         with self._lock:
             return StatsSnapshot(
                 requests=self._requests,
@@ -167,15 +120,7 @@ class RequestStats:
             )
 
     def reset(self) -> None:
-        """Set every counter, connections included, back to zero.
-
-        Example:
-            ```python
-            from atomscale_sandbox import RequestStats
-
-            RequestStats().reset()
-            ```
-        """
+        """Set every counter, connections included, back to zero."""
         with self._lock:
             self._requests = 0
             self._by_route.clear()
@@ -192,14 +137,6 @@ class RequestStatsMiddleware:
     Place it outermost so that it also sees the replies of fault injection. Requests
     count under the path template of the route in `routes` that they are for, also
     those that never reach it (an injected fault, a 413).
-
-    Example:
-        ```python
-        from atomscale_sandbox import RequestStats, RequestStatsMiddleware, create_app
-
-        app = create_app()
-        counted_app = RequestStatsMiddleware(app, RequestStats(), app.routes)
-        ```
     """
 
     def __init__(self, app: ASGIApp, stats: RequestStats, routes: Sequence[BaseRoute]) -> None:

@@ -132,15 +132,7 @@ _USER_ID_NAMESPACE = uuid.UUID("6f1c1f9e-7f0e-4d57-9a43-3c8d1b0c5a11")
 
 
 class SampleNotFoundError(LookupError):
-    """No target material with this id belongs to the caller's organisation.
-
-    Example:
-        ```python
-        from atomscale_sandbox._store import SampleNotFoundError
-
-        print(issubclass(SampleNotFoundError, LookupError))  # True
-        ```
-    """
+    """No target material with this id belongs to the caller's organisation."""
 
     def __init__(self, sample_id: int) -> None:
         super().__init__(f"Target material {sample_id} not found")
@@ -148,15 +140,7 @@ class SampleNotFoundError(LookupError):
 
 
 class LayerIdTakenError(Exception):
-    """A layer asked for an explicit `id` that another layer already has.
-
-    Example:
-        ```python
-        from atomscale_sandbox._store import LayerIdTakenError
-
-        print(LayerIdTakenError(7))  # Layer id 7 is already taken
-        ```
-    """
+    """A layer asked for an explicit `id` that another layer already has."""
 
     def __init__(self, layer_record_id: int) -> None:
         super().__init__(f"Layer id {layer_record_id} is already taken")
@@ -176,13 +160,6 @@ class LayerValues:
         space_group: Hermann-Mauguin symbol.
         mp_id: Materials Project id.
         id: Explicit record id, or `None` to let the store number it.
-
-    Example:
-        ```python
-        from atomscale_sandbox._store import LayerValues
-
-        layer = LayerValues(layer_id=1, sample_id=None, composition_string="MgO")
-        ```
     """
 
     layer_id: int
@@ -203,13 +180,6 @@ def organisation_user_id(organisation: str) -> str:
 
     Returns:
         A UUID string, the same for the same name in every run.
-
-    Example:
-        ```python
-        from atomscale_sandbox._store import organisation_user_id
-
-        print(organisation_user_id("lab-a") == organisation_user_id("lab-a"))  # True
-        ```
     """
     return str(uuid.uuid5(_USER_ID_NAMESPACE, organisation))
 
@@ -247,17 +217,6 @@ class SandboxStore:
         path: SQLite file to use, created if missing; records in it survive a restart.
             `None` uses a file in a new temporary directory, deleted on `close`, so
             that the store behaves the same (WAL and all) either way.
-
-    Example:
-        ```python
-        from atomscale_sandbox._store import LayerValues, SandboxStore
-
-        store = SandboxStore()
-        material = store.create_target_material("lab-a", "BTO film", "SrTiO3", {}, [])
-        store.add_layer("lab-a", LayerValues(layer_id=1, sample_id=material["sample_id"]))
-        print(store.count_layers(sample_id=material["sample_id"]))  # 1
-        store.close()
-        ```
     """
 
     def __init__(self, path: str | Path | None = None) -> None:
@@ -285,15 +244,7 @@ class SandboxStore:
         self._cleanup = weakref.finalize(self, _close_and_remove, self._db, self._temporary_dir)
 
     def close(self) -> None:
-        """Close the database; a temporary one is deleted. Safe to call twice.
-
-        Example:
-            ```python
-            from atomscale_sandbox._store import SandboxStore
-
-            SandboxStore().close()
-            ```
-        """
+        """Close the database; a temporary one is deleted. Safe to call twice."""
         with self._lock:
             self._cleanup()
 
@@ -332,15 +283,6 @@ class SandboxStore:
 
         Raises:
             LayerIdTakenError: A layer's explicit id is taken; nothing is stored.
-
-        Example:
-            ```python
-            from atomscale_sandbox._store import SandboxStore
-
-            store = SandboxStore()
-            material = store.create_target_material("lab-a", "STO", "SrTiO3", None, [])
-            print(material["version"])  # 0.269.1
-            ```
         """
         with self._transaction() as db:
             cursor = db.execute(
@@ -375,14 +317,6 @@ class SandboxStore:
         Raises:
             SampleNotFoundError: `sample_id` is not one of the organisation's.
             LayerIdTakenError: The explicit `id` is taken.
-
-        Example:
-            ```python
-            from atomscale_sandbox._store import LayerValues, SandboxStore
-
-            store = SandboxStore()
-            print(store.add_layer("lab-a", LayerValues(layer_id=1, sample_id=None))["id"])
-            ```
         """
         # The hot path of every load test, so one statement (autocommitted, as atomic
         # as a transaction) instead of BEGIN, a check, the insert and COMMIT: the
@@ -440,13 +374,6 @@ class SandboxStore:
 
         Returns:
             The changed layer, or `None` if the organisation has no such layer.
-
-        Example:
-            ```python
-            from atomscale_sandbox._store import SandboxStore
-
-            print(SandboxStore().update_layer("lab-a", 1, 1, {"orientation": "110"}))  # None
-            ```
         """
         unknown = set(changes) - _PATCHABLE_LAYER_COLUMNS
         if unknown:
@@ -483,15 +410,6 @@ class SandboxStore:
             SampleNotFoundError: `sample_id` is not one of the organisation's.
             LayerIdTakenError: A layer's explicit id is taken by a layer outside this
                 stack (or twice within it); nothing changes.
-
-        Example:
-            ```python
-            from atomscale_sandbox._store import LayerValues, SandboxStore
-
-            store = SandboxStore()
-            sample = store.create_target_material("lab-a", "x", "MgO", {}, [])["sample_id"]
-            store.replace_layers("lab-a", sample, [LayerValues(layer_id=1, sample_id=None)])
-            ```
         """
         with self._transaction() as db:
             self._require_material(db, organisation, sample_id)
@@ -512,13 +430,6 @@ class SandboxStore:
 
         Returns:
             The changed target material, or `None` if the organisation has no such one.
-
-        Example:
-            ```python
-            from atomscale_sandbox._store import SandboxStore
-
-            print(SandboxStore().update_target_material("lab-a", 1, {"substrate": "MgO"}))
-            ```
         """
         unknown = set(changes) - _PATCHABLE_MATERIAL_COLUMNS
         if unknown:
@@ -551,13 +462,6 @@ class SandboxStore:
 
         Returns:
             Rows ordered by target material, then position, then record id.
-
-        Example:
-            ```python
-            from atomscale_sandbox._store import SandboxStore
-
-            print(SandboxStore().list_rows("lab-a", include_empty=False))  # []
-            ```
         """
         query = _LIST_ROWS.format(join="LEFT JOIN" if include_empty else "JOIN")
         with self._lock:
@@ -579,13 +483,6 @@ class SandboxStore:
 
         Returns:
             JSON text; `json.loads` of it equals `list_rows(...)`.
-
-        Example:
-            ```python
-            from atomscale_sandbox._store import SandboxStore
-
-            print(SandboxStore().list_rows_json("lab-a", include_empty=False))  # []
-            ```
         """
         query = _LIST_ROWS_JSON.format(join="LEFT JOIN" if include_empty else "JOIN")
         with self._lock:
@@ -603,15 +500,6 @@ class SandboxStore:
             organisation: Whose records.
             rows: How many layers to add in all.
             layers_per_material: Layers per target material.
-
-        Example:
-            ```python
-            from atomscale_sandbox._store import SandboxStore
-
-            store = SandboxStore()
-            store.fill("lab-a", 25)
-            print(store.count_layers(organisation="lab-a"))  # 25
-            ```
         """
         if rows < 0 or layers_per_material < 1:
             raise ValueError("rows must be >= 0 and layers_per_material >= 1")
@@ -664,13 +552,6 @@ class SandboxStore:
 
         Returns:
             One dict per stored row, duplicates included.
-
-        Example:
-            ```python
-            from atomscale_sandbox._store import SandboxStore
-
-            print(SandboxStore().layer_rows(organisation="lab-a"))  # []
-            ```
         """
         conditions, parameters = _filters(organisation=organisation, sample_id=sample_id)
         query = f"{_SELECT_LAYER_ROWS}{conditions} ORDER BY id"
@@ -694,13 +575,6 @@ class SandboxStore:
 
         Returns:
             The number of rows.
-
-        Example:
-            ```python
-            from atomscale_sandbox._store import SandboxStore
-
-            print(SandboxStore().count_layers(sample_id=1, layer_id=1))  # 0
-            ```
         """
         conditions, parameters = _filters(
             organisation=organisation, sample_id=sample_id, layer_id=layer_id
@@ -718,13 +592,6 @@ class SandboxStore:
 
         Returns:
             One dict per target material, as the API shows it plus `organisation`.
-
-        Example:
-            ```python
-            from atomscale_sandbox._store import SandboxStore
-
-            print(SandboxStore().target_materials())  # []
-            ```
         """
         conditions, parameters = _filters(organisation=organisation)
         query = f"{_SELECT_MATERIAL_ROWS}{conditions} ORDER BY sample_id"
