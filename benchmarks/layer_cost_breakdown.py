@@ -13,8 +13,9 @@ flow's thread, which the machine's load disturbs less):
   result write, with nothing of ours.
 - `empty + our cache key, no lock`: `AtomscaleRequestCache` (validation, canonical
   request, account fingerprint, SHA-256) at READ_COMMITTED.
-- `empty + our cache key + flock (as shipped)`: the policy `create_layer` ships, i.e.
-  SERIALIZABLE with the flock lock manager.
+- `empty + create_layer's policy (as shipped)`: the very policy object `create_layer`
+  ships (layer tasks take no Prefect cache lock; their writes take the package's own
+  per-material locks inside the task body, which this variant does not run).
 - `create_layer, caching off`: the real task with `cache_policy=NO_CACHE` and no
   persisted result: Prefect's bare cost plus our body (validation, pool, POST, reply
   decoding, one INFO log line).
@@ -102,8 +103,8 @@ VARIANTS: dict[str, Task[..., Any]] = {
         ),
         **_CACHED,
     ),
-    # The very policy object `create_layer` uses: SERIALIZABLE, flock lock manager.
-    "empty + our cache key + flock (as shipped)": task(
+    # The very policy object `create_layer` uses.
+    "empty + create_layer's policy (as shipped)": task(
         _empty, name="empty-shipped-policy", cache_policy=create_layer.cache_policy, **_CACHED
     ),
     "create_layer, caching off": create_layer.with_options(
