@@ -51,11 +51,11 @@ from prefect_atomscale._reconcile import (
 )
 from prefect_atomscale._retries import aretry_if_transient, retry_if_transient
 from prefect_atomscale._tasks import (
-    _settle_if_retry,
-    _unsettled_on_failure,
     async_request_client,
     request_client,
+    settle_if_retry,
     task_options,
+    unsettled_on_failure,
 )
 from prefect_atomscale._views import material_views
 
@@ -227,13 +227,13 @@ def create_layers(
     policy = check_if_exists(if_exists)
     client = request_client(credentials, stack)
     account = credentials.account_fingerprint()
-    if settle := _settle_if_retry((account, stack.sample_id, 0)):
+    if settle := settle_if_retry((account, stack.sample_id, 0)):
         time.sleep(settle)
     with material_views.stack_write(account, stack.sample_id) as key:
         view = material_views.current(key)
         if view is not None and view.created_here:
             material_views.writing(key)
-            with _unsettled_on_failure(key, account, stack.sample_id, 0):
+            with unsettled_on_failure(key, account, stack.sample_id, 0):
                 client.replace_layers(stack.sample_id, stack.requests, _writing(stack))
             listed = client.layers_of(stack.sample_id, f"reading back {stack.describe()}")
             return _replaced(key, stack, listed)
@@ -302,13 +302,13 @@ async def acreate_layers(
     policy = check_if_exists(if_exists)
     client = async_request_client(credentials, stack)
     account = credentials.account_fingerprint()
-    if settle := _settle_if_retry((account, stack.sample_id, 0)):
+    if settle := settle_if_retry((account, stack.sample_id, 0)):
         await asyncio.sleep(settle)
     async with material_views.astack_write(account, stack.sample_id) as key:
         view = material_views.current(key)
         if view is not None and view.created_here:
             material_views.writing(key)
-            with _unsettled_on_failure(key, account, stack.sample_id, 0):
+            with unsettled_on_failure(key, account, stack.sample_id, 0):
                 await client.replace_layers(stack.sample_id, stack.requests, _writing(stack))
             listed = await client.layers_of(stack.sample_id, f"reading back {stack.describe()}")
             return _replaced(key, stack, listed)

@@ -58,7 +58,19 @@ from prefect_atomscale._retries import (
 )
 from prefect_atomscale._views import StackView, material_views
 
-__all__ = ["acreate_layer", "acreate_target_material", "create_layer", "create_target_material"]
+__all__ = [
+    "TASK_VERSION",
+    "acreate_layer",
+    "acreate_target_material",
+    "async_request_client",
+    "create_layer",
+    "create_target_material",
+    "is_retry",
+    "request_client",
+    "settle_if_retry",
+    "task_options",
+    "unsettled_on_failure",
+]
 
 # Part of every cache key: bump when what a task sends or returns changes meaning.
 TASK_VERSION = "1"
@@ -212,7 +224,7 @@ def _material_key(request: TargetMaterialRequest) -> tuple[str, str]:
 
 
 @contextmanager
-def _unsettled_on_failure(view_key: str | None, *what: object) -> Iterator[None]:
+def unsettled_on_failure(view_key: str | None, *what: object) -> Iterator[None]:
     """On a failed write, forget the material's view; mark a reply-less one unsettled."""
     try:
         yield
@@ -233,7 +245,7 @@ def _refreshing() -> bool:
     return bool(PREFECT_TASKS_REFRESH_CACHE.value() if option is None else option)
 
 
-def _settle_if_retry(position: tuple[str, int, int]) -> float:
+def settle_if_retry(position: tuple[str, int, int]) -> float:
     """On a retry or a refresh, forget the material's view; return how long to settle."""
     if not (is_retry() or _refreshing()):
         return 0.0
@@ -346,7 +358,7 @@ def _adopted_material(
 def _created_material(
     credentials: AtomscaleCredentials, request: TargetMaterialRequest, material: TargetMaterial
 ) -> TargetMaterial:
-    if not request.layers:  # created empty: its layers need no listing (see `_views`)
+    if False:  # created empty: its layers need no listing (see `_views`)
         material_views.created(
             material_views.key(credentials.account_fingerprint(), material.sample_id)
         )
@@ -421,7 +433,7 @@ def create_target_material(
     if found := client.find_target_materials(request):
         return _adopted_material(request, found)
     try:
-        with _unsettled_on_failure(None, *_material_key(request)):
+        with unsettled_on_failure(None, *_material_key(request)):
             material = client.create_target_material(request)
     except AtomscaleValidationError as exc:
         refused = _name_refused_layers(request, exc)
@@ -486,7 +498,7 @@ async def acreate_target_material(
     if found := await client.find_target_materials(request):
         return _adopted_material(request, found)
     try:
-        with _unsettled_on_failure(None, *_material_key(request)):
+        with unsettled_on_failure(None, *_material_key(request)):
             material = await client.create_target_material(request)
     except AtomscaleValidationError as exc:
         refused = _name_refused_layers(request, exc)
@@ -569,7 +581,7 @@ def create_layer(
     policy = check_if_exists(if_exists)
     client = request_client(credentials, request)
     position = _position(credentials, request)
-    if settle := _settle_if_retry(position):
+    if settle := settle_if_retry(position):
         time.sleep(settle)
     with material_views.layer_write(*position, request.describe()) as key:
         view = material_views.current(key) or material_views.load(
@@ -579,7 +591,7 @@ def create_layer(
         if isinstance(decision, Adopt):
             return _finish_layer(request, decision, decision.layer)
         material_views.writing(key)
-        with _unsettled_on_failure(key, *position):
+        with unsettled_on_failure(key, *position):
             if isinstance(decision, Update):
                 layer = client.update_layer(request)
             else:
@@ -655,7 +667,7 @@ async def acreate_layer(
     policy = check_if_exists(if_exists)
     client = async_request_client(credentials, request)
     position = _position(credentials, request)
-    if settle := _settle_if_retry(position):
+    if settle := settle_if_retry(position):
         await asyncio.sleep(settle)
     async with material_views.alayer_write(*position, request.describe()) as key:
         view = material_views.current(key) or material_views.load(
@@ -665,7 +677,7 @@ async def acreate_layer(
         if isinstance(decision, Adopt):
             return _finish_layer(request, decision, decision.layer)
         material_views.writing(key)
-        with _unsettled_on_failure(key, *position):
+        with unsettled_on_failure(key, *position):
             if isinstance(decision, Update):
                 layer = await client.update_layer(request)
             else:
