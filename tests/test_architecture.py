@@ -94,3 +94,14 @@ def test_the_chemistry_imports_nothing_of_ours_or_prefects() -> None:
     for path in (ROOT / "atomscale_chemistry").glob("*.py"):
         for name in _imports(path):
             assert name.split(".")[0] not in {"prefect", "prefect_atomscale", "atomscale_sandbox"}
+
+
+@pytest.mark.parametrize("folder", ["flows", "scripts", "benchmarks"])
+def test_the_repositorys_own_code_uses_only_public_names(folder: str) -> None:
+    # What the examples, scripts and benchmarks need, a user can import too.
+    for path in sorted((ROOT / folder).rglob("*.py")):
+        for name in _imports(path):
+            parts = name.split(".")
+            if parts[0] in {"prefect_atomscale", "atomscale_sandbox", "atomscale_chemistry"}:
+                private = [part for part in parts[1:] if part.startswith("_")]
+                assert not private, f"{path.relative_to(ROOT)} imports the private {name}"
