@@ -53,6 +53,8 @@ def _imports(path: Path) -> set[str]:
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names.add(node.module)
+            # `from package import _module` imports that module.
+            names.update(f"{node.module}.{a.name}" for a in node.names if a.name.startswith("_"))
     return names
 
 
