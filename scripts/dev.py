@@ -1,4 +1,4 @@
-"""Set up a local virtual environment and run the demo, the tests or the linters in it.
+"""Set up a local virtual environment; run the demo, the tests, the linters or the docs in it.
 
     python scripts/dev.py demo     # the example flow against the bundled sandbox
     python scripts/dev.py test     # the test suite (extra arguments go to pytest)
