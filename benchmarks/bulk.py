@@ -1,4 +1,4 @@
-"""Bulk path throughput (README "Performance", figure 4): one task per stack vs raw httpx.
+"""Bulk path throughput (docs/guides/performance.md, figure 4): one task per stack vs raw httpx.
 
 Measures, side by side in one run and against the same sandbox, N layers (default 1,000)
 written to one target material with the same concurrency C (default 16):

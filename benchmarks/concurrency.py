@@ -1,4 +1,4 @@
-"""Concurrent layer creation and connection reuse (README "Performance", figure 3).
+"""Concurrent layer creation and connection reuse (docs/guides/performance.md, figure 3).
 
 Measures, side by side in one run and against the same sandbox, flows that create
 `--layers` layers (default 1,000) spread over `--materials` target materials (default

@@ -1,4 +1,4 @@
-"""Per-layer overhead and the cached re-run (README "Performance", figures 1 and 2).
+"""Per-layer overhead and the cached re-run (docs/guides/performance.md, figures 1 and 2).
 
 Measures, side by side in one run and against the same sandbox:
 

@@ -1,6 +1,6 @@
 """Load and durability benchmark of the sandbox: concurrent layer POSTs, then a restart.
 
-Measures the sandbox's write figure (README "Performance", figure 5), layer POSTs per
+Measures the sandbox's write figure (docs/guides/performance.md, figure 5), layer POSTs per
 second with durable SQLite writes and their p50/p99 latency, and checks its durability
 promise under that load: every acknowledged write is stored, and still there after a
 restart.

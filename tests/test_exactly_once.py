@@ -263,7 +263,7 @@ def test_an_empty_target_material_lost_in_reply_is_created_again_as_documented(
 ) -> None:
     """The case that cannot be closed: the listing hides materials without layers.
 
-    README "Exactly once against other writers" says so; pass `layers` to avoid it. This
+    docs/guides/exactly-once.md ("Against other writers") says so; pass `layers` to avoid it. This
     pins the documented behaviour: a second, empty target material.
     """
     credentials = AtomscaleCredentials(api_key=KEY_A, base_url=sandbox.url, timeout=5.0)
