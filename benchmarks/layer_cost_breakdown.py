@@ -1,9 +1,9 @@
 """Where a layer's time goes: Prefect's task engine and cache, our code, or the HTTP request.
 
-A companion to `per_layer.py` (docs/guides/performance.md, figures 1 and 2): it times flows of N tasks run
-one after another that add one ingredient of `create_layer` at a time, so that the
-differences between rows price each ingredient in wall time (and in CPU time of the
-flow's thread, which the machine's load disturbs less):
+A companion to `per_layer.py` (docs/guides/performance.md, figures 1 and 2): it times
+flows of N tasks run one after another that add one ingredient of `create_layer` at a
+time, so that the differences between rows price each ingredient in wall time (and in
+CPU time of the flow's thread, which the machine's load disturbs less):
 
 - `empty`: a task with `create_layer`'s parameters returning a constant
   (`NO_CACHE`, no persisted result): Prefect's bare per-task cost.

@@ -1,4 +1,4 @@
-"""Memory over many layers, and the import cost of the package (docs/guides/performance.md, figure 6).
+"""Memory over many layers, and the import cost of the package (performance guide, figure 6).
 
 Start-up: `import prefect_atomscale` against `import prefect` (and against
 `from prefect import flow, task`, what any flow file imports) in fresh interpreters,
