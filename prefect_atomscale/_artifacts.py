@@ -388,10 +388,20 @@ class StackArtifacts(NamedTuple):
 
     Example:
         ```python
-        from uuid import uuid4
-        from prefect_atomscale._artifacts import StackArtifacts
+        from prefect import flow
+        from prefect_atomscale import Layer, StackArtifacts, TargetMaterial, publish_stack_artifacts
 
-        print(StackArtifacts(table=uuid4(), markdown=uuid4(), key="film-s4").key)
+        @flow
+        def show() -> StackArtifacts:
+            material = TargetMaterial(sample_id=4, sample_name="GaN film", substrate="Al2O3")
+            layer = Layer(id=1, layer_id=1, sample_id=4, composition_string="GaN")
+            return publish_stack_artifacts(material, [layer])
+
+        artifacts = show()
+        print(artifacts.key)  # gan-film-s4
+        # The table's key and the picture's: one history of each per target material.
+        print(f"layers-{artifacts.key}", f"stack-{artifacts.key}")
+        # layers-gan-film-s4 stack-gan-film-s4
         ```
     """
 
@@ -451,14 +461,24 @@ def publish_stack_artifacts(
     Example:
         ```python
         from prefect import flow
-        from prefect_atomscale import Layer, TargetMaterial
-        from prefect_atomscale._artifacts import publish_stack_artifacts
+        from prefect_atomscale import (
+            AtomscaleCredentials,
+            create_layers,
+            create_target_material,
+            publish_stack_artifacts,
+        )
 
         @flow
-        def show() -> None:
-            material = TargetMaterial(sample_id=4, sample_name="GaN film", substrate="Al2O3")
-            layer = Layer(id=1, layer_id=1, sample_id=4, composition_string="GaN")
-            publish_stack_artifacts(material, [layer])
+        def gan_hemt() -> None:
+            credentials = AtomscaleCredentials.load("atomscale")
+            material = create_target_material(credentials, "GaN HEMT #2", "Al2O3")
+            layers = create_layers(credentials, material.sample_id, [
+                {"composition_string": "AlN", "orientation": "0001"},
+                {"composition_string": "GaN", "orientation": "0001"},
+            ])
+            publish_stack_artifacts(material, layers, summary=f"{len(layers)} layers")
+
+        gan_hemt()
         ```
     """
     # Imported here: the rest of this module is useful without a Prefect API.
@@ -479,31 +499,7 @@ async def apublish_stack_artifacts(
     summary: str | None = None,
     source: str | None = None,
 ) -> StackArtifacts:
-    """Publish the layer table and the stack picture; the async twin of `publish_stack_artifacts`.
-
-    Args:
-        material: The target material.
-        layers: Its layers, in any order.
-        summary: What this run did, e.g. `40 created, 2 from the cache`.
-        source: The stack file it came from, if any.
-
-    Returns:
-        The artifacts' ids and key.
-
-    Example:
-        ```python
-        from prefect import flow
-        from prefect_atomscale import Layer, TargetMaterial
-        from prefect_atomscale._artifacts import apublish_stack_artifacts
-
-        @flow
-        async def show() -> None:
-            material = TargetMaterial(sample_id=4, sample_name="GaN film", substrate="Al2O3")
-            layer = Layer(id=1, layer_id=1, sample_id=4, composition_string="GaN")
-            layers = [layer]
-            await apublish_stack_artifacts(material, layers)
-        ```
-    """
+    """Async twin of `publish_stack_artifacts`: same arguments, result and errors."""
     from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
 
     key, table, markdown = _artifact_content(material, layers, summary, source)

@@ -215,12 +215,17 @@ def create_layers(
         from prefect_atomscale import AtomscaleCredentials, create_layers, create_target_material
 
         @flow
-        def superlattice() -> None:
+        def superlattice() -> int:
             credentials = AtomscaleCredentials.load("atomscale")
-            sample = create_target_material(credentials, "(BTO/STO)x20", "SrTiO3")
-            period = [{"composition_string": f, "orientation": "001"}
-                      for f in ("BaTiO3", "SrTiO3")]
-            create_layers(credentials, sample.sample_id, period * 20)
+            sample = create_target_material(credentials, "(BTO/STO)x20 #3", "SrTiO3")
+            period = [
+                {"composition_string": "BaTiO3", "orientation": "001"},
+                {"composition_string": "SrTiO3", "orientation": "001"},
+            ]
+            layers = create_layers(credentials, sample.sample_id, period * 20)
+            return len(layers)
+
+        print(superlattice())  # 40
         ```
     """
     stack = StackRequest.build(sample_id, layers)
@@ -264,40 +269,7 @@ async def acreate_layers(
     if_exists: IfExists = "error",
     max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
 ) -> list[Layer]:
-    """Write a whole layer stack of one target material inside one task; async twin.
-
-    Args:
-        credentials: The Atomscale account.
-        sample_id: The target material, from `acreate_target_material`.
-        layers: One dict per layer with `create_layer`'s arguments; `layer_id`
-            defaults to the layer's place in the list, 1 for the first.
-        if_exists: `"error"` (default), `"update"` or `"reuse"`, as for `create_layer`.
-        max_concurrency: Most layer writes in flight at once (when not replacing).
-
-    Returns:
-        The layers, in the order given.
-
-    Raises:
-        AtomscaleValidationError: A bad layer anywhere in the list; nothing is sent.
-        AtomscaleConflictError: A different layer is at a position and `if_exists` is
-            "error"; nothing is sent.
-        AtomscaleError: Any other failure, after retries for transient ones.
-
-    Example:
-        ```python
-        from prefect import flow
-        from prefect_atomscale import AtomscaleCredentials, acreate_layers, acreate_target_material
-
-        @flow
-        async def gan_hemt() -> None:
-            credentials = await AtomscaleCredentials.aload("atomscale")
-            sample = await acreate_target_material(credentials, "GaN HEMT", "Al2O3")
-            await acreate_layers(credentials, sample.sample_id, [
-                {"composition_string": "AlN", "orientation": "0001"},
-                {"composition_string": "GaN", "orientation": "0001"},
-            ])
-        ```
-    """
+    """Async twin of `create_layers`: same arguments, result and errors."""
     stack = StackRequest.build(sample_id, layers)
     policy = check_if_exists(if_exists)
     client = async_request_client(credentials, stack)

@@ -318,13 +318,13 @@ class AtomscaleClient(_Base):
 
     Example:
         ```python
-        from prefect_atomscale import AtomscaleClient, AtomscaleCredentials
-        from prefect_atomscale._payloads import TargetMaterialRequest
+        from prefect_atomscale import AtomscaleClient, AtomscaleCredentials, TargetMaterialRequest
 
         credentials = AtomscaleCredentials.load("atomscale")
         with AtomscaleClient.from_credentials(credentials) as client:
             request = TargetMaterialRequest.build(sample_name="BTO/STO", substrate="SrTiO3")
-            print(client.create_target_material(request).sample_id)
+            material = client.create_target_material(request)
+            print(material.sample_name)  # BTO/STO
         ```
     """
 
@@ -346,8 +346,11 @@ class AtomscaleClient(_Base):
             ```python
             from prefect_atomscale import AtomscaleClient, AtomscaleCredentials
 
-            client = AtomscaleClient.from_credentials(AtomscaleCredentials(api_key="k"))
-            client.close()
+            client = AtomscaleClient.from_credentials(AtomscaleCredentials.load("atomscale"))
+            try:
+                print(type(client.list_rows()))  # <class 'list'>
+            finally:
+                client.close()
             ```
         """
         return cls(credentials.get_client())
@@ -364,12 +367,18 @@ class AtomscaleClient(_Base):
 
         Example:
             ```python
-            from prefect_atomscale import AtomscaleClient, AtomscaleCredentials
-            from prefect_atomscale._payloads import TargetMaterialRequest
+            from prefect_atomscale import (
+                AtomscaleClient,
+                AtomscaleCredentials,
+                TargetMaterialRequest,
+            )
 
-            with AtomscaleClient.from_credentials(AtomscaleCredentials.load("atomscale")) as c:
-                request = TargetMaterialRequest.build(sample_name="X", substrate="MgO")
-                c.create_target_material(request)
+            request = TargetMaterialRequest.build(
+                sample_name="MgO test film", substrate="MgO", sample_metadata={"growth": "MBE"}
+            )
+            with AtomscaleClient.from_credentials(AtomscaleCredentials.load("atomscale")) as client:
+                material = client.create_target_material(request)
+                print(material.sample_metadata)  # {'growth': 'MBE'}
             ```
         """
         call = _create_target_material(request)
@@ -386,12 +395,25 @@ class AtomscaleClient(_Base):
 
         Example:
             ```python
-            from prefect_atomscale import AtomscaleClient, AtomscaleCredentials
-            from prefect_atomscale._payloads import LayerRequest
+            from prefect_atomscale import (
+                AtomscaleClient,
+                AtomscaleCredentials,
+                LayerRequest,
+                TargetMaterialRequest,
+            )
 
-            with AtomscaleClient.from_credentials(AtomscaleCredentials.load("atomscale")) as c:
-                request = LayerRequest.build(sample_id=42, layer_id=1, composition_string="GaN")
-                c.create_layer(request)
+            with AtomscaleClient.from_credentials(AtomscaleCredentials.load("atomscale")) as client:
+                material = client.create_target_material(
+                    TargetMaterialRequest.build(sample_name="GaN film", substrate="Al2O3")
+                )
+                request = LayerRequest.build(
+                    sample_id=material.sample_id,
+                    layer_id=1,
+                    composition_string="GaN",
+                    orientation="0001",
+                )
+                layer = client.create_layer(request)
+                print(layer.space_group, layer.mp_id)  # P6_3mc mp-804: filled in by the service
             ```
         """
         call = _create_layer(request)
@@ -408,12 +430,25 @@ class AtomscaleClient(_Base):
 
         Example:
             ```python
-            from prefect_atomscale import AtomscaleClient, AtomscaleCredentials
-            from prefect_atomscale._payloads import LayerRequest
+            from prefect_atomscale import (
+                AtomscaleClient,
+                AtomscaleCredentials,
+                LayerRequest,
+                TargetMaterialRequest,
+            )
 
-            with AtomscaleClient.from_credentials(AtomscaleCredentials.load("atomscale")) as c:
-                request = LayerRequest.build(sample_id=42, layer_id=1, composition_string="AlN")
-                c.update_layer(request)
+            with AtomscaleClient.from_credentials(AtomscaleCredentials.load("atomscale")) as client:
+                material = client.create_target_material(
+                    TargetMaterialRequest.build(sample_name="AlN buffer", substrate="Al2O3")
+                )
+                first = LayerRequest.build(
+                    sample_id=material.sample_id, layer_id=1, composition_string="GaN"
+                )
+                client.create_layer(first)
+                fixed = LayerRequest.build(
+                    sample_id=material.sample_id, layer_id=1, composition_string="AlN"
+                )
+                print(client.update_layer(fixed).composition_string)  # AlN
             ```
         """
         call = _update_layer(request)
@@ -432,8 +467,10 @@ class AtomscaleClient(_Base):
             ```python
             from prefect_atomscale import AtomscaleClient, AtomscaleCredentials
 
-            with AtomscaleClient.from_credentials(AtomscaleCredentials.load("atomscale")) as c:
-                print(len(c.list_rows()))
+            with AtomscaleClient.from_credentials(AtomscaleCredentials.load("atomscale")) as client:
+                rows = client.list_rows()
+                names = {row.sample_name for row in rows}
+                print(f"{len(rows)} layers in {len(names)} target materials")
             ```
         """
         call = _list_rows(purpose)
@@ -450,11 +487,23 @@ class AtomscaleClient(_Base):
 
         Example:
             ```python
-            from prefect_atomscale import AtomscaleClient, AtomscaleCredentials
-            from prefect_atomscale._payloads import LayerRequest
+            from prefect_atomscale import (
+                AtomscaleClient,
+                AtomscaleCredentials,
+                LayerRequest,
+                TargetMaterialRequest,
+            )
 
-            with AtomscaleClient.from_credentials(AtomscaleCredentials.load("atomscale")) as c:
-                print(c.find_layers(LayerRequest.build(sample_id=42, layer_id=1)))
+            with AtomscaleClient.from_credentials(AtomscaleCredentials.load("atomscale")) as client:
+                material = client.create_target_material(
+                    TargetMaterialRequest.build(sample_name="TiO2 film", substrate="SrTiO3")
+                )
+                request = LayerRequest.build(
+                    sample_id=material.sample_id, layer_id=1, composition_string="TiO2"
+                )
+                print(client.find_layers(request))  # []
+                client.create_layer(request)
+                print(len(client.find_layers(request)))  # 1
             ```
         """
         call = _list_rows(f"checking whether {request.describe()} already exists")
@@ -474,12 +523,21 @@ class AtomscaleClient(_Base):
 
         Example:
             ```python
-            from prefect_atomscale import AtomscaleClient, AtomscaleCredentials
-            from prefect_atomscale._payloads import TargetMaterialRequest
+            from prefect_atomscale import (
+                AtomscaleClient,
+                AtomscaleCredentials,
+                LayerRequest,
+                TargetMaterialRequest,
+            )
 
-            with AtomscaleClient.from_credentials(AtomscaleCredentials.load("atomscale")) as c:
-                request = TargetMaterialRequest.build(sample_name="X", substrate="MgO")
-                print(c.find_target_materials(request))
+            request = TargetMaterialRequest.build(sample_name="SRO electrode #9", substrate="MgO")
+            with AtomscaleClient.from_credentials(AtomscaleCredentials.load("atomscale")) as client:
+                if not client.find_target_materials(request):  # create it once
+                    material = client.create_target_material(request)
+                    client.create_layer(LayerRequest.build(
+                        sample_id=material.sample_id, layer_id=1, composition_string="SrRuO3"
+                    ))
+                print(len(client.find_target_materials(request)))  # 1
             ```
         """
         call = _list_rows(f"checking whether {request.describe()} already exists")
@@ -499,12 +557,26 @@ class AtomscaleClient(_Base):
 
         Example:
             ```python
-            from prefect_atomscale import AtomscaleClient, AtomscaleCredentials
-            from prefect_atomscale._payloads import LayerRequest
+            from prefect_atomscale import (
+                AtomscaleClient,
+                AtomscaleCredentials,
+                LayerRequest,
+                TargetMaterialRequest,
+            )
 
-            with AtomscaleClient.from_credentials(AtomscaleCredentials.load("atomscale")) as c:
-                stack = [LayerRequest.build(sample_id=42, layer_id=1, composition_string="GaN")]
-                c.replace_layers(42, stack, "writing the stack of target material 42")
+            with AtomscaleClient.from_credentials(AtomscaleCredentials.load("atomscale")) as client:
+                material = client.create_target_material(
+                    TargetMaterialRequest.build(sample_name="LSMO film", substrate="SrTiO3")
+                )
+                stack = [
+                    LayerRequest.build(sample_id=material.sample_id, layer_id=position,
+                                       composition_string=formula, orientation="001")
+                    for position, formula in enumerate(["SrRuO3", "(La0.7Sr0.3)MnO3"], start=1)
+                ]
+                client.replace_layers(material.sample_id, stack, "writing the LSMO stack")
+                layers = client.layers_of(material.sample_id, "reading the LSMO stack")
+                print([layer.composition_string for layer in layers])
+                # ['SrRuO3', '(La0.7Sr0.3)MnO3']
             ```
         """
         call = _replace_layers(sample_id, requests, purpose)
@@ -522,10 +594,23 @@ class AtomscaleClient(_Base):
 
         Example:
             ```python
-            from prefect_atomscale import AtomscaleClient, AtomscaleCredentials
+            from prefect_atomscale import (
+                AtomscaleClient,
+                AtomscaleCredentials,
+                LayerRequest,
+                TargetMaterialRequest,
+            )
 
-            with AtomscaleClient.from_credentials(AtomscaleCredentials.load("atomscale")) as c:
-                print(c.layers_of(42, "reading target material 42"))
+            with AtomscaleClient.from_credentials(AtomscaleCredentials.load("atomscale")) as client:
+                material = client.create_target_material(
+                    TargetMaterialRequest.build(sample_name="STO buffer", substrate="SrTiO3")
+                )
+                client.create_layer(LayerRequest.build(
+                    sample_id=material.sample_id, layer_id=1, composition_string="SrTiO3"
+                ))
+                layers = client.layers_of(material.sample_id, "reading the STO buffer")
+                print([(layer.layer_id, layer.composition_string) for layer in layers])
+                # [(1, 'SrTiO3')]
             ```
         """
         call = _list_rows(purpose)
@@ -538,7 +623,8 @@ class AtomscaleClient(_Base):
             ```python
             from prefect_atomscale import AtomscaleClient, AtomscaleCredentials
 
-            AtomscaleClient.from_credentials(AtomscaleCredentials(api_key="k")).close()
+            client = AtomscaleClient.from_credentials(AtomscaleCredentials.load("atomscale"))
+            client.close()  # or use the client in a `with` block, which closes it
             ```
         """
         self._http.close()
@@ -584,22 +670,35 @@ class AtomscaleClient(_Base):
 class AsyncAtomscaleClient(_Base):
     """An asynchronous client for the Atomscale target-material endpoints.
 
-    The twin of `AtomscaleClient`: the same methods, awaited.
+    The twin of `AtomscaleClient`: the same methods, awaited, and `aclose` for `close`.
+    Use it in `async with`, or close it with `await client.aclose()`.
 
     Args:
         http: An `httpx.AsyncClient` from `AtomscaleCredentials.get_async_client()`.
         max_in_flight: Most requests sent at once (the rest wait in order); None for no
-            limit beyond the pool's own.
+            limit beyond the pool's own. `from_credentials` sets it to the block's
+            `max_connections`.
 
     Example:
         ```python
         import asyncio
-        from prefect_atomscale import AsyncAtomscaleClient, AtomscaleCredentials
+
+        from prefect_atomscale import (
+            AsyncAtomscaleClient,
+            AtomscaleCredentials,
+            TargetMaterialRequest,
+        )
 
         async def main() -> None:
-            credentials = AtomscaleCredentials.load("atomscale")
+            credentials = await AtomscaleCredentials.aload("atomscale")
             async with AsyncAtomscaleClient.from_credentials(credentials) as client:
-                print(len(await client.list_rows()))
+                requests = [
+                    TargetMaterialRequest.build(sample_name=f"ZnO film {n}", substrate="Al2O3")
+                    for n in (1, 2, 3)
+                ]
+                created = await asyncio.gather(*map(client.create_target_material, requests))
+                print(sorted(material.sample_name for material in created))
+                # ['ZnO film 1', 'ZnO film 2', 'ZnO film 3']
 
         asyncio.run(main())
         ```
@@ -615,196 +714,54 @@ class AsyncAtomscaleClient(_Base):
 
     @classmethod
     def from_credentials(cls, credentials: AtomscaleCredentials) -> Self:
-        """Build a client with its own connection pool from a credentials block.
-
-        Args:
-            credentials: The account to talk to.
-
-        Returns:
-            A client; close it with `aclose` when done. At most `max_connections`
-            requests of it are in flight at once; the others wait their turn.
-
-        Example:
-            ```python
-            from prefect_atomscale import AsyncAtomscaleClient, AtomscaleCredentials
-
-            client = AsyncAtomscaleClient.from_credentials(AtomscaleCredentials(api_key="k"))
-            ```
-        """
+        """Async twin of `AtomscaleClient.from_credentials`: same arguments, result and errors."""
         return cls(credentials.get_async_client(), max_in_flight=credentials.max_connections)
 
     async def create_target_material(self, request: TargetMaterialRequest) -> TargetMaterial:
-        """Create a target material (`POST /target-materials/`), with its layers if any.
-
-        Args:
-            request: The checked request.
-
-        Returns:
-            The created target material; what the reply left out is filled in from
-            the request.
-
-        Example:
-            ```python
-            from prefect_atomscale._payloads import TargetMaterialRequest
-
-            async def make(client):
-                return await client.create_target_material(
-                    TargetMaterialRequest.build(sample_name="X", substrate="MgO")
-                )
-            ```
-        """
+        """Async twin of `AtomscaleClient.create_target_material`: same arguments, result and errors."""  # noqa: E501
         call = _create_target_material(request)
         material = self._parse(call, await self._send(call), TargetMaterial.model_validate)
         return request.complete(material)
 
     async def create_layer(self, request: LayerRequest) -> Layer:
-        """Create one layer (`POST /target-materials/layers/`).
-
-        Args:
-            request: The checked request.
-
-        Returns:
-            The created layer.
-
-        Example:
-            ```python
-            from prefect_atomscale._payloads import LayerRequest
-
-            async def make(client):
-                return await client.create_layer(LayerRequest.build(sample_id=42, layer_id=1))
-            ```
-        """
+        """Async twin of `AtomscaleClient.create_layer`: same arguments, result and errors."""
         call = _create_layer(request)
         return self._parse(call, await self._send(call), Layer.model_validate)
 
     async def update_layer(self, request: LayerRequest) -> Layer:
-        """Change the layer at the request's position (`PATCH /target-materials/layers/`).
-
-        Args:
-            request: The checked request; its `(sample_id, layer_id)` names the layer.
-
-        Returns:
-            The updated layer.
-
-        Example:
-            ```python
-            from prefect_atomscale._payloads import LayerRequest
-
-            async def change(client):
-                return await client.update_layer(
-                    LayerRequest.build(sample_id=42, layer_id=1, composition_string="AlN")
-                )
-            ```
-        """
+        """Async twin of `AtomscaleClient.update_layer`: same arguments, result and errors."""
         call = _update_layer(request)
         return self._parse(call, await self._send(call), Layer.model_validate)
 
     async def list_rows(self, purpose: str = "listing target materials") -> list[TargetMaterialRow]:
-        """List every layer of the organisation, joined with its target material.
-
-        Args:
-            purpose: What the listing is for, quoted in errors.
-
-        Returns:
-            One row per layer (`GET /target-materials/`).
-
-        Example:
-            ```python
-            async def count(client):
-                return len(await client.list_rows())
-            ```
-        """
+        """Async twin of `AtomscaleClient.list_rows`: same arguments, result and errors."""
         call = _list_rows(purpose)
         return self._parse(call, await self._send(call), _ROWS.validate_python)
 
     async def find_layers(self, request: LayerRequest) -> list[Layer]:
-        """Return the layers that already sit at the request's position, oldest first.
-
-        Args:
-            request: The layer whose `(sample_id, layer_id)` to look up.
-
-        Returns:
-            Existing layers at that position (normally none or one).
-
-        Example:
-            ```python
-            from prefect_atomscale._payloads import LayerRequest
-
-            async def existing(client):
-                return await client.find_layers(LayerRequest.build(sample_id=42, layer_id=1))
-            ```
-        """
+        """Async twin of `AtomscaleClient.find_layers`: same arguments, result and errors."""
         call = _list_rows(f"checking whether {request.describe()} already exists")
         return _layers_at(await self._look_up(call, _at_position(request)), request)
 
     async def find_target_materials(self, request: TargetMaterialRequest) -> list[TargetMaterial]:
-        """Return listed target materials identical to the request, lowest `sample_id` first.
-
-        Args:
-            request: The target material to look for.
-
-        Returns:
-            Matching target materials (see the sync twin for what "listed" means).
-
-        Example:
-            ```python
-            from prefect_atomscale._payloads import TargetMaterialRequest
-
-            async def existing(client):
-                request = TargetMaterialRequest.build(sample_name="X", substrate="MgO")
-                return await client.find_target_materials(request)
-            ```
-        """
+        """Async twin of `AtomscaleClient.find_target_materials`: same arguments, result and errors."""  # noqa: E501
         call = _list_rows(f"checking whether {request.describe()} already exists")
         return _materials_like(await self._look_up(call, _named(request)), request)
 
     async def replace_layers(
         self, sample_id: int, requests: Sequence[LayerRequest], purpose: str
     ) -> None:
-        """Replace a target material's whole stack (`POST /target-materials/{id}/layers`).
-
-        Args:
-            sample_id: The target material.
-            requests: The new stack.
-            purpose: What the call is for, quoted in errors.
-
-        Example:
-            ```python
-            async def rewrite(client, stack):
-                await client.replace_layers(42, stack, "writing the stack of 42")
-            ```
-        """
+        """Async twin of `AtomscaleClient.replace_layers`: same arguments, result and errors."""
         call = _replace_layers(sample_id, requests, purpose)
         self._decode(call, await self._send(call))
 
     async def layers_of(self, sample_id: int, purpose: str) -> list[Layer]:
-        """Return the layers the service lists for one target material, oldest first.
-
-        Args:
-            sample_id: The target material.
-            purpose: What the listing is for, quoted in errors.
-
-        Returns:
-            Its layers, in record-id order.
-
-        Example:
-            ```python
-            async def read(client):
-                return await client.layers_of(42, "reading target material 42")
-            ```
-        """
+        """Async twin of `AtomscaleClient.layers_of`: same arguments, result and errors."""
         call = _list_rows(purpose)
         return _layers_of(await self._look_up(call, _of_material(sample_id)), sample_id)
 
     async def aclose(self) -> None:
-        """Close the underlying connection pool.
-
-        Example:
-            ```python
-            async def done(client):
-                await client.aclose()
-            ```
-        """
+        """Async twin of `AtomscaleClient.close`: same arguments, result and errors."""
         await self._http.aclose()
 
     async def __aenter__(self) -> Self:

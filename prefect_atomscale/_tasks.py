@@ -389,7 +389,7 @@ def create_target_material(
 
     Layers are added afterwards with `create_layer`, using the returned `sample_id`.
     The target material is marked as this account's with an ownership token in its
-    metadata (see `payloads.OWNER_KEY`). One with the same name, substrate and metadata
+    metadata (under the key `prefect_atomscale`). One with the same name, substrate and metadata
     that the service already lists *and that carries this account's token* is returned
     instead of creating another; a colleague's material of the same name is never
     taken. The list shows target materials once they have layers: pass `layers` to
@@ -424,7 +424,17 @@ def create_target_material(
         @flow
         def make_sample() -> int:
             credentials = AtomscaleCredentials.load("atomscale")
-            return create_target_material(credentials, "BTO on STO", "SrTiO3").sample_id
+            material = create_target_material(
+                credentials,
+                "BTO on STO #12",
+                "SrTiO3",
+                sample_metadata={"growth": "PLD"},
+                layers=[{"composition_string": "BaTiO3", "orientation": "001"}],
+            )
+            return material.sample_id
+
+        first, again = make_sample(), make_sample()
+        print(first == again)  # True: the second run finds the first one's target material
         ```
     """
     request = _owned_request(credentials, sample_name, substrate, sample_metadata, layers)
@@ -458,40 +468,7 @@ async def acreate_target_material(
     sample_metadata: dict[str, Any] | None = None,
     layers: Sequence[Mapping[str, Any]] | None = None,
 ) -> TargetMaterial:
-    """Create a target material ("sample"); the async twin of `create_target_material`.
-
-    Args:
-        credentials: The Atomscale account to create it in.
-        sample_name: Its name, e.g. `BTO on STO #12`.
-        substrate: The substrate, e.g. `SrTiO3`.
-        sample_metadata: Free-form JSON metadata, e.g. `{"growth": "PLD"}`. The key
-            `prefect_atomscale` is reserved for the ownership token.
-        layers: The stack to create with it, in the same request, as `create_layers`
-            takes it (one dict of `create_layer`'s arguments per layer). A target
-            material created with its layers is never empty, so a retry after a lost
-            reply always finds it; written only when the target material is created,
-            not when an existing one is adopted.
-
-    Returns:
-        The created (or adopted) target material.
-
-    Raises:
-        AtomscaleValidationError: For an empty name or substrate, metadata that is not
-            a JSON object, or a bad layer; nothing is sent.
-        AtomscaleError: Any other failure, after retries for transient ones.
-
-    Example:
-        ```python
-        from prefect import flow
-        from prefect_atomscale import AtomscaleCredentials, acreate_target_material
-
-        @flow
-        async def make_sample() -> int:
-            credentials = await AtomscaleCredentials.aload("atomscale")
-            material = await acreate_target_material(credentials, "BTO on STO", "SrTiO3")
-            return material.sample_id
-        ```
-    """
+    """Async twin of `create_target_material`: same arguments, result and errors."""
     request = _owned_request(credentials, sample_name, substrate, sample_metadata, layers)
     client = async_request_client(credentials, request)
     await asyncio.sleep(settle_delay(*_material_key(request)))
@@ -562,11 +539,19 @@ def create_layer(
         from prefect_atomscale import AtomscaleCredentials, create_layer, create_target_material
 
         @flow
-        def bto_on_sto() -> None:
+        def bto_on_sto() -> str | None:
             credentials = AtomscaleCredentials.load("atomscale")
-            sample = create_target_material(credentials, "BTO on STO", "SrTiO3")
-            create_layer(credentials, layer_id=1, sample_id=sample.sample_id,
-                         composition_string="BaTiO3", orientation="(001)")
+            sample = create_target_material(credentials, "BTO on STO #14", "SrTiO3")
+            layer = create_layer(
+                credentials,
+                layer_id=1,
+                sample_id=sample.sample_id,
+                composition_string="BaTiO3",
+                orientation="(001)",
+            )
+            return layer.orientation
+
+        print(bto_on_sto())  # 001
         ```
     """
     request = LayerRequest.build(
@@ -614,47 +599,7 @@ async def acreate_layer(
     mp_id: str | None = None,
     if_exists: IfExists = "error",
 ) -> Layer:
-    """Add one layer to a target material's stack; the async twin of `create_layer`.
-
-    Args:
-        credentials: The Atomscale account.
-        layer_id: Position in the stack, 1 for the first layer.
-        sample_id: The parent target material, from `acreate_target_material`.
-        composition_string: Chemical formula, e.g. `BaTiO3` or `(La0.7Sr0.3)MnO3`.
-        orientation: Miller indices, e.g. `001`, `(1-10)`, `[110]` or `11-20`.
-        element_dict: Element -> amount; derived by the service if omitted.
-        space_group: Hermann-Mauguin symbol, e.g. `P4mm`.
-        mp_id: Materials Project id, e.g. `mp-5020`.
-        if_exists: What to do if a different layer already sits at this position:
-            `"error"` (default), `"update"` or `"reuse"`, as for `create_layer`.
-
-    Returns:
-        The created (or adopted, or updated) layer.
-
-    Raises:
-        InvalidCompositionError: The formula cannot be parsed; nothing is sent.
-        InvalidOrientationError: The orientation is not Miller indices; nothing is sent.
-        AtomscaleValidationError: Any other bad argument (nothing sent), or a 400/422.
-        AtomscaleConflictError: A different layer is at this position and `if_exists`
-            is "error".
-        AtomscaleError: Any other failure, after retries for transient ones.
-
-    Example:
-        ```python
-        import asyncio
-        from prefect import flow
-        from prefect_atomscale import AtomscaleCredentials, acreate_layer
-
-        @flow
-        async def add_layers(sample_id: int) -> None:
-            credentials = await AtomscaleCredentials.aload("atomscale")
-            await asyncio.gather(*(
-                acreate_layer(credentials, layer_id=i, sample_id=sample_id,
-                              composition_string=f, orientation="001")
-                for i, f in enumerate(["SrRuO3", "BaTiO3"], start=1)
-            ))
-        ```
-    """
+    """Async twin of `create_layer`: same arguments, result and errors."""
     request = LayerRequest.build(
         layer_id=layer_id,
         sample_id=sample_id,
