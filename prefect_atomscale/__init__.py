@@ -4,14 +4,21 @@ The layers, from the bottom up:
 
 - `AtomscaleCredentials` (a Prefect block) holds the API key and where the API lives;
 - `AtomscaleClient` / `AsyncAtomscaleClient` send checked requests and map every reply
-  to a model or a typed error (`exceptions`);
+  to a model or a typed error (`AtomscaleError` and its subclasses);
 - the tasks `create_target_material`, `create_layer` and `create_layers` (a whole
   stack in one task), each with an async twin, add local validation, retries of
   transient faults, caching, and exactly-once writes;
-- `load_stack_file` reads stack files (YAML, JSON, CSV) and `artifacts` draws stacks
-  for the Prefect UI;
+- `load_stack_file` reads stack files (YAML, JSON, CSV), `publish_stack_artifacts`
+  draws stacks for the Prefect UI, and `prefect_atomscale.flows` creates the stacks of
+  stack files.
+
 The sandbox, a local stand-in for the API for demos and tests, is its own package:
 `atomscale_sandbox`.
+
+Only the credentials block and the errors are imported with the package; everything
+else (tasks, clients, stack files, ...) is imported on first use of its name, so that
+`import prefect_atomscale` (which Prefect itself does when it loads installed
+integrations) stays cheap. `from prefect_atomscale import create_layer` works as usual.
 
 Example:
     ```python
@@ -19,17 +26,15 @@ Example:
     from prefect_atomscale import AtomscaleCredentials, create_layer, create_target_material
 
     @flow
-    def bto_on_sto() -> None:
+    def bto_on_sto() -> int:
         credentials = AtomscaleCredentials.load("atomscale")
-        sample = create_target_material(credentials, "BTO on STO", "SrTiO3")
+        sample = create_target_material(credentials, "BTO on STO #14", "SrTiO3")
         create_layer(credentials, layer_id=1, sample_id=sample.sample_id,
                      composition_string="BaTiO3", orientation="001")
-    ```
+        return sample.sample_id
 
-Only the credentials block and the errors are imported with the package; everything
-else (tasks, clients, stack files, ...) is imported on first use of its name, so that
-`import prefect_atomscale` (which Prefect itself does when it loads installed
-integrations) stays cheap. `from prefect_atomscale import create_layer` works as usual.
+    bto_on_sto()
+    ```
 """
 
 from __future__ import annotations

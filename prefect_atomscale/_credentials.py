@@ -59,8 +59,9 @@ class ConnectionSettings(NamedTuple):
         ```python
         from prefect_atomscale import AtomscaleCredentials
 
-        settings = AtomscaleCredentials(api_key="k").resolve()
-        print(settings.base_url)
+        settings = AtomscaleCredentials(api_key="k", base_url="https://api.atomscale.ai/").resolve()
+        print(settings.base_url)  # https://api.atomscale.ai
+        print(settings.api_key)  # **********
         ```
     """
 
@@ -80,7 +81,9 @@ class ConnectionSettings(NamedTuple):
             ```python
             from prefect_atomscale import AtomscaleCredentials
 
-            print(AtomscaleCredentials(api_key="k").resolve().httpx_timeout())
+            settings = AtomscaleCredentials(api_key="k", timeout=5, connect_timeout=2).resolve()
+            print(settings.httpx_timeout())
+            # Timeout(connect=2.0, read=5.0, write=5.0, pool=5.0)
             ```
         """
         return httpx.Timeout(self.timeout, connect=self.connect_timeout)
@@ -95,7 +98,9 @@ class ConnectionSettings(NamedTuple):
             ```python
             from prefect_atomscale import AtomscaleCredentials
 
-            print(AtomscaleCredentials(api_key="k").resolve().fingerprint())
+            lab_a = AtomscaleCredentials(api_key="key-of-lab-a").resolve()
+            lab_b = AtomscaleCredentials(api_key="key-of-lab-b").resolve()
+            print(len(lab_a.fingerprint()), lab_a.fingerprint() == lab_b.fingerprint())  # 32 False
             ```
         """
         return _fingerprint(self.base_url, self.api_key.get_secret_value())
@@ -109,11 +114,12 @@ class ConnectionSettings(NamedTuple):
         Example:
             ```python
             import httpx
+
             from prefect_atomscale import AtomscaleCredentials
 
-            options = AtomscaleCredentials(api_key="k").resolve().client_options()
+            options = AtomscaleCredentials.load("atomscale").resolve().client_options()
             with httpx.Client(**options) as client:
-                print(client.base_url)
+                print(client.get("/target-materials/").status_code)  # 200
             ```
         """
         return {
@@ -154,11 +160,24 @@ class AtomscaleCredentials(CredentialsBlock):
         allow_insecure_http: Allow sending the key over plain http to a remote host.
 
     Example:
+        Save a block once (or in the UI, under Blocks), then load it by name in flows:
+
         ```python
         from prefect_atomscale import AtomscaleCredentials
 
-        AtomscaleCredentials(api_key="YOUR_API_KEY").save("BLOCK_NAME", overwrite=True)
-        credentials = AtomscaleCredentials.load("BLOCK_NAME")
+        AtomscaleCredentials(api_key="YOUR_API_KEY").save("lab-a", overwrite=True)
+        credentials = AtomscaleCredentials.load("lab-a")
+        ```
+
+        A block with no key reads it from the environment when it is used, so one saved
+        block serves every machine that sets `ATOMSCALE_API_KEY`:
+
+        ```python
+        from prefect_atomscale import AtomscaleCredentials
+
+        # Here ATOMSCALE_API_KEY is set (and AS_API_ENDPOINT, for an API root of its own).
+        with AtomscaleCredentials().get_client() as client:
+            print(client.get("/target-materials/").status_code)  # 200
         ```
     """
 
@@ -233,9 +252,14 @@ class AtomscaleCredentials(CredentialsBlock):
 
         Example:
             ```python
-            from prefect_atomscale import AtomscaleCredentials
+            from prefect_atomscale import AtomscaleConfigurationError, AtomscaleCredentials
 
-            print(AtomscaleCredentials(api_key="k", base_url="http://127.0.0.1:8000").resolve())
+            print(AtomscaleCredentials(api_key="k", base_url="http://127.0.0.1:8000").resolve().base_url)
+            # http://127.0.0.1:8000
+            try:
+                AtomscaleCredentials(api_key="k", base_url="http://lab-proxy:8000").resolve()
+            except AtomscaleConfigurationError as exc:
+                print(exc)  # Refusing to send the API key over plain http to lab-proxy: ...
             ```
         """
         return ConnectionSettings(
@@ -249,9 +273,9 @@ class AtomscaleCredentials(CredentialsBlock):
     def key_fingerprint(self) -> str:
         """A hash of the API key alone, whatever the base URL is spelled as.
 
-        The ownership token of the target materials the tasks create is made from it
-        (`payloads.owner_token`): the same key owns the same materials whether the block
-        says `127.0.0.1` or `localhost`. It reveals nothing of the key.
+        The ownership token of the target materials the tasks create is made from it:
+        the same key owns the same materials whether the block says `127.0.0.1` or
+        `localhost`. It reveals nothing of the key.
 
         Returns:
             32 hex digits.
@@ -263,7 +287,9 @@ class AtomscaleCredentials(CredentialsBlock):
             ```python
             from prefect_atomscale import AtomscaleCredentials
 
-            print(AtomscaleCredentials(api_key="k").key_fingerprint())
+            here = AtomscaleCredentials(api_key="k", base_url="http://127.0.0.1:8000")
+            there = AtomscaleCredentials(api_key="k", base_url="http://localhost:8000")
+            print(here.key_fingerprint() == there.key_fingerprint())  # True
             ```
         """
         # "owner" stands where a base URL would: no real base URL is spelled that way.
@@ -285,7 +311,11 @@ class AtomscaleCredentials(CredentialsBlock):
             ```python
             from prefect_atomscale import AtomscaleCredentials
 
-            print(AtomscaleCredentials(api_key="k").account_fingerprint())
+            saved = AtomscaleCredentials.load("atomscale")
+            in_memory = AtomscaleCredentials(
+                api_key=saved.api_key, base_url=saved.base_url, timeout=saved.timeout
+            )
+            print(saved.account_fingerprint() == in_memory.account_fingerprint())  # True
             ```
         """
         return self.resolve().fingerprint()
@@ -306,8 +336,9 @@ class AtomscaleCredentials(CredentialsBlock):
             ```python
             from prefect_atomscale import AtomscaleCredentials
 
-            with AtomscaleCredentials(api_key="k").get_client() as client:
-                print(client.base_url)
+            with AtomscaleCredentials.load("atomscale").get_client() as client:
+                reply = client.get("/target-materials/")
+                print(reply.status_code, type(reply.json()))  # 200 <class 'list'>
             ```
         """
         return httpx.Client(**self.resolve().client_options())  # type: ignore[arg-type]
@@ -324,11 +355,14 @@ class AtomscaleCredentials(CredentialsBlock):
         Example:
             ```python
             import asyncio
+
             from prefect_atomscale import AtomscaleCredentials
 
             async def main() -> None:
-                async with AtomscaleCredentials(api_key="k").get_async_client() as client:
-                    print(client.base_url)
+                credentials = await AtomscaleCredentials.aload("atomscale")
+                async with credentials.get_async_client() as client:
+                    reply = await client.get("/target-materials/")
+                    print(reply.status_code)  # 200
 
             asyncio.run(main())
             ```

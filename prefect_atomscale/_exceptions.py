@@ -71,7 +71,7 @@ class AtomscaleError(Exception):
         try:
             parse_composition("Xx2O3")
         except AtomscaleError as exc:
-            print(type(exc).__name__, exc.transient)
+            print(type(exc).__name__, exc.transient)  # InvalidCompositionError False
         ```
     """
 
@@ -144,9 +144,9 @@ class InvalidCompositionError(AtomscaleValidationError):
         from prefect_atomscale import InvalidCompositionError, parse_composition
 
         try:
-            parse_composition("Xx2O3")
+            parse_composition("Ba Ti O3")
         except InvalidCompositionError as exc:
-            print(exc.position)
+            print(exc.position)  # 2
         ```
     """
 
@@ -169,7 +169,7 @@ class InvalidOrientationError(AtomscaleValidationError):
         try:
             normalize_orientation("abc")
         except InvalidOrientationError as exc:
-            print(exc.orientation)
+            print(exc.orientation)  # abc
         ```
     """
 
@@ -183,9 +183,15 @@ class AtomscaleAuthError(AtomscaleError):
 
     Example:
         ```python
-        from prefect_atomscale import AtomscaleAuthError
+        from prefect_atomscale import AtomscaleAuthError, AtomscaleClient, AtomscaleCredentials
 
-        print(AtomscaleAuthError.transient)  # False: fix the key, then run again
+        revoked = AtomscaleCredentials(api_key="revoked-key")
+        with AtomscaleClient.from_credentials(revoked) as client:
+            try:
+                client.list_rows()
+            except AtomscaleAuthError as exc:
+                print(exc.status_code)  # 401
+                print(exc.transient)  # False: fix the key; trying again cannot help
         ```
     """
 
@@ -195,9 +201,18 @@ class AtomscaleNotFoundError(AtomscaleError):
 
     Example:
         ```python
-        from prefect_atomscale import AtomscaleNotFoundError
+        from prefect_atomscale import (
+            AtomscaleClient,
+            AtomscaleCredentials,
+            AtomscaleNotFoundError,
+            LayerRequest,
+        )
 
-        print(AtomscaleNotFoundError.transient)  # False
+        with AtomscaleClient.from_credentials(AtomscaleCredentials.load("atomscale")) as client:
+            try:
+                client.create_layer(LayerRequest.build(sample_id=999_999, layer_id=1))
+            except AtomscaleNotFoundError as exc:
+                print(exc.status_code)  # 404
         ```
     """
 
@@ -207,9 +222,28 @@ class AtomscaleConflictError(AtomscaleError):
 
     Example:
         ```python
-        from prefect_atomscale import AtomscaleConflictError
+        from prefect import flow
+        from prefect_atomscale import (
+            AtomscaleConflictError,
+            AtomscaleCredentials,
+            create_layer,
+            create_target_material,
+        )
 
-        print(AtomscaleConflictError.transient)  # False
+        @flow
+        def add_bto() -> None:
+            credentials = AtomscaleCredentials.load("atomscale")
+            sample = create_target_material(
+                credentials, "SRO on STO #5", "SrTiO3", layers=[{"composition_string": "SrRuO3"}]
+            )
+            # Position 1 already holds SrRuO3.
+            create_layer(credentials, layer_id=1, sample_id=sample.sample_id,
+                         composition_string="BaTiO3")
+
+        try:
+            add_bto()
+        except AtomscaleConflictError as exc:
+            print(exc.transient)  # False: pass if_exists="update" or "reuse", or another layer_id
         ```
     """
 
@@ -222,9 +256,24 @@ class AtomscaleRateLimitError(AtomscaleError):
 
     Example:
         ```python
-        from prefect_atomscale import AtomscaleRateLimitError
+        from atomscale_sandbox import run_sandbox
+        from prefect_atomscale import (
+            AtomscaleClient,
+            AtomscaleCredentials,
+            AtomscaleRateLimitError,
+            TargetMaterialRequest,
+        )
 
-        print(AtomscaleRateLimitError("slow down", status_code=429, retry_after=2).retry_after)
+        with run_sandbox() as sandbox:
+            sandbox.faults.queue(["429"])  # the next write is refused: too many requests
+            credentials = AtomscaleCredentials(api_key=sandbox.api_key, base_url=sandbox.url)
+            with AtomscaleClient.from_credentials(credentials) as client:
+                try:
+                    client.create_target_material(
+                        TargetMaterialRequest.build(sample_name="ZnO film", substrate="Al2O3")
+                    )
+                except AtomscaleRateLimitError as exc:
+                    print(exc.retry_after)  # 1.0
         ```
     """
 
@@ -247,9 +296,24 @@ class AtomscaleServerError(AtomscaleError):
 
     Example:
         ```python
-        from prefect_atomscale import AtomscaleServerError
+        from atomscale_sandbox import run_sandbox
+        from prefect_atomscale import (
+            AtomscaleClient,
+            AtomscaleCredentials,
+            AtomscaleServerError,
+            TargetMaterialRequest,
+        )
 
-        print(AtomscaleServerError.transient)  # True
+        with run_sandbox() as sandbox:
+            sandbox.faults.queue(["503"])  # the next write fails before it is processed
+            credentials = AtomscaleCredentials(api_key=sandbox.api_key, base_url=sandbox.url)
+            with AtomscaleClient.from_credentials(credentials) as client:
+                try:
+                    client.create_target_material(
+                        TargetMaterialRequest.build(sample_name="ZnO film", substrate="Al2O3")
+                    )
+                except AtomscaleServerError as exc:
+                    print(exc.status_code)  # 503
         ```
     """
 
@@ -261,9 +325,19 @@ class AtomscaleConnectionError(AtomscaleError):
 
     Example:
         ```python
-        from prefect_atomscale import AtomscaleConnectionError
+        from prefect_atomscale import (
+            AtomscaleClient,
+            AtomscaleConnectionError,
+            AtomscaleCredentials,
+        )
 
-        print(AtomscaleConnectionError.transient)  # True
+        # Nothing listens on port 9 here.
+        nowhere = AtomscaleCredentials(api_key="k", base_url="http://127.0.0.1:9")
+        with AtomscaleClient.from_credentials(nowhere) as client:
+            try:
+                client.list_rows()
+            except AtomscaleConnectionError as exc:
+                print(exc.transient)  # True: the tasks retry it
         ```
     """
 
@@ -275,9 +349,26 @@ class AtomscaleTimeoutError(AtomscaleConnectionError):
 
     Example:
         ```python
-        from prefect_atomscale import AtomscaleTimeoutError
+        from atomscale_sandbox import run_sandbox
+        from prefect_atomscale import (
+            AtomscaleClient,
+            AtomscaleCredentials,
+            AtomscaleTimeoutError,
+            TargetMaterialRequest,
+        )
 
-        print(AtomscaleTimeoutError.transient)  # True
+        with run_sandbox() as sandbox:
+            sandbox.faults.queue(["slow_after_commit"])  # the next write commits, its reply is late
+            credentials = AtomscaleCredentials(
+                api_key=sandbox.api_key, base_url=sandbox.url, timeout=0.2
+            )
+            with AtomscaleClient.from_credentials(credentials) as client:
+                try:
+                    client.create_target_material(
+                        TargetMaterialRequest.build(sample_name="ZnO film", substrate="Al2O3")
+                    )
+                except AtomscaleTimeoutError as exc:
+                    print(exc.transient)  # True: the tasks look before they write again
         ```
     """
 
@@ -364,8 +455,10 @@ class InvalidStackFileError(AtomscaleValidationError):
         from prefect_atomscale import InvalidStackFileError, parse_stack
 
         try:
-            parse_stack({"name": "x", "substrate": "SrTiO3",
-                         "layers": [{"composition": "Xx2O3"}]}, source="x.yaml")
+            parse_stack(
+                {"name": "x", "substrate": "SrTiO3", "layers": [{"composition": "Xx2O3"}]},
+                source="x.yaml",
+            )
         except InvalidStackFileError as exc:
             print(exc.problems[0].position, exc.problems[0].field)  # 1 composition
         ```

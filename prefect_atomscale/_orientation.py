@@ -78,7 +78,7 @@ def normalize_orientation(orientation: str) -> str:
 
     Example:
         ```python
-        from prefect_atomscale._orientation import normalize_orientation
+        from prefect_atomscale import normalize_orientation
 
         print(normalize_orientation("(1 -1 0)"))  # 1-10
         print(normalize_orientation("[1,1,-2,0]"))  # 11-20

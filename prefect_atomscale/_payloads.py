@@ -70,7 +70,7 @@ class LayerRequest:
 
     Example:
         ```python
-        from prefect_atomscale._payloads import LayerRequest
+        from prefect_atomscale import LayerRequest
 
         request = LayerRequest.build(sample_id=42, layer_id=1, orientation="(001)")
         print(request.body)
@@ -118,7 +118,7 @@ class LayerRequest:
 
         Example:
             ```python
-            from prefect_atomscale._payloads import LayerRequest
+            from prefect_atomscale import LayerRequest
 
             print(LayerRequest.build(sample_id=1, layer_id=2, composition_string="GaN").body)
             ```
@@ -186,7 +186,7 @@ class LayerRequest:
 
         Example:
             ```python
-            from prefect_atomscale._payloads import LayerRequest
+            from prefect_atomscale import LayerRequest
 
             request = LayerRequest.build(sample_id=42, layer_id=3, composition_string="BaTiO3")
             print(request.describe())
@@ -209,7 +209,7 @@ class LayerRequest:
 
         Example:
             ```python
-            from prefect_atomscale._payloads import LayerRequest
+            from prefect_atomscale import LayerRequest
 
             print(LayerRequest.build(sample_id=1, layer_id=1).canonical_json())
             ```
@@ -230,7 +230,7 @@ class LayerRequest:
         Example:
             ```python
             from prefect_atomscale import Layer
-            from prefect_atomscale._payloads import LayerRequest
+            from prefect_atomscale import LayerRequest
 
             request = LayerRequest.build(sample_id=1, layer_id=1, composition_string="GaN")
             print(request.matches(Layer(id=7, layer_id=1, sample_id=1, composition_string="GaN")))
@@ -251,7 +251,7 @@ class LayerRequest:
         Example:
             ```python
             from prefect_atomscale import Layer
-            from prefect_atomscale._payloads import LayerRequest
+            from prefect_atomscale import LayerRequest
 
             request = LayerRequest.build(sample_id=1, layer_id=1, composition_string="GaN")
             print(request.complete(Layer(id=7, layer_id=1, sample_id=1)).element_dict)
@@ -384,7 +384,7 @@ class TargetMaterialRequest:
 
     Example:
         ```python
-        from prefect_atomscale._payloads import TargetMaterialRequest
+        from prefect_atomscale import TargetMaterialRequest
 
         print(TargetMaterialRequest.build(sample_name="BTO/STO", substrate="SrTiO3").body)
         ```
@@ -417,7 +417,7 @@ class TargetMaterialRequest:
 
         Example:
             ```python
-            from prefect_atomscale._payloads import TargetMaterialRequest
+            from prefect_atomscale import TargetMaterialRequest
 
             print(TargetMaterialRequest.build(sample_name="GaN film", substrate="Al2O3").describe())
             ```
@@ -459,7 +459,7 @@ class TargetMaterialRequest:
 
         Example:
             ```python
-            from prefect_atomscale._payloads import TargetMaterialRequest
+            from prefect_atomscale import TargetMaterialRequest
 
             request = TargetMaterialRequest.build(sample_name="X", substrate="MgO")
             print(request.owned_by("0123abcd").body["sample"]["sample_metadata"])
@@ -482,7 +482,7 @@ class TargetMaterialRequest:
 
         Example:
             ```python
-            from prefect_atomscale._payloads import LayerRequest, TargetMaterialRequest
+            from prefect_atomscale import LayerRequest, TargetMaterialRequest
 
             request = TargetMaterialRequest.build(sample_name="X", substrate="MgO")
             layer = LayerRequest.build(sample_id=1, layer_id=1, composition_string="TiO2")
@@ -503,7 +503,7 @@ class TargetMaterialRequest:
 
         Example:
             ```python
-            from prefect_atomscale._payloads import TargetMaterialRequest
+            from prefect_atomscale import TargetMaterialRequest
 
             print(TargetMaterialRequest.build(sample_name="X", substrate="MgO").describe())
             ```
@@ -525,7 +525,7 @@ class TargetMaterialRequest:
         Example:
             ```python
             from prefect_atomscale import TargetMaterial
-            from prefect_atomscale._payloads import TargetMaterialRequest
+            from prefect_atomscale import TargetMaterialRequest
 
             request = TargetMaterialRequest.build(sample_name="X", substrate="MgO")
             print(request.matches(TargetMaterial(sample_id=1, sample_name="X", substrate="MgO")))
@@ -552,7 +552,7 @@ class TargetMaterialRequest:
         Example:
             ```python
             from prefect_atomscale import TargetMaterial
-            from prefect_atomscale._payloads import TargetMaterialRequest
+            from prefect_atomscale import TargetMaterialRequest
 
             request = TargetMaterialRequest.build(sample_name="X", substrate="MgO")
             print(request.complete(TargetMaterial(sample_id=3)).sample_name)  # X
@@ -578,7 +578,7 @@ class TargetMaterialRequest:
 
         Example:
             ```python
-            from prefect_atomscale._payloads import TargetMaterialRequest
+            from prefect_atomscale import TargetMaterialRequest
 
             print(TargetMaterialRequest.build(sample_name="X", substrate="MgO").canonical_json())
             ```

@@ -75,7 +75,35 @@ def settle_delay(*what: object) -> float:
 
 
 IfExists = Literal["error", "update", "reuse"]
-"""What `create_layer` does when a different layer already sits at its position."""
+"""What `create_layer` does when a different layer already sits at its position.
+
+`"error"` (the default) fails with `AtomscaleConflictError`, `"update"` changes the
+layer there to the one asked for (PATCH), `"reuse"` keeps it as it is and returns it.
+An equal layer is always adopted, whatever the choice.
+
+Example:
+    ```python
+    from prefect import flow
+    from prefect_atomscale import (
+        AtomscaleCredentials,
+        IfExists,
+        create_layer,
+        create_target_material,
+    )
+
+    @flow
+    def top_layer(if_exists: IfExists) -> str | None:
+        credentials = AtomscaleCredentials.load("atomscale")
+        sample = create_target_material(
+            credentials, "LAO on STO #4", "SrTiO3", layers=[{"composition_string": "LaAlO3"}]
+        )
+        layer = create_layer(credentials, layer_id=1, sample_id=sample.sample_id,
+                             composition_string="SrTiO3", if_exists=if_exists)
+        return layer.composition_string
+
+    print(top_layer("reuse"))  # LaAlO3: position 1 keeps what it holds
+    ```
+"""
 
 
 @dataclass(frozen=True)

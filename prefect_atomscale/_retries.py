@@ -55,16 +55,6 @@ def retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
 
     Returns:
         True to retry.
-
-    Example:
-        ```python
-        from prefect import task
-        from prefect_atomscale._retries import DEFAULT_RETRY_DELAYS, retry_if_transient
-
-        @task(retries=4, retry_delay_seconds=DEFAULT_RETRY_DELAYS,
-              retry_condition_fn=retry_if_transient)
-        def my_call() -> None: ...
-        ```
     """
     wait = _wait_before_retry(state)
     if wait is None:
@@ -84,15 +74,6 @@ async def aretry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
 
     Returns:
         True to retry.
-
-    Example:
-        ```python
-        from prefect import task
-        from prefect_atomscale._retries import aretry_if_transient
-
-        @task(retries=4, retry_condition_fn=aretry_if_transient)
-        async def my_call() -> None: ...
-        ```
     """
     wait = _wait_before_retry(state)
     if wait is None:

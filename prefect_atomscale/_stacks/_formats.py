@@ -237,10 +237,25 @@ def load_stack_file(path: str | Path) -> StackSpec:
 
     Example:
         ```python
-        from prefect_atomscale._stacks import load_stack_file
+        from pathlib import Path
 
-        spec = load_stack_file("flows/examples/bto_sto_superlattice.yaml")
-        print(spec.name, len(spec.expanded_layers()))
+        from prefect_atomscale import load_stack_file
+
+        Path("superlattice.yaml").write_text('''
+        name: BTO/STO superlattice #7
+        substrate: SrTiO3
+        metadata: {growth: MBE}
+        layers:
+          - composition: SrRuO3       # L1, on the substrate
+            orientation: 001
+          - repeat: 20                # L2-L41
+            layers:
+              - {composition: BaTiO3, orientation: 001}
+              - {composition: SrTiO3, orientation: 001}
+        ''')
+        spec = load_stack_file("superlattice.yaml")
+        print(len(spec.expanded_layers()))  # 41
+        print(spec.expanded_layers()[-1].describe())  # L41 SrTiO3 001 (period 20 of 20)
         ```
     """
     source = str(path)
@@ -327,11 +342,15 @@ def parse_stack(data: Any, *, source: str = "<stack>") -> StackSpec:
 
     Example:
         ```python
-        from prefect_atomscale._stacks import parse_stack
+        from prefect_atomscale import parse_stack
 
-        spec = parse_stack({"name": "GaN film", "substrate": "Al2O3",
-                            "layers": [{"composition": "GaN", "orientation": "0001"}]})
-        print(spec.layer_specs()[0].orientation)
+        spec = parse_stack({
+            "name": "GaN film",
+            "substrate": "Al2O3",
+            "layers": [{"composition": "GaN", "orientation": "(0001)"}],
+        })
+        print(spec.layer_specs()[0].arguments())
+        # {'composition_string': 'GaN', 'orientation': '(0001)'}
         ```
     """
     return _checked(data, source, {}, [], [])

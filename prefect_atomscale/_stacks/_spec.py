@@ -92,10 +92,10 @@ class LayerSpec(BaseModel):
 
     Example:
         ```python
-        from prefect_atomscale._stacks import LayerSpec
+        from prefect_atomscale import LayerSpec
 
         layer = LayerSpec(composition="BaTiO3", orientation="(001)")
-        print(layer.composition, layer.orientation)
+        print(layer.composition, layer.orientation)  # BaTiO3 (001)
         ```
     """
 
@@ -120,9 +120,10 @@ class LayerSpec(BaseModel):
 
         Example:
             ```python
-            from prefect_atomscale._stacks import LayerSpec
+            from prefect_atomscale import LayerSpec
 
             print(LayerSpec(composition="GaN", orientation="0001").arguments())
+            # {'composition_string': 'GaN', 'orientation': '0001'}
             ```
         """
         given = {
@@ -181,13 +182,14 @@ class RepeatBlock(BaseModel):
 
     Example:
         ```python
-        from prefect_atomscale._stacks import LayerSpec, RepeatBlock
+        from prefect_atomscale import LayerSpec, RepeatBlock, StackSpec
 
         block = RepeatBlock(
             repeat=20,
             layers=[LayerSpec(composition="BaTiO3"), LayerSpec(composition="SrTiO3")],
         )
-        print(block.repeat * len(block.layers))  # 40 layers
+        spec = StackSpec(name="(BTO/STO)x20", substrate="SrTiO3", layers=[block])
+        print(len(spec.expanded_layers()))  # 40
         ```
     """
 
@@ -235,11 +237,18 @@ class StackLayer(BaseModel):
 
     Example:
         ```python
-        from prefect_atomscale._stacks import LayerSpec, StackLayer
+        from prefect_atomscale import parse_stack
 
-        layer = StackLayer(position=3, spec=LayerSpec(composition="SrTiO3"), entry=1,
-                           period=1, periods=20)
-        print(layer.describe())
+        spec = parse_stack({
+            "name": "(BTO/STO)x20",
+            "substrate": "SrTiO3",
+            "layers": [
+                {"composition": "SrRuO3"},
+                {"repeat": 20, "layers": [{"composition": "BaTiO3"}, {"composition": "SrTiO3"}]},
+            ],
+        })
+        layer = spec.expanded_layers()[3]
+        print(layer.position, layer.entry, layer.period, layer.periods)  # 4 1 2 20
         ```
     """
 
@@ -259,9 +268,10 @@ class StackLayer(BaseModel):
 
         Example:
             ```python
-            from prefect_atomscale._stacks import LayerSpec, StackLayer
+            from prefect_atomscale import LayerSpec, StackLayer
 
-            print(StackLayer(position=1, spec=LayerSpec(composition="GaN"), entry=0).describe())
+            spec = LayerSpec(composition="GaN", orientation="0001")
+            print(StackLayer(position=1, spec=spec, entry=0).describe())  # L1 GaN 0001
             ```
         """
         what = " ".join(filter(None, [self.spec.composition, self.spec.orientation]))
@@ -281,14 +291,15 @@ class StackSpec(BaseModel):
 
     Example:
         ```python
-        from prefect_atomscale._stacks import StackSpec
+        from prefect_atomscale import StackSpec
 
         spec = StackSpec.model_validate({
-            "name": "BTO/STO SL", "substrate": "SrTiO3",
+            "name": "BTO/STO SL",
+            "substrate": "SrTiO3",
             "layers": [{"repeat": 3, "layers": [{"composition": "BaTiO3"},
-                                                 {"composition": "SrTiO3"}]}],
+                                                {"composition": "SrTiO3"}]}],
         })
-        print([layer.position for layer in spec.expanded_layers()])  # [1, ..., 6]
+        print([layer.position for layer in spec.expanded_layers()])  # [1, 2, 3, 4, 5, 6]
         ```
     """
 
@@ -330,11 +341,12 @@ class StackSpec(BaseModel):
 
         Example:
             ```python
-            from prefect_atomscale._stacks import LayerSpec, RepeatBlock, StackSpec
+            from prefect_atomscale import LayerSpec, RepeatBlock, StackSpec
 
             spec = StackSpec(name="SL", substrate="SrTiO3", layers=[
                 RepeatBlock(repeat=2, layers=[LayerSpec(composition="BaTiO3")])])
             print([layer.describe() for layer in spec.expanded_layers()])
+            # ['L1 BaTiO3 (period 1 of 2)', 'L2 BaTiO3 (period 2 of 2)']
             ```
         """
         expanded: list[StackLayer] = []
@@ -363,7 +375,7 @@ class StackSpec(BaseModel):
 
         Example:
             ```python
-            from prefect_atomscale._stacks import LayerSpec, StackSpec
+            from prefect_atomscale import LayerSpec, StackSpec
 
             spec = StackSpec(name="film", substrate="MgO", layers=[LayerSpec(composition="TiO2")])
             print(len(spec.layer_specs()))  # 1
