@@ -64,7 +64,29 @@ Status = Literal["created", "completed", "already created", "invalid", "conflict
 
 
 class StackOutcome(BaseModel):
-    """What happened to one stack file."""
+    """What happened to one stack file, as `stack_from_file` and `stacks_from_folder` report it.
+
+    Attributes:
+        path: The stack file.
+        status: `created` (target material and layers written now), `completed` (the
+            missing layers of an earlier, partial run added), `already created`
+            (nothing written), `invalid` (the file has problems; nothing sent),
+            `conflict` (its name is taken by a different stack; nothing sent) or
+            `failed` (its flow run failed).
+        name: The target material's name, if the file could be read.
+        sample_id: The target material's id, when it exists.
+        layers: How many layers it has, when it exists.
+        message: What was done, or what is wrong.
+
+    Example:
+        ```python
+        from prefect_atomscale.flows import StackOutcome
+
+        outcome = StackOutcome(path="sl.yaml", status="created", name="SL", sample_id=7,
+                               layers=40, message="40 created now")
+        print(outcome.status, outcome.layers)  # created 40
+        ```
+    """
 
     path: str
     status: Status
@@ -75,7 +97,30 @@ class StackOutcome(BaseModel):
 
 
 class StackFolderError(Exception):
-    """Some stack files of a folder could not be created; the message names them."""
+    """Some stack files of a folder could not be created; the message names them.
+
+    `stacks_from_folder` raises it at the end of its run, after every other file was
+    created, so one bad file never holds back the rest.
+
+    Example:
+        ```python
+        from pathlib import Path
+
+        from prefect_atomscale.flows import StackFolderError, stacks_from_folder
+
+        Path("stacks").mkdir()
+        Path("stacks/typo.yaml").write_text('''
+        name: BTO film with a typo
+        substrate: SrTiO3
+        layers:
+          - composition: BaTiO4x
+        ''')
+        try:
+            stacks_from_folder("stacks")
+        except StackFolderError as exc:
+            print(exc)  # 1 of 1 stack files in stacks were not created: typo.yaml (invalid). ...
+        ```
+    """
 
 
 @task(
@@ -209,6 +254,31 @@ def stack_from_file(path: str, credentials_block: str = DEFAULT_BLOCK) -> StackO
 
     Returns:
         What happened: created, completed (missing layers added) or already created.
+
+    Raises:
+        InvalidStackFileError: The file cannot be used; nothing was sent.
+        StackConflictError: The account has a different stack of the file's name.
+
+    Example:
+        ```python
+        from pathlib import Path
+
+        from prefect_atomscale.flows import stack_from_file
+
+        Path("gan_hemt.json").write_text('''{
+          "name": "AlGaN/GaN HEMT #8",
+          "substrate": "Al2O3",
+          "metadata": {"growth": "MOCVD"},
+          "layers": [
+            {"composition": "AlN", "orientation": "0001"},
+            {"composition": "GaN", "orientation": "0001"},
+            {"composition": "Al0.25Ga0.75N", "orientation": "0001"}
+          ]
+        }''')
+        outcome = stack_from_file("gan_hemt.json")  # with the block named "atomscale"
+        print(outcome.status, outcome.layers)  # created 3 (already created 3 when run again)
+        print(stack_from_file("gan_hemt.json").status)  # already created
+        ```
     """
     logger = get_run_logger()
     spec = load_stack_file(path)  # a bad file fails here, before any request
@@ -252,6 +322,27 @@ def stacks_from_folder(
 
     Returns:
         One outcome per file.
+
+    Raises:
+        StackFolderError: Some files were invalid, in conflict or failed; the others
+            were created all the same.
+
+    Example:
+        ```python
+        from pathlib import Path
+
+        from prefect_atomscale.flows import stacks_from_folder
+
+        Path("stacks").mkdir()
+        Path("stacks/sto_buffer.csv").write_text('''# name: STO buffer #2
+        # substrate: SrTiO3
+        layer,composition,orientation
+        1,SrTiO3,001
+        2,SrRuO3,001
+        ''')
+        for outcome in stacks_from_folder("stacks"):
+            print(Path(outcome.path).name, outcome.status)
+        ```
     """
     logger = get_run_logger()
     outcomes: dict[str, StackOutcome] = {}
