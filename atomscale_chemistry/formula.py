@@ -34,6 +34,16 @@ class FormulaError(ValueError):
     Attributes:
         formula: The formula as given.
         position: Index of the offending character in `formula`, if there is one.
+
+    Example:
+        ```python
+        from atomscale_chemistry import FormulaError, parse_formula
+
+        try:
+            parse_formula("BaTiO3 SrTiO3")
+        except FormulaError as exc:
+            print(exc.position)  # 6
+        ```
     """
 
     def __init__(self, message: str, *, formula: str, position: int | None = None):
@@ -58,10 +68,29 @@ ELEMENTS: frozenset[str] = frozenset(
           Ac Th Pa U  Np Pu Am Cm Bk Cf Es Fm Md No Lr
     """.split()  # noqa: SIM905
 )
-"""The 118 element symbols, hydrogen (`H`) to oganesson (`Og`), case-sensitive."""
+"""The 118 element symbols, hydrogen (`H`) to oganesson (`Og`), case-sensitive.
+
+Example:
+    ```python
+    from atomscale_chemistry import ELEMENTS
+
+    print(len(ELEMENTS), "Ga" in ELEMENTS, "GA" in ELEMENTS)  # 118 True False
+    ```
+"""
 
 MAX_FORMULA_LENGTH = 256
-"""Longest formula accepted, in characters, counting any surrounding whitespace."""
+"""Longest formula accepted, in characters, counting any surrounding whitespace.
+
+Example:
+    ```python
+    from atomscale_chemistry import MAX_FORMULA_LENGTH, FormulaError, parse_formula
+
+    try:
+        parse_formula("SrTiO3" * 50)
+    except FormulaError as exc:
+        print(len(exc.formula) > MAX_FORMULA_LENGTH)  # True
+    ```
+"""
 
 # A count is digits with at most one decimal point and digits on both sides of it.
 # Candidates are collected greedily from [0-9.] first, so `1.2.3` and `.5` are
@@ -159,6 +188,14 @@ def parse_formula(formula: str) -> dict[str, int | float]:
             its repr), is empty or too long, or cannot be read. The message names
             the problem, gives its character position in `formula` as given (also in
             `.position`) and says what to write instead.
+
+    Example:
+        ```python
+        from atomscale_chemistry import parse_formula
+
+        print(parse_formula("(La0.7Sr0.3)MnO3"))  # {'La': 0.7, 'Sr': 0.3, 'Mn': 1, 'O': 3}
+        print(parse_formula("Ca3(PO4)2"))  # {'Ca': 3, 'P': 2, 'O': 8}
+        ```
     """
     if not isinstance(formula, str):
         # reprlib keeps the message short whatever object was passed.

@@ -183,7 +183,8 @@ class SandboxApp(FastAPI):
         from atomscale_sandbox import SandboxConfig, create_app
 
         app = create_app(SandboxConfig(api_keys={"key-a": "lab-a"}))
-        print(app.store.count_layers())  # 0
+        for path in sorted(app.openapi()["paths"]):
+            print(path)
         ```
     """
 
@@ -193,15 +194,7 @@ class SandboxApp(FastAPI):
     connections: ConnectionRegistry
 
     def build_middleware_stack(self) -> ASGIApp:
-        """Wrap FastAPI's middleware stack in fault injection and request counting.
-
-        Example:
-            ```python
-            from atomscale_sandbox import create_app
-
-            asgi_app = create_app().build_middleware_stack()
-            ```
-        """
+        """Wrap FastAPI's middleware stack in fault injection and request counting."""
         inner = _BodySizeLimit(super().build_middleware_stack(), self.sandbox_config.max_body_bytes)
         faulty = FaultInjectionMiddleware(
             inner, self.sandbox_config.faults, self.stats, self.connections

@@ -17,6 +17,16 @@ from atomscale_sandbox._faults import FaultConfig
 __all__ = ["DEFAULT_ORGANISATION", "ApiKeyGrant", "SandboxConfig"]
 
 DEFAULT_ORGANISATION = "sandbox"
+"""The organisation of the API key a `SandboxConfig` generates when given none.
+
+Example:
+    ```python
+    from atomscale_sandbox import DEFAULT_ORGANISATION, run_sandbox
+
+    with run_sandbox() as sandbox:  # one generated key
+        print(sandbox.organisation_of(sandbox.api_key) == DEFAULT_ORGANISATION)  # True
+    ```
+"""
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,19 @@ __all__ = [
 ]
 
 HttpParser = Literal["auto", "h11", "httptools"]
-"""Which HTTP/1.1 implementation serves: `auto` is httptools if installed, else h11."""
+"""Which HTTP/1.1 implementation serves: `auto` is httptools if installed, else h11.
+
+Example:
+    ```python
+    import httpx
+
+    from atomscale_sandbox import HttpParser, SandboxConfig, run_sandbox
+
+    parser: HttpParser = "h11"  # the reference implementation, always installed
+    with run_sandbox(SandboxConfig(http_parser=parser)) as sandbox:
+        print(httpx.get(f"{sandbox.url}/health").json())  # {'status': 'ok'}
+    ```
+"""
 
 HTTP_PARSERS: tuple[HttpParser, ...] = ("auto", "h11", "httptools")
 
@@ -49,7 +61,7 @@ def available_http_parsers() -> tuple[HttpParser, ...]:
         ```python
         from atomscale_sandbox import available_http_parsers
 
-        print(available_http_parsers())  # ('h11', 'httptools') with httptools installed
+        print(available_http_parsers())  # ('h11', 'httptools'): with httptools installed
         ```
     """
     if importlib.util.find_spec("httptools") is None:
