@@ -407,7 +407,7 @@ class StackFileProblem:
         from prefect_atomscale import StackFileProblem
 
         problem = StackFileProblem(where="layer L2 (line 9)", field="orientation", message="bad")
-        print(problem.describe())
+        print(problem.describe())  # layer L2 (line 9), field 'orientation': bad
         ```
     """
 
@@ -428,7 +428,8 @@ class StackFileProblem:
             ```python
             from prefect_atomscale import StackFileProblem
 
-            print(StackFileProblem(where="", field="name", message="is missing").describe())
+            problem = StackFileProblem(where="", field="name", message="is missing")
+            print(problem.describe())  # field 'name': is missing
             ```
         """
         parts = [self.where] if self.where else []
@@ -496,6 +497,7 @@ class StackConflictError(AtomscaleConflictError):
         from prefect_atomscale import StackConflictError
 
         print(StackConflictError("sl.yaml", "SL", ["L3 is SrTiO3 there"]).problems)
+        # ['L3 is SrTiO3 there']
         ```
     """
 

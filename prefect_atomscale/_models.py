@@ -78,7 +78,7 @@ class TargetMaterial(_Reply):
         from prefect_atomscale import TargetMaterial
 
         material = TargetMaterial(sample_id=42, sample_name="BTO/STO", substrate="SrTiO3")
-        print(material.sample_id)
+        print(material.sample_id)  # 42
         ```
     """
 
@@ -110,7 +110,7 @@ class Layer(_Reply):
         from prefect_atomscale import Layer
 
         layer = Layer(id=100, layer_id=1, sample_id=42, composition_string="BaTiO3")
-        print(layer.layer_id)
+        print(layer.layer_id)  # 1
         ```
     """
 
@@ -151,7 +151,7 @@ class TargetMaterialRow(_Reply):
         from prefect_atomscale import TargetMaterialRow
 
         row = TargetMaterialRow(id=1, sample_id=42, layer_id=1, composition_string="GaN")
-        print(row.as_layer())
+        print(row.as_layer().composition_string)  # GaN
         ```
     """
 
@@ -201,7 +201,7 @@ class TargetMaterialRow(_Reply):
             from prefect_atomscale import TargetMaterialRow
 
             row = TargetMaterialRow(sample_id=42, sample_name="GaN film", substrate="Al2O3")
-            print(row.as_target_material())
+            print(row.as_target_material().substrate)  # Al2O3
             ```
         """
         if self.sample_id is None:

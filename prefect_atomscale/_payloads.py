@@ -73,7 +73,7 @@ class LayerRequest:
         from prefect_atomscale import LayerRequest
 
         request = LayerRequest.build(sample_id=42, layer_id=1, orientation="(001)")
-        print(request.body)
+        print(request.body)  # {'layer_id': 1, 'sample_id': 42, 'orientation': '001'}
         ```
     """
 
@@ -121,6 +121,7 @@ class LayerRequest:
             from prefect_atomscale import LayerRequest
 
             print(LayerRequest.build(sample_id=1, layer_id=2, composition_string="GaN").body)
+            # {'layer_id': 2, 'sample_id': 1, 'composition_string': 'GaN'}
             ```
         """
         owner = parent or f"target material {_shown(sample_id)}"
@@ -189,7 +190,7 @@ class LayerRequest:
             from prefect_atomscale import LayerRequest
 
             request = LayerRequest.build(sample_id=42, layer_id=3, composition_string="BaTiO3")
-            print(request.describe())
+            print(request.describe())  # layer 3 (BaTiO3) of target material 42
             ```
         """
         what = " ".join(
@@ -212,6 +213,7 @@ class LayerRequest:
             from prefect_atomscale import LayerRequest
 
             print(LayerRequest.build(sample_id=1, layer_id=1).canonical_json())
+            # {"layer_id":1,"sample_id":1}
             ```
         """
         return json.dumps(self.body, sort_keys=True, separators=(",", ":"))
@@ -234,6 +236,7 @@ class LayerRequest:
 
             request = LayerRequest.build(sample_id=1, layer_id=1, composition_string="GaN")
             print(request.matches(Layer(id=7, layer_id=1, sample_id=1, composition_string="GaN")))
+            # True
             ```
         """
         existing = layer.model_dump()
@@ -255,6 +258,7 @@ class LayerRequest:
 
             request = LayerRequest.build(sample_id=1, layer_id=1, composition_string="GaN")
             print(request.complete(Layer(id=7, layer_id=1, sample_id=1)).element_dict)
+            # {'Ga': 1, 'N': 1}
             ```
         """
         if layer.element_dict is not None or self.elements is None:
@@ -419,7 +423,8 @@ class TargetMaterialRequest:
             ```python
             from prefect_atomscale import TargetMaterialRequest
 
-            print(TargetMaterialRequest.build(sample_name="GaN film", substrate="Al2O3").describe())
+            request = TargetMaterialRequest.build(sample_name="GaN film", substrate="Al2O3")
+            print(request.describe())  # target material 'GaN film' on Al2O3
             ```
         """
         where = f"Target material {_shown(sample_name)}"
@@ -487,6 +492,7 @@ class TargetMaterialRequest:
             request = TargetMaterialRequest.build(sample_name="X", substrate="MgO")
             layer = LayerRequest.build(sample_id=1, layer_id=1, composition_string="TiO2")
             print(request.with_layers([layer]).body["layers"])
+            # [{'layer_id': 1, 'composition_string': 'TiO2'}]
             ```
         """
         sent = [
@@ -506,6 +512,7 @@ class TargetMaterialRequest:
             from prefect_atomscale import TargetMaterialRequest
 
             print(TargetMaterialRequest.build(sample_name="X", substrate="MgO").describe())
+            # target material 'X' on MgO
             ```
         """
         return f"target material {self.sample_name!r} on {self.substrate}"
@@ -529,6 +536,7 @@ class TargetMaterialRequest:
 
             request = TargetMaterialRequest.build(sample_name="X", substrate="MgO")
             print(request.matches(TargetMaterial(sample_id=1, sample_name="X", substrate="MgO")))
+            # True
             ```
         """
         stored = dict(material.sample_metadata or {})
@@ -581,6 +589,7 @@ class TargetMaterialRequest:
             from prefect_atomscale import TargetMaterialRequest
 
             print(TargetMaterialRequest.build(sample_name="X", substrate="MgO").canonical_json())
+            # {"sample":{"sample_metadata":{},"sample_name":"X","substrate":"MgO"}}
             ```
         """
         return json.dumps(self.body, sort_keys=True, separators=(",", ":"))
