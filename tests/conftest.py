@@ -25,7 +25,13 @@ for _name in ("AS_API_KEY", "ATOMSCALE_API_KEY", "AS_API_ENDPOINT"):
 import pytest  # noqa: E402
 from prefect.testing.utilities import prefect_test_harness  # noqa: E402
 
-from atomscale_sandbox import ApiKeyGrant, SandboxConfig, SandboxHandle, run_sandbox  # noqa: E402
+from atomscale_sandbox import (  # noqa: E402
+    ApiKeyGrant,
+    FaultConfig,
+    SandboxConfig,
+    SandboxHandle,
+    run_sandbox,
+)
 from prefect_atomscale import AtomscaleCredentials  # noqa: E402
 
 KEY_A = "test-key-lab-a-0123456789"
@@ -63,7 +69,17 @@ def _calm_sandbox(request: pytest.FixtureRequest) -> Iterator[None]:
         yield
         return
     server: SandboxHandle = request.getfixturevalue("sandbox")
-    calm = {"paths": None, "methods": ["POST", "PATCH"], "retry_after_seconds": 1}
+    # Every setting a test may change, back to a new FaultConfig's value.
+    default = FaultConfig()
+    calm = {
+        "kinds": default.kinds,
+        "seed": default.seed,
+        "paths": default.paths,
+        "methods": default.methods,
+        "retry_after_seconds": default.retry_after_seconds,
+        "slow_seconds": default.slow_seconds,
+        "late_commit_seconds": default.late_commit_seconds,
+    }
     server.faults.clear()
     server.faults.set(**calm)
     server.reset_stats()
@@ -74,8 +90,12 @@ def _calm_sandbox(request: pytest.FixtureRequest) -> Iterator[None]:
 
 @pytest.fixture
 def credentials(sandbox: SandboxHandle) -> AtomscaleCredentials:
-    """Credentials for lab A on the sandbox, with a short timeout for fault tests."""
-    return AtomscaleCredentials(api_key=KEY_A, base_url=sandbox.url, timeout=1.0)
+    """Credentials for lab A on the sandbox.
+
+    The timeout is long enough that a slow answer on a busy machine is never an extra
+    attempt; tests that need the client to give up make credentials of their own.
+    """
+    return AtomscaleCredentials(api_key=KEY_A, base_url=sandbox.url, timeout=10.0)
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from helpers import LAYERS, TARGET_MATERIALS, layer_rows, requests_to
-from prefect import flow, unmapped
+from prefect import flow, get_client, unmapped
 
 from atomscale_sandbox import SandboxHandle
 from prefect_atomscale import (
@@ -78,6 +78,12 @@ def error_of(outcome: Outcome) -> BaseException:
     return outcome.error
 
 
+def attempts(outcome: Outcome) -> int:
+    """How many times Prefect ran the task: 1, plus one per retry it took."""
+    with get_client(sync_client=True) as client:
+        return client.read_task_run(outcome.task_run_id).run_count
+
+
 def test_create_target_material_then_a_layer(
     credentials: AtomscaleCredentials, sandbox: SandboxHandle, unique: str
 ) -> None:
@@ -117,7 +123,6 @@ def test_task_run_names_say_which_layer(
         composition_string="GaN",
     )
     assert state.is_completed()
-    from prefect import get_client
 
     async def run_name() -> str:
         async with get_client() as client:
@@ -156,6 +161,7 @@ def test_bad_input_fails_before_any_request_and_is_not_retried(
     assert type(exc) is error
     assert needle in str(exc)
     assert sandbox.stats.requests == 0
+    assert attempts(state) == 1  # not retried: fast_layer would retry it 4 times
 
 
 def test_transient_faults_are_retried_until_the_write_lands(
@@ -191,9 +197,9 @@ def test_rate_limit_waits_for_retry_after(
 
 
 @pytest.mark.parametrize("fault", ["drop_after_commit", "500_after_commit", "slow_after_commit"])
-def test_a_lost_reply_is_not_written_twice(
-    credentials: AtomscaleCredentials, sandbox: SandboxHandle, unique: str, fault: str
-) -> None:
+def test_a_lost_reply_is_not_written_twice(sandbox: SandboxHandle, unique: str, fault: str) -> None:
+    # A 1 s timeout, so that the client gives up on the slow reply and retries.
+    credentials = AtomscaleCredentials(api_key=KEY_A, base_url=sandbox.url, timeout=1.0)
     material = make_material(credentials, unique)
     sandbox.reset_stats()
     sandbox.faults.set(slow_seconds=3.0)  # longer than the credentials' 1 s timeout
@@ -202,6 +208,8 @@ def test_a_lost_reply_is_not_written_twice(
         fast_layer, credentials, layer_id=1, sample_id=material.sample_id, composition_string="GaN"
     )
     layer = state.result()
+    assert sandbox.stats.faults == {fault: 1}
+    assert attempts(state) >= 2  # the first attempt lost its reply; a retry adopted
     rows = layer_rows(sandbox, KEY_A, material.sample_id)
     assert [row["id"] for row in rows] == [layer.id]
     assert requests_to(sandbox, "POST", LAYERS) == 1  # the retry found it and adopted it
@@ -331,3 +339,5 @@ async def test_async_layer_retries_and_adopts(
 
     sample_id, layer = await one()
     assert [row["id"] for row in layer_rows(sandbox, KEY_A, sample_id)] == [layer.id]
+    assert sandbox.stats.faults == {"drop_after_commit": 1}
+    assert requests_to(sandbox, "POST", LAYERS) == 1  # the retry adopted what the drop hid
