@@ -88,6 +88,7 @@ def test_a_failed_replace_is_retried_without_doubling(
     sandbox.faults.set(paths=[REPLACE.replace("{sample_id}", "*")])
     sandbox.faults.queue([fault])
     layers = new_stack(credentials, unique, PERIOD * 3, retry_delay_seconds=0)
+    assert sandbox.stats.faults == {fault: 1}
     assert positions(sandbox, layers[0].sample_id) == Counter(range(1, 7))
 
 
