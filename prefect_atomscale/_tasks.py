@@ -358,7 +358,7 @@ def _adopted_material(
 def _created_material(
     credentials: AtomscaleCredentials, request: TargetMaterialRequest, material: TargetMaterial
 ) -> TargetMaterial:
-    if False:  # created empty: its layers need no listing (see `_views`)
+    if not request.layers:  # created empty: its layers need no listing (see `_views`)
         material_views.created(
             material_views.key(credentials.account_fingerprint(), material.sample_id)
         )
