@@ -10,7 +10,9 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import subprocess
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,6 +35,8 @@ from atomscale_sandbox import (  # noqa: E402
     run_sandbox,
 )
 from prefect_atomscale import AtomscaleCredentials  # noqa: E402
+
+from helpers import Started, finish, start_as_newcomer  # noqa: E402  # isort: skip
 
 KEY_A = "test-key-lab-a-0123456789"
 KEY_A2 = "test-key-lab-a-second-key"
@@ -108,3 +112,72 @@ def unique() -> str:
 def anyio_backend() -> str:
     """Async tests run on asyncio, the loop Prefect itself uses."""
     return "asyncio"
+
+
+# --- Scripts run as a newcomer runs them ------------------------------------------------
+#
+# Each such run starts Prefect's temporary server in an empty home, most of its 15-20 s.
+# The runs are independent, so all the session needs are started together the first time
+# one is asked for, and each test then checks the output of its own.
+
+NEWCOMER_MARK = "newcomer_script"
+NEWCOMER_SECONDS = 240
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        f"{NEWCOMER_MARK}(path): the test checks `python <path>` run as a newcomer would; "
+        "the `newcomer_run` fixture gives its finished run",
+    )
+
+
+class NewcomerRuns:
+    """The newcomer runs of a session: started together on first use, each waited for once."""
+
+    def __init__(self, scripts: list[str]) -> None:
+        self._scripts = scripts
+        self._running: dict[str, Started] = {}
+        self._done: dict[str, subprocess.CompletedProcess[str]] = {}
+        self._deadline = 0.0
+
+    def result(self, script: str) -> subprocess.CompletedProcess[str]:
+        """The finished run of `script`, started with the others if none has started yet."""
+        if not self._running:
+            self._deadline = time.monotonic() + NEWCOMER_SECONDS
+            for name in self._scripts:
+                self._running[name] = start_as_newcomer(name)
+        if script not in self._done:
+            timeout = max(1.0, self._deadline - time.monotonic())
+            self._done[script] = finish(self._running[script], timeout=timeout)
+        return self._done[script]
+
+    def stop(self) -> None:
+        """Kill the runs nobody waited for (the session ended before their tests ran)."""
+        for name, started in self._running.items():
+            if name not in self._done:
+                started.process.kill()
+                finish(started, timeout=30)
+
+
+@pytest.fixture(scope="session")
+def newcomer_runs(request: pytest.FixtureRequest) -> Iterator[NewcomerRuns]:
+    """Every script that a selected test marks with `newcomer_script`, run at once."""
+    scripts = {
+        str(marker.args[0])
+        for item in request.session.items
+        for marker in item.iter_markers(NEWCOMER_MARK)
+    }
+    runs = NewcomerRuns(sorted(scripts))
+    yield runs
+    runs.stop()
+
+
+@pytest.fixture
+def newcomer_run(
+    request: pytest.FixtureRequest, newcomer_runs: NewcomerRuns
+) -> subprocess.CompletedProcess[str]:
+    """The finished newcomer run of the script this test's `newcomer_script` mark names."""
+    marker = request.node.get_closest_marker(NEWCOMER_MARK)
+    assert marker is not None, f"mark the test with @pytest.mark.{NEWCOMER_MARK}(path)"
+    return newcomer_runs.result(str(marker.args[0]))

@@ -6,8 +6,9 @@ import os
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import httpx
 
@@ -32,14 +33,23 @@ def layer_rows(sandbox: SandboxHandle, api_key: str, sample_id: int) -> list[dic
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run_as_newcomer(script: str) -> subprocess.CompletedProcess[str]:
-    """Run `python <script>` from the repository root as a newcomer would.
+@dataclass
+class Started:
+    """A script started by `start_as_newcomer`; its output goes to files, never a full pipe."""
+
+    process: subprocess.Popen[bytes]
+    stdout: IO[bytes]
+    stderr: IO[bytes]
+
+
+def start_as_newcomer(script: str) -> Started:
+    """Start `python <script>` from the repository root as a newcomer would.
 
     The environment has no Prefect, Atomscale or key settings, and HOME and
     PREFECT_HOME are a new empty directory: no server, no block, no profile.
 
     Returns:
-        The finished process, with its output as text.
+        The running process and the files its output goes to.
     """
     env = {
         name: value
@@ -47,11 +57,46 @@ def run_as_newcomer(script: str) -> subprocess.CompletedProcess[str]:
         if not name.startswith(("PREFECT_", "AS_", "ATOMSCALE_"))
     }
     env["HOME"] = env["PREFECT_HOME"] = tempfile.mkdtemp(prefix="newcomer-home-")
-    return subprocess.run(
-        [sys.executable, script],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
+    # Files rather than pipes: a run nobody reads yet must never block on a full pipe.
+    # They outlive this call (`finish` closes them), so no `with` block.
+    stdout = tempfile.TemporaryFile()  # noqa: SIM115
+    stderr = tempfile.TemporaryFile()  # noqa: SIM115
+    process = subprocess.Popen(
+        [sys.executable, script], cwd=ROOT, env=env, stdout=stdout, stderr=stderr
     )
+    return Started(process, stdout, stderr)
+
+
+def finish(started: Started, timeout: float) -> subprocess.CompletedProcess[str]:
+    """Wait for a process started by `start_as_newcomer`; kill it after `timeout` s.
+
+    Returns:
+        The finished process, with its output as text.
+
+    Raises:
+        subprocess.TimeoutExpired: It did not finish in time (it is killed first).
+    """
+    try:
+        started.process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        started.process.kill()
+        started.process.wait()
+        raise
+    finally:
+        output = []
+        for file in (started.stdout, started.stderr):
+            file.seek(0)
+            output.append(file.read().decode(errors="replace"))
+            file.close()
+    return subprocess.CompletedProcess(
+        started.process.args, started.process.returncode, output[0], output[1]
+    )
+
+
+def run_as_newcomer(script: str) -> subprocess.CompletedProcess[str]:
+    """Run `python <script>` as `start_as_newcomer` starts it, and wait for it.
+
+    Returns:
+        The finished process, with its output as text.
+    """
+    return finish(start_as_newcomer(script), timeout=240)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
+
+import pytest
 from conftest import KEY_A
-from helpers import layer_rows, run_as_newcomer
+from helpers import layer_rows
 
 from atomscale_sandbox import SandboxHandle
 from flows.build_stack import BuiltStack, LayerSpec, build_stack, format_stack
@@ -29,9 +32,12 @@ def test_build_stack_creates_every_layer_in_order(
     assert text.splitlines()[-1].endswith("substrate SrTiO3")
 
 
-def test_demo_command_runs_clean_with_no_configuration() -> None:
+@pytest.mark.newcomer_script("flows/build_stack.py")
+def test_demo_command_runs_clean_with_no_configuration(
+    newcomer_run: subprocess.CompletedProcess[str],
+) -> None:
     """`python flows/build_stack.py` as a newcomer runs it: fresh home, no Prefect server."""
-    result = run_as_newcomer("flows/build_stack.py")
+    result = newcomer_run
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     assert "Started the Atomscale sandbox at http://127.0.0.1:" in result.stdout

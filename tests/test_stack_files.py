@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import pickle
 import shutil
+import subprocess
 import uuid
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 from conftest import KEY_A, KEY_A2
-from helpers import LAYERS, TARGET_MATERIALS, requests_to, run_as_newcomer
+from helpers import LAYERS, TARGET_MATERIALS, requests_to
 
 from atomscale_sandbox import SandboxHandle
 from prefect_atomscale import AtomscaleCredentials, AtomscaleValidationError, TargetMaterialRow
@@ -569,9 +570,12 @@ def test_two_files_naming_the_same_target_material_are_both_refused(
     assert sandbox.stats.requests == 0
 
 
-def test_the_script_creates_every_example_on_a_fresh_machine() -> None:
+@pytest.mark.newcomer_script("flows/stack_from_file.py")
+def test_the_script_creates_every_example_on_a_fresh_machine(
+    newcomer_run: subprocess.CompletedProcess[str],
+) -> None:
     """`python flows/stack_from_file.py` as the README shows it: no server, no block."""
-    result = run_as_newcomer("flows/stack_from_file.py")
+    result = newcomer_run
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     assert "bto_film_on_sto.csv: created 1 created now" in result.stdout
