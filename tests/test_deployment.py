@@ -3,7 +3,9 @@ and `flows/serve.py`, each running the stack-folder flow against the sandbox ove
 
 Every subprocess gets its own PREFECT_HOME (the worker's differs from the deployer's, as
 on a real worker machine) and is stopped in `finally`; every wait has a deadline, so a
-broken setup fails in minutes instead of hanging CI.
+broken setup fails in minutes instead of hanging CI. The slow start-ups overlap: the
+Prefect server is shared by the module, `flows/serve.py` starts as soon as the server
+answers (while the worker test runs), and the worker starts while `prefect deploy` runs.
 """
 
 from __future__ import annotations
@@ -152,6 +154,48 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prefect
         _stop(process)
 
 
+@dataclass
+class Served:
+    """`flows/serve.py` serving the folder flow as deployment `stacks-from-folder/<name>`."""
+
+    process: subprocess.Popen[bytes]
+    log: Path
+    folder: Path
+    block: str
+    name: str
+
+
+@pytest.fixture(scope="module")
+def served(
+    prefect_server: PrefectServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Served]:
+    """`flows/serve.py`, started once the server answers and stopped with the module.
+
+    Its start-up (a Prefect import, then registering the deployment) overlaps whatever
+    test runs first. The block it names is saved by the test that runs it, pointing at
+    that test's sandbox: a served run loads the block only when it starts.
+    """
+    home = tmp_path_factory.mktemp("served")
+    folder = stack_folder(home)
+    block = f"atomscale-{uuid.uuid4().hex[:8]}"
+    name = f"served-{uuid.uuid4().hex[:6]}"
+    log = home / "serve.log"
+    process = _start(
+        [*SERVE, "--folder", str(folder), "--block", block, "--name", name, "--cron", "15 4 * * 1"],
+        _environment(home / "serve", PREFECT_API_URL=prefect_server.api_url),
+        log,
+    )
+    try:
+        yield Served(process=process, log=log, folder=folder, block=block, name=name)
+    finally:
+        _stop(process)
+
+
+def posts(sandbox: SandboxHandle) -> int:
+    """POST requests of every route the sandbox counted since the last reset."""
+    return sum(count for (method, _), count in sandbox.stats.by_route.items() if method == "POST")
+
+
 @pytest.fixture
 def e2e_sandbox() -> Iterator[SandboxHandle]:
     """A sandbox of its own: only this test's runs write to it."""
@@ -189,6 +233,8 @@ def run_and_wait(name: str, parameters: dict[str, Any], log: Path) -> Any:
     return flow_run
 
 
+# `served` only so that serve.py starts now and is ready when its own test comes.
+@pytest.mark.usefixtures("served")
 def test_prefect_yaml_deploys_and_a_process_worker_runs_it(
     prefect_server: PrefectServer, e2e_sandbox: SandboxHandle, tmp_path: Path
 ) -> None:
@@ -198,6 +244,30 @@ def test_prefect_yaml_deploys_and_a_process_worker_runs_it(
         tmp_path / "deployer", PREFECT_API_URL=prefect_server.api_url, PWD=str(ROOT)
     )
     _prefect(["work-pool", "create", POOL, "--type", "process"], deployer)
+    # The worker starts while `prefect deploy` runs; it polls the pool until runs come.
+    worker_log = tmp_path / "worker.log"
+    worker = _start(
+        [*PREFECT, "worker", "start", "--pool", POOL, "--type", "process"],
+        _environment(
+            tmp_path / "worker",
+            PREFECT_API_URL=prefect_server.api_url,
+            PREFECT_WORKER_QUERY_SECONDS="1",
+        ),
+        worker_log,
+    )
+    try:
+        _deploy_and_run(prefect_server, e2e_sandbox, folder, deployer, worker_log)
+    finally:
+        _stop(worker)
+
+
+def _deploy_and_run(
+    prefect_server: PrefectServer,
+    e2e_sandbox: SandboxHandle,
+    folder: Path,
+    deployer: dict[str, str],
+    worker_log: Path,
+) -> None:
     output = _prefect(["--no-prompt", "deploy", "--all"], deployer)
     assert "stacks-from-folder/nightly" in output and "stack-from-file/on-demand" in output
 
@@ -219,78 +289,66 @@ def test_prefect_yaml_deploys_and_a_process_worker_runs_it(
             # So that a 06:00 run cannot start in the middle of this test.
             client.pause_deployment(deployment.id)
 
-    worker_log = tmp_path / "worker.log"
-    worker = _start(
-        [*PREFECT, "worker", "start", "--pool", POOL, "--type", "process"],
-        _environment(
-            tmp_path / "worker",
-            PREFECT_API_URL=prefect_server.api_url,
-            PREFECT_WORKER_QUERY_SECONDS="1",
-        ),
-        worker_log,
-    )
-    try:
-        with api(prefect_server):
-            run_and_wait("stacks-from-folder/nightly", {"folder": str(folder)}, worker_log)
-            assert stacks_at(e2e_sandbox) == EXPECTED
-            # Each new stack goes with its target material, in one request.
-            assert requests_to(e2e_sandbox, "POST", TARGET_MATERIALS) == len(EXPECTED)
-            assert requests_to(e2e_sandbox, "POST", LAYERS) == 0
+    with api(prefect_server):
+        run_and_wait("stacks-from-folder/nightly", {"folder": str(folder)}, worker_log)
+        assert stacks_at(e2e_sandbox) == EXPECTED
+        # Each new stack goes with its target material, in one request.
+        assert requests_to(e2e_sandbox, "POST", TARGET_MATERIALS) == len(EXPECTED)
+        assert requests_to(e2e_sandbox, "POST", LAYERS) == 0
 
-            # Nothing new in the folder: the next run creates nothing.
-            e2e_sandbox.reset_stats()
-            run_and_wait("stacks-from-folder/nightly", {"folder": str(folder)}, worker_log)
-            assert requests_to(e2e_sandbox, "POST", TARGET_MATERIALS) == 0
-            assert requests_to(e2e_sandbox, "POST", LAYERS) == 0
-            assert stacks_at(e2e_sandbox) == EXPECTED
+        # Nothing new in the folder: the next run creates nothing.
+        e2e_sandbox.reset_stats()
+        run_and_wait("stacks-from-folder/nightly", {"folder": str(folder)}, worker_log)
+        assert requests_to(e2e_sandbox, "POST", TARGET_MATERIALS) == 0
+        assert requests_to(e2e_sandbox, "POST", LAYERS) == 0
+        assert posts(e2e_sandbox) == 0
+        assert stacks_at(e2e_sandbox) == EXPECTED
 
-            with get_client(sync_client=True) as client:
-                subflows = client.read_flow_runs()
-                pictures = client.read_artifacts(
-                    artifact_filter=ArtifactFilter(key=ArtifactFilterKey(like_="stack-bto-sto"))
-                )
-        assert {run.name for run in subflows if run.parent_task_run_id} >= {
-            f"stack-from-file-{path.name}" for path in EXAMPLE_FILES
-        }
-        assert [picture.type for picture in pictures] == ["markdown"]
-        assert "Traceback" not in _tail(worker_log, 400)
-    finally:
-        _stop(worker)
+        with get_client(sync_client=True) as client:
+            subflows = client.read_flow_runs()
+            pictures = client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(like_="stack-bto-sto"))
+            )
+    assert {run.name for run in subflows if run.parent_task_run_id} >= {
+        f"stack-from-file-{path.name}" for path in EXAMPLE_FILES
+    }
+    assert [picture.type for picture in pictures] == ["markdown"]
+    assert "Traceback" not in _tail(worker_log, 400)
 
 
 def test_serve_py_serves_the_same_flow(
-    prefect_server: PrefectServer, e2e_sandbox: SandboxHandle, tmp_path: Path
+    prefect_server: PrefectServer, served: Served, e2e_sandbox: SandboxHandle
 ) -> None:
-    folder = stack_folder(tmp_path)
-    block = f"atomscale-{uuid.uuid4().hex[:8]}"
-    name = f"served-{uuid.uuid4().hex[:6]}"
+    log, name = served.log, served.name
     with api(prefect_server):
-        AtomscaleCredentials(api_key=E2E_KEY, base_url=e2e_sandbox.url).save(block)
+        AtomscaleCredentials(api_key=E2E_KEY, base_url=e2e_sandbox.url).save(served.block)
 
-    log = tmp_path / "serve.log"
-    served = _start(
-        [*SERVE, "--folder", str(folder), "--block", block, "--name", name, "--cron", "15 4 * * 1"],
-        _environment(tmp_path / "serve", PREFECT_API_URL=prefect_server.api_url),
-        log,
-    )
-    try:
-        with api(prefect_server), get_client(sync_client=True) as client:
+    with api(prefect_server), get_client(sync_client=True) as client:
 
-            def registered() -> Any:
-                if served.poll() is not None:
-                    raise AssertionError(f"flows/serve.py exited:\n{_tail(log)}")
-                try:
-                    return client.read_deployment_by_name(f"stacks-from-folder/{name}")
-                except Exception:  # not registered yet
-                    return None
+        def registered() -> Any:
+            if served.process.poll() is not None:
+                raise AssertionError(f"flows/serve.py exited:\n{_tail(log)}")
+            try:
+                return client.read_deployment_by_name(f"stacks-from-folder/{name}")
+            except Exception:  # not registered yet
+                return None
 
-            deployment = _wait_for("serve.py registering its deployment", registered, 120, log)
-            assert [s.schedule.model_dump(exclude_none=True) for s in deployment.schedules] == [
-                # No timezone given to flow.serve(cron=...): the server reads it as UTC.
-                {"cron": "15 4 * * 1", "day_or": True}
-            ]
-            assert deployment.parameters == {"folder": str(folder), "credentials_block": block}
-            run_and_wait(f"stacks-from-folder/{name}", {}, log)
+        deployment = _wait_for("serve.py registering its deployment", registered, 120, log)
+        assert [s.schedule.model_dump(exclude_none=True) for s in deployment.schedules] == [
+            # No timezone given to flow.serve(cron=...): the server reads it as UTC.
+            {"cron": "15 4 * * 1", "day_or": True}
+        ]
+        assert deployment.parameters == {
+            "folder": str(served.folder),
+            "credentials_block": served.block,
+        }
+        run_and_wait(f"stacks-from-folder/{name}", {}, log)
         assert stacks_at(e2e_sandbox) == EXPECTED
-    finally:
-        _stop(served)
+        assert posts(e2e_sandbox) == len(EXPECTED)  # one per stack, layers included
+
+        # The second run of the served deployment finds every stack created: no POST.
+        e2e_sandbox.reset_stats()
+        run_and_wait(f"stacks-from-folder/{name}", {}, log)
+    assert posts(e2e_sandbox) == 0
+    assert requests_to(e2e_sandbox, "GET", TARGET_MATERIALS) >= 1  # it did look
+    assert stacks_at(e2e_sandbox) == EXPECTED
