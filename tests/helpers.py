@@ -23,6 +23,11 @@ def requests_to(sandbox: SandboxHandle, method: str, route: str) -> int:
     return sandbox.stats.by_route.get((method, route), 0)
 
 
+def posts(sandbox: SandboxHandle) -> int:
+    """How many POST requests the sandbox received, all routes together, since the reset."""
+    return sum(count for (method, _), count in sandbox.stats.by_route.items() if method == "POST")
+
+
 def layer_rows(sandbox: SandboxHandle, api_key: str, sample_id: int) -> list[dict[str, Any]]:
     """The stored layers of one target material, read back over HTTP as a client would."""
     reply = httpx.get(f"{sandbox.url}{TARGET_MATERIALS}", headers={"X-API-KEY": api_key})

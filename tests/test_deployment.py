@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 import httpx
 import pytest
-from helpers import LAYERS, TARGET_MATERIALS, requests_to
+from helpers import LAYERS, TARGET_MATERIALS, posts, requests_to
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from prefect.deployments import run_deployment
@@ -189,11 +189,6 @@ def served(
         yield Served(process=process, log=log, folder=folder, block=block, name=name)
     finally:
         _stop(process)
-
-
-def posts(sandbox: SandboxHandle) -> int:
-    """POST requests of every route the sandbox counted since the last reset."""
-    return sum(count for (method, _), count in sandbox.stats.by_route.items() if method == "POST")
 
 
 @pytest.fixture

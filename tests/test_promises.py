@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
-from helpers import LAYERS, TARGET_MATERIALS, requests_to
+from helpers import LAYERS, TARGET_MATERIALS, posts, requests_to
 from prefect import flow, get_client
 from prefect.states import Failed
 
@@ -28,7 +28,7 @@ from prefect_atomscale import (
     AtomscaleClient,
     AtomscaleConfigurationError,
     AtomscaleCredentials,
-    AtomscaleProtocolError,
+    AtomscaleError,
     AtomscaleRateLimitError,
     AtomscaleServerError,
     InvalidStackFileError,
@@ -45,8 +45,9 @@ from prefect_atomscale import (
     load_stack_file,
 )
 from prefect_atomscale._bulk import DEFAULT_MAX_CONCURRENCY
+from prefect_atomscale._client import _Call
 from prefect_atomscale._payloads import LayerRequest
-from prefect_atomscale._pool import client_for, close_all
+from prefect_atomscale._pool import async_client_for, client_for, close_all
 
 from conftest import KEY_A  # isort: skip
 
@@ -123,7 +124,14 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         finally:
             with rules.lock:
                 rules.in_flight -= 1
-        self._reply(upstream.status_code, self._stripped(upstream.json()))
+        try:
+            data = upstream.json()
+        except ValueError:
+            self._send(
+                upstream.status_code, upstream.headers.get("content-type", ""), upstream.content
+            )
+            return
+        self._reply(upstream.status_code, self._stripped(data))
 
     def _stripped(self, data: Any) -> Any:
         rules = self.server.rules
@@ -137,9 +145,11 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         return data
 
     def _reply(self, status: int, data: Any) -> None:
-        payload = json.dumps(data).encode()
+        self._send(status, "application/json", json.dumps(data).encode())
+
+    def _send(self, status: int, content_type: str, payload: bytes) -> None:
         self.send_response(status)
-        self.send_header("content-type", "application/json")
+        self.send_header("content-type", content_type)
         self.send_header("content-length", str(len(payload)))
         self.end_headers()
         self.wfile.write(payload)
@@ -181,11 +191,6 @@ def proxy(sandbox: SandboxHandle) -> Iterator[Proxy]:
 def via(proxy: Proxy) -> AtomscaleCredentials:
     """Lab A's credentials, reaching the sandbox through the proxy."""
     return AtomscaleCredentials(api_key=KEY_A, base_url=proxy.url, timeout=10.0)
-
-
-def posts(sandbox: SandboxHandle) -> int:
-    """POST requests of every route the sandbox counted since the last reset."""
-    return sum(count for (method, _), count in sandbox.stats.by_route.items() if method == "POST")
 
 
 def material_made_elsewhere(sandbox: SandboxHandle, name: str) -> int:
@@ -253,17 +258,21 @@ def new_material(credentials: AtomscaleCredentials, name: str) -> TargetMaterial
 # --- Retry-After is capped at 60 s ------------------------------------------------------
 
 
-def _rate_limited(retry_after: str) -> AtomscaleRateLimitError:
-    """The error the client makes of a 429 with this `Retry-After`, as from a reply."""
+def error_for_reply(status: int, headers: dict[str, str] | None = None) -> AtomscaleError:
+    """The error the client makes of a reply with this status and these headers."""
     http = httpx.Client(base_url="http://127.0.0.1:9", headers={"X-API-KEY": KEY_A})
     with AtomscaleClient(http) as client:
         reply = httpx.Response(
-            429,
-            headers={"Retry-After": retry_after},
-            json={"detail": "Too many requests"},
-            request=httpx.Request("POST", "http://127.0.0.1:9/target-materials/layers/"),
+            status,
+            headers=headers,
+            json={"detail": "no"},
+            request=httpx.Request("POST", f"http://127.0.0.1:9{LAYERS}"),
         )
-        error = client._error_for(SimpleNamespace(method="POST", path=LAYERS, purpose="x"), reply)  # type: ignore[arg-type]
+        return client._error_for(_Call("POST", LAYERS, "creating layer 1"), reply)
+
+
+def _rate_limited(retry_after: str) -> AtomscaleRateLimitError:
+    error = error_for_reply(429, {"Retry-After": retry_after})
     assert isinstance(error, AtomscaleRateLimitError)
     return error
 
@@ -380,19 +389,13 @@ async def test_async_tasks_retry_a_503_and_succeed(
 
 
 def test_408_is_classified_as_a_transient_server_error() -> None:
-    http = httpx.Client(base_url="http://127.0.0.1:9", headers={"X-API-KEY": KEY_A})
-    with AtomscaleClient(http) as client:
-        reply = httpx.Response(
-            408,
-            json={"detail": "Request Timeout"},
-            request=httpx.Request("POST", "http://127.0.0.1:9/target-materials/layers/"),
-        )
-        error = client._error_for(SimpleNamespace(method="POST", path=LAYERS, purpose="x"), reply)  # type: ignore[arg-type]
+    error = error_for_reply(408)
     assert isinstance(error, AtomscaleServerError) and error.status_code == 408
     assert error.transient
     assert _retries._wait_before_retry(Failed(data=error)) == 0.0  # retried, no extra wait
-    # A neighbouring 4xx is not: it fails on the first attempt.
-    assert not AtomscaleProtocolError("x", status_code=418).transient
+    # Its neighbours are not transient: they fail on the first attempt.
+    for status in (404, 409, 418):
+        assert _retries._wait_before_retry(Failed(data=error_for_reply(status))) is None
 
 
 def test_a_408_reply_is_retried_and_the_write_lands_once(
@@ -577,6 +580,16 @@ def test_the_shared_pool_sends_at_most_20_requests_at_once(proxy: Proxy) -> None
     client = client_for(credentials)
     with ThreadPoolExecutor(max_workers=30) as threads:
         replies = list(threads.map(lambda _: client._http.get("/health"), range(30)))
+    assert [reply.status_code for reply in replies] == [200] * 30
+    assert proxy.rules.max_in_flight == 20
+
+
+@pytest.mark.anyio
+async def test_the_shared_async_pool_sends_at_most_20_requests_at_once(proxy: Proxy) -> None:
+    credentials = AtomscaleCredentials(api_key=KEY_A, base_url=proxy.url)
+    proxy.rules.delay = 0.5
+    client = async_client_for(credentials)  # one per event loop: this test's is new
+    replies = await asyncio.gather(*(client._http.get("/health") for _ in range(30)))
     assert [reply.status_code for reply in replies] == [200] * 30
     assert proxy.rules.max_in_flight == 20
 
