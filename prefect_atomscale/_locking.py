@@ -42,6 +42,13 @@ from prefect.locking.protocol import LockManager
 from prefect.settings import PREFECT_HOME
 
 from prefect_atomscale._exceptions import AtomscaleConflictError
+from prefect_atomscale._shared_locks import (
+    LeasedSlots,
+    SharedCounters,
+    lease_seconds,
+    lock_url,
+    redacted,
+)
 
 try:
     import fcntl
@@ -51,6 +58,7 @@ except ImportError:  # Windows: in-process ordering only
 __all__ = [
     "DEFAULT_LOCK_TIMEOUT",
     "LOCK_FILES",
+    "CacheLockManager",
     "FlockLockManager",
     "Generations",
     "KeyLocks",
@@ -83,6 +91,8 @@ def file_of(key: str) -> int:
 
 class _ProcessFiles:
     """Process-wide flocks on the files of one family, shared by the process's holders."""
+
+    poll_seconds = _POLL_SECONDS
 
     # Descriptors kept open between holds, so a lock costs two flock calls, not an open
     # and a close as well (inside a flow every system call lets Prefect's threads in).
@@ -189,7 +199,8 @@ class KeyLocks:
 
     def __init__(self, family: str, *, across_processes: bool = True) -> None:
         self.family = family
-        self._files = _ProcessFiles(family) if across_processes else None
+        self._across_processes = across_processes
+        self._slots: dict[str | None, _ProcessFiles | LeasedSlots] = {}  # by lock URL
         self._mutex = threading.Lock()
         self._keys: dict[str, _KeyState] = {}
         os.register_at_fork(after_in_child=self._reset_after_fork)
@@ -197,8 +208,24 @@ class KeyLocks:
     def _reset_after_fork(self) -> None:
         self._mutex = threading.Lock()
         self._keys = {}
-        if self._files is not None:
-            self._files.reset_after_fork()
+        for slots in self._slots.values():
+            slots.reset_after_fork()
+
+    @property
+    def _files(self) -> _ProcessFiles | LeasedSlots | None:
+        """What orders the processes: this machine's flocks, or leases on the lock server."""
+        if not self._across_processes:
+            return None
+        url = lock_url()
+        slots: _ProcessFiles | LeasedSlots | None = self._slots.get(url)
+        if slots is None:
+            slots = (
+                LeasedSlots(self.family, url, lease_seconds())
+                if url
+                else _ProcessFiles(self.family)
+            )
+            self._slots[url] = slots
+        return slots
 
     def _try(self, waiter: _Waiter) -> bool:
         with self._mutex:
@@ -209,7 +236,8 @@ class KeyLocks:
             if state.writer is not None or (not waiter.shared and state.readers):
                 return False
             first = state.readers == 0
-            if first and self._files and not self._files.try_take(file_of(waiter.key)):
+            files = self._files
+            if first and files and not files.try_take(file_of(waiter.key)):
                 return False
             if waiter.shared:
                 state.readers += 1
@@ -231,14 +259,27 @@ class KeyLocks:
             if state.readers or state.writer is not None:
                 return
             del self._keys[key]
-            if self._files is not None:
-                self._files.give_back(file_of(key))
+            files = self._files
+            if files is not None:
+                files.give_back(file_of(key))
+
+    def _poll_seconds(self) -> float:
+        files = self._files
+        return files.poll_seconds if files is not None else _POLL_SECONDS
 
     def _timed_out(self, waiter: _Waiter) -> AtomscaleConflictError:
+        url = lock_url() if self._across_processes else None
+        if url:
+            where = f"another run holds it (lock server {redacted(url)}). If no other run is "
+            where += f"active, its lease ends within {lease_seconds():g} s; run again then."
+        else:
+            where = (
+                f"another run on this machine holds it (lock files in "
+                f"{lock_directory() / self.family}). If no other run is active, a process "
+                "is stuck: end it and run again."
+            )
         return AtomscaleConflictError(
-            f"Waited {waiter.limit:g} s for the lock of {waiter.what}: another run on this "
-            f"machine holds it (lock files in {lock_directory() / self.family}). If no other "
-            "run is active, a process is stuck: end it and run again. Nothing was written."
+            f"Waited {waiter.limit:g} s for the lock of {waiter.what}: {where} Nothing was written."
         )
 
     def _waiter(
@@ -265,7 +306,7 @@ class KeyLocks:
         while not self._try(waiter):
             if time.monotonic() >= waiter.deadline:
                 raise self._timed_out(waiter)
-            time.sleep(_POLL_SECONDS)
+            time.sleep(self._poll_seconds())
         return waiter.holder
 
     async def aacquire(
@@ -282,7 +323,7 @@ class KeyLocks:
         while not self._try(waiter):
             if time.monotonic() >= waiter.deadline:
                 raise self._timed_out(waiter)
-            await asyncio.sleep(_POLL_SECONDS)
+            await asyncio.sleep(self._poll_seconds())
         return waiter.holder
 
     def release(self, key: str, *, shared: bool = False) -> None:
@@ -338,7 +379,18 @@ class Generations:
         self.family = family
         self._map: mmap.mmap | None = None
         self._mutex = threading.Lock()
+        self._shared: dict[str, SharedCounters] = {}  # by lock URL
         os.register_at_fork(after_in_child=self._reset_after_fork)
+
+    def _on_server(self) -> SharedCounters | None:
+        """The lock server's counters when one is configured: every machine sees them."""
+        url = lock_url()
+        if url is None:
+            return None
+        counters = self._shared.get(url)
+        if counters is None:
+            counters = self._shared[url] = SharedCounters(self.family, url)
+        return counters
 
     def _reset_after_fork(self) -> None:
         self._mutex = threading.Lock()
@@ -358,12 +410,18 @@ class Generations:
 
     def read(self, index: int) -> int:
         """The counter of file `index`."""
+        shared = self._on_server()
+        if shared is not None:
+            return shared.read(index)
         at = 8 * (index % _SLOTS)
         with self._mutex:
             return int.from_bytes(self._table()[at : at + 8], "little")
 
     def bump(self, index: int) -> int:
         """Add one to the counter of file `index` (hold that file first); return it."""
+        shared = self._on_server()
+        if shared is not None:
+            return shared.bump(index)
         at = 8 * (index % _SLOTS)
         with self._mutex:
             table = self._table()
@@ -493,3 +551,100 @@ def _family(name: str) -> KeyLocks:
         if name not in _FAMILIES:
             _FAMILIES[name] = KeyLocks(name)
         return _FAMILIES[name]
+
+
+class CacheLockManager(LockManager):
+    """The lock manager of the cache transactions: this machine's, or every machine's.
+
+    Decided at each call from `PREFECT_ATOMSCALE_LOCK_URL`, in the process that runs
+    the task (a Dask worker reads its own environment): unset, `FlockLockManager`;
+    set, prefect-redis's `RedisLockManager` on that server, with a lease.
+    """
+
+    def __reduce__(self) -> tuple[type[CacheLockManager], tuple[()]]:
+        return (type(self), ())
+
+    def _delegate(self) -> LockManager:
+        url = lock_url()
+        if url is None:
+            return _local_cache_manager()
+        return _redis_cache_manager(url, lease_seconds())
+
+    def acquire_lock(
+        self,
+        key: str,
+        holder: str,
+        acquire_timeout: float | None = None,
+        hold_timeout: float | None = None,
+    ) -> bool:
+        """Take the lock on `key` for `holder`.
+
+        Returns:
+            True once held.
+        """
+        return self._delegate().acquire_lock(key, holder, acquire_timeout, hold_timeout)
+
+    async def aacquire_lock(
+        self,
+        key: str,
+        holder: str,
+        acquire_timeout: float | None = None,
+        hold_timeout: float | None = None,
+    ) -> bool:
+        """Async `acquire_lock`.
+
+        Returns:
+            True once held.
+        """
+        return await self._delegate().aacquire_lock(key, holder, acquire_timeout, hold_timeout)
+
+    def release_lock(self, key: str, holder: str) -> None:
+        """Release the lock `holder` holds on `key`."""
+        self._delegate().release_lock(key, holder)
+
+    def is_locked(self, key: str) -> bool:
+        """Whether `key` is locked."""
+        return self._delegate().is_locked(key)
+
+    def is_lock_holder(self, key: str, holder: str) -> bool:
+        """Whether `holder` holds `key`."""
+        return self._delegate().is_lock_holder(key, holder)
+
+    def wait_for_lock(self, key: str, timeout: float | None = None) -> bool:
+        """Wait until nobody holds `key`.
+
+        Returns:
+            True once free; False if the timeout passed first.
+        """
+        return self._delegate().wait_for_lock(key, timeout)
+
+    async def await_for_lock(self, key: str, timeout: float | None = None) -> bool:
+        """Async `wait_for_lock`.
+
+        Returns:
+            True once free; False if the timeout passed first.
+        """
+        return await self._delegate().await_for_lock(key, timeout)
+
+
+_LOCAL_CACHE_MANAGER: FlockLockManager | None = None
+_REDIS_CACHE_MANAGERS: dict[tuple[str, float], LockManager] = {}
+
+
+def _local_cache_manager() -> FlockLockManager:
+    global _LOCAL_CACHE_MANAGER
+    if _LOCAL_CACHE_MANAGER is None:
+        _LOCAL_CACHE_MANAGER = FlockLockManager()
+    return _LOCAL_CACHE_MANAGER
+
+
+def _redis_cache_manager(url: str, lease: float) -> LockManager:
+    # One per server and process: it remembers which run of this process holds what.
+    with _FAMILIES_MUTEX:
+        manager = _REDIS_CACHE_MANAGERS.get((url, lease))
+        if manager is None:
+            from prefect_atomscale._redis_cache_lock import LeasedRedisLockManager
+
+            manager = LeasedRedisLockManager(url, lease, DEFAULT_LOCK_TIMEOUT)
+            _REDIS_CACHE_MANAGERS[(url, lease)] = manager
+        return manager

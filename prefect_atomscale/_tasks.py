@@ -35,7 +35,7 @@ from prefect_atomscale._exceptions import (
     AtomscaleError,
     AtomscaleValidationError,
 )
-from prefect_atomscale._locking import FlockLockManager
+from prefect_atomscale._locking import CacheLockManager
 from prefect_atomscale._models import Layer, TargetMaterial
 from prefect_atomscale._payloads import LayerRequest, StackRequest, TargetMaterialRequest
 from prefect_atomscale._pool import async_client_for, client_for
@@ -168,7 +168,7 @@ def _cache_policy(name: str, build: Any, serializable: bool) -> AtomscaleRequest
         return policy
     # Runs of one request take turns, in this process and, through lock files, in
     # every process on this Prefect home; the second finds the first's record cached.
-    return policy.configure(isolation_level="SERIALIZABLE", lock_manager=FlockLockManager())
+    return policy.configure(isolation_level="SERIALIZABLE", lock_manager=CacheLockManager())
 
 
 class _Described(Protocol):

@@ -36,6 +36,8 @@ LAYERS: dict[str, int] = {
     "_caching": 3,
     "_locking": 3,
     "_views": 3,
+    "_shared_locks": 3,
+    "_redis_cache_lock": 3,
     # 4 tasks and artifacts
     "_tasks": 4,
     "_bulk": 4,
