@@ -36,7 +36,7 @@ from atomscale_sandbox import (  # noqa: E402
 )
 from prefect_atomscale import AtomscaleCredentials  # noqa: E402
 
-from helpers import Started, finish, start_as_newcomer  # noqa: E402  # isort: skip
+from helpers import RedisServer, Started, finish, start_as_newcomer  # noqa: E402  # isort: skip
 
 KEY_A = "test-key-lab-a-0123456789"
 KEY_A2 = "test-key-lab-a-second-key"
@@ -181,3 +181,13 @@ def newcomer_run(
     marker = request.node.get_closest_marker(NEWCOMER_MARK)
     assert marker is not None, f"mark the test with @pytest.mark.{NEWCOMER_MARK}(path)"
     return newcomer_runs.result(str(marker.args[0]))
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One real Redis server for the tests of locks shared by many machines."""
+    server = RedisServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()

