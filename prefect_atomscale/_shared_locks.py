@@ -33,7 +33,7 @@ import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from prefect_atomscale._exceptions import AtomscaleConfigurationError
+from prefect_atomscale._exceptions import AtomscaleConfigurationError, AtomscaleConflictError
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -193,7 +193,7 @@ class LeasedSlots:
                 lock, holders, since = held
                 if time.monotonic() - since > self._lease / 3:
                     # Still busy: renew the lease before it can run out under us.
-                    self._server.call("renewing a lock", lambda _: lock.reacquire())
+                    self._renew(lock)
                     since = time.monotonic()
                 self._held[index] = (lock, holders + 1, since)
                 return True
@@ -207,6 +207,18 @@ class LeasedSlots:
             if taken:
                 self._held[index] = (lock, 1, time.monotonic())
             return taken
+
+    def _renew(self, lock: Lock) -> None:
+        from redis.exceptions import LockError
+
+        try:
+            self._server.call("renewing a lock", lambda _: lock.reacquire())
+        except LockError:
+            raise AtomscaleConflictError(
+                f"This process held a lock on {redacted(self._server.url)} longer than its "
+                f"{self._lease:g} s lease without a pause, and another run may have taken "
+                f"it since. Raise {LEASE_ENV} above the longest write; run again."
+            ) from None
 
     def give_back(self, index: int) -> None:
         """Leave this process's hold of slot `index`; the last one out releases it."""
