@@ -62,18 +62,25 @@ def start_as_newcomer(script: str) -> Started:
         if not name.startswith(("PREFECT_", "AS_", "ATOMSCALE_"))
     }
     env["HOME"] = env["PREFECT_HOME"] = tempfile.mkdtemp(prefix="newcomer-home-")
+    return start_process([sys.executable, script], env)
+
+
+def start_process(command: list[str], env: dict[str, str]) -> Started:
+    """Start `command` from the repository root, its output going to temporary files.
+
+    Returns:
+        The running process and the files its output goes to (`finish` reads them).
+    """
     # Files rather than pipes: a run nobody reads yet must never block on a full pipe.
     # They outlive this call (`finish` closes them), so no `with` block.
     stdout = tempfile.TemporaryFile()  # noqa: SIM115
     stderr = tempfile.TemporaryFile()  # noqa: SIM115
-    process = subprocess.Popen(
-        [sys.executable, script], cwd=ROOT, env=env, stdout=stdout, stderr=stderr
-    )
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=stdout, stderr=stderr)
     return Started(process, stdout, stderr)
 
 
 def finish(started: Started, timeout: float) -> subprocess.CompletedProcess[str]:
-    """Wait for a process started by `start_as_newcomer`; kill it after `timeout` s.
+    """Wait for a process started by `start_process`; kill it after `timeout` s.
 
     Returns:
         The finished process, with its output as text.
@@ -165,3 +172,96 @@ class RedisServer:
         import redis
 
         return redis.Redis(port=self.port, password=self.password)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def clean_environment() -> dict[str, str]:
+    """This process's environment without any Prefect, Atomscale or key setting."""
+    return {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(("PREFECT_", "AS_", "ATOMSCALE_"))
+    }
+
+
+class PrefectServer:
+    """`prefect server start` on a free port with a PREFECT_HOME of its own: one machine's API.
+
+    `start()` returns at once (a server takes 10-20 s to answer); `wait()` waits for
+    `/api/health`, so that several servers start side by side.
+    """
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log = home / "server.log"
+
+    @property
+    def api_url(self) -> str:
+        """The URL for PREFECT_API_URL."""
+        return f"http://127.0.0.1:{self.port}/api"
+
+    def start(self) -> PrefectServer:
+        self.home.mkdir(parents=True, exist_ok=True)
+        env = clean_environment()
+        env.update(
+            PREFECT_HOME=str(self.home),
+            PREFECT_SERVER_ANALYTICS_ENABLED="false",
+            PREFECT_UI_ENABLED="false",
+        )
+        command = [sys.executable, "-m", "prefect", "server", "start"]
+        command += ["--host", "127.0.0.1", "--port", str(self.port)]
+        with self.log.open("wb") as log:
+            self.process = subprocess.Popen(
+                command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        return self
+
+    def wait(self, timeout: float = 120.0) -> PrefectServer:
+        import time
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process is not None and self.process.poll() is None, (
+                f"prefect server ended early: {self.log.read_text(errors='replace')[-2000:]}"
+            )
+            try:
+                if httpx.get(f"{self.api_url}/health", timeout=1.0).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"prefect server on port {self.port} did not answer in {timeout} s")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+            self.process = None
+
+
+def run_stack_command(*options: str) -> list[str]:
+    """`python scripts/run_stack.py` with these options (see that script)."""
+    return [sys.executable, "scripts/run_stack.py", *options]
+
+
+def read_report(path: Path) -> list[dict[str, Any]]:
+    """The task runs a `run_stack.py --report` file lists, in the order they finished."""
+    import json
+
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
