@@ -35,6 +35,22 @@ def layer_rows(sandbox: SandboxHandle, api_key: str, sample_id: int) -> list[dic
     return [row for row in reply.json() if row["sample_id"] == sample_id]
 
 
+def materials_named(sandbox: SandboxHandle, name: str) -> list[int]:
+    """The sample ids of lab A's stored target materials called `name`, oldest first."""
+    return [
+        row["sample_id"]
+        for row in sandbox.target_materials(organisation="lab-a")
+        if row["sample_name"] == name
+    ]
+
+
+def only_material(sandbox: SandboxHandle, name: str) -> int:
+    """The sample id of lab A's one target material called `name`; fails on none or more."""
+    found = materials_named(sandbox, name)
+    assert len(found) == 1, f"{len(found)} target materials named {name!r}: {found}"
+    return found[0]
+
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -1,0 +1,260 @@
+"""The locks, each shown to work rather than assumed: a second process waits, a dead holder frees.
+
+Two kinds of test:
+
+- each lock on its own (`FlockLockManager`, `CacheLockManager` on this machine's
+  flocks and on Redis, `KeyLocks` on both): a holder process takes a key, this process
+  cannot take it, the holder is SIGKILLed, and the key is free again: at once with
+  flocks (the kernel drops them with the process), within the lease with Redis;
+- two runs of one stack forced to overlap (on the session's Prefect server), with
+  this machine's flocks (one PREFECT_HOME) and with Redis (a PREFECT_HOME each): run
+  A's write is held back by the sandbox (`slow_before_commit`), and run B starts while
+  A is provably inside it (A's write has not landed when B's flow begins). Without the
+  lock, B would look, find nothing and write a second record. Two runs merely started
+  together prove nothing: one usually finishes before the other looks.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import prefect.settings
+import pytest
+from conftest import KEY_A, PREFECT_HOME
+from helpers import (
+    LAYERS,
+    ROOT,
+    TARGET_MATERIALS,
+    RedisServer,
+    Started,
+    finish,
+    materials_named,
+    only_material,
+    read_report,
+    requests_to,
+    run_stack_command,
+    start_process,
+)
+
+from atomscale_sandbox import SandboxHandle
+from prefect_atomscale import AtomscaleConflictError
+from prefect_atomscale._locking import CacheLockManager, FlockLockManager, KeyLocks, file_of
+from prefect_atomscale._shared_locks import LEASE_ENV, LOCK_URL_ENV
+
+FAMILY = "lock-manager-tests"
+LEASE = 2.0
+
+_HOLDER = """
+import sys, time
+from prefect_atomscale import _locking
+
+kind, family, key = sys.argv[1:4]
+if kind == "FlockLockManager":
+    _locking.FlockLockManager(family).acquire_lock(key, "holder")
+elif kind == "CacheLockManager":
+    _locking.CacheLockManager().acquire_lock(key, "holder")
+else:
+    _locking.KeyLocks(family).acquire(key)
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+class _Waiter:
+    """This process's side of one lock: take it within a time, or fail; give it back."""
+
+    def __init__(self, kind: str, key: str) -> None:
+        self.key = key
+        self.take: Callable[[float], object]
+        self.give_back: Callable[[], None]
+        if kind == "KeyLocks":
+            locks = KeyLocks(FAMILY)
+            self.take = lambda timeout: locks.acquire(key, timeout=timeout)
+            self.give_back = lambda: locks.release(key)
+            return
+        manager = FlockLockManager(FAMILY) if kind == "FlockLockManager" else CacheLockManager()
+        self.take = lambda timeout: manager.acquire_lock(key, "waiter", acquire_timeout=timeout)
+        self.give_back = lambda: manager.release_lock(key, "waiter")
+
+
+def _redis_name(kind: str, key: str) -> str:
+    """The Redis key that holds the lock (prefect-redis's for the cache; ours for slots)."""
+    if kind == "CacheLockManager":
+        return f"lock:{key}"
+    return f"prefect-atomscale:{FAMILY}:{file_of(key):04d}"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("kind", "backend"),
+    [
+        ("FlockLockManager", "flock"),
+        ("CacheLockManager", "flock"),
+        ("KeyLocks", "flock"),
+        ("CacheLockManager", "redis"),
+        ("KeyLocks", "redis"),
+    ],
+)
+def test_a_second_process_waits_while_the_holder_lives_and_gets_the_lock_once_it_is_killed(
+    kind: str, backend: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = f"lock-test-{uuid.uuid4().hex}"
+    holder_env = {**os.environ, "PREFECT_HOME": str(PREFECT_HOME)}
+    holder_env.pop(LOCK_URL_ENV, None)
+    redis: RedisServer | None = None
+    if backend == "redis":
+        redis = request.getfixturevalue("redis_server")
+        holder_env.update({LOCK_URL_ENV: redis.url, LEASE_ENV: f"{LEASE:g}"})
+        monkeypatch.setenv(LOCK_URL_ENV, redis.url)
+    else:
+        monkeypatch.delenv(LOCK_URL_ENV, raising=False)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, kind, FAMILY, key],
+        cwd=ROOT,
+        env=holder_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    waiter = _Waiter(kind, key)
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline() == "held\n", holder.communicate(timeout=10)
+        with pytest.raises(AtomscaleConflictError):
+            waiter.take(0.3)  # held by a live process: this one waits, then gives up
+        assert holder.poll() is None
+        if redis is not None:  # still inside the holder's lease
+            assert redis.client().pttl(_redis_name(kind, key)) > 0
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.communicate(timeout=10)
+
+    if redis is None:
+        waiter.take(0)  # the kernel dropped the flock with the process: free at once
+    else:
+        # Redis keeps a dead holder's lock until its lease ends, and not beyond.
+        assert redis.client().exists(_redis_name(kind, key))
+        killed = time.monotonic()
+        waiter.take(LEASE + 5)
+        assert time.monotonic() - killed <= LEASE + 5
+    waiter.give_back()
+
+
+# --------------------------------------------------------------- two runs forced to overlap
+
+HELD_SECONDS = 5.0
+
+
+def _run_env(
+    sandbox: SandboxHandle, home: Path, storage: Path, lock_url: str | None
+) -> dict[str, str]:
+    """A run's environment: the session's Prefect server, `home`, one result folder."""
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": str(prefect.settings.PREFECT_API_URL.value()),
+        "PREFECT_HOME": str(home),
+        "PREFECT_LOCAL_STORAGE_PATH": str(storage),
+        "AS_API_KEY": KEY_A,
+        "AS_API_ENDPOINT": sandbox.url,
+    }
+    env.pop(LOCK_URL_ENV, None)
+    if lock_url:
+        env[LOCK_URL_ENV] = lock_url
+    return env
+
+
+def _wait_until(done: Callable[[], bool], runs: list[Started], what: str) -> None:
+    deadline = time.monotonic() + 120
+    while not done():
+        for run in runs:
+            assert run.process.poll() is None, finish(run, timeout=1)
+        assert time.monotonic() < deadline, f"{what} did not happen in 120 s"
+        time.sleep(0.01)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("backend", ["flock", "redis"])
+@pytest.mark.parametrize(
+    "held",
+    [
+        pytest.param(TARGET_MATERIALS, id="target-material-cache-lock"),
+        pytest.param(LAYERS, id="layer-key-lock"),
+    ],
+)
+def test_a_run_started_while_another_is_inside_its_write_waits_and_writes_nothing(
+    held: str,
+    backend: str,
+    sandbox: SandboxHandle,
+    unique: str,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+) -> None:
+    """Run A's first write to `held` is held back 5 s; run B starts meanwhile.
+
+    The target material's write is ordered by the cache lock (`CacheLockManager`): B
+    waits, then finds A's cache record. A layer's write is ordered by the target
+    material's lock (`KeyLocks`): B waits, then lists and adopts A's layer.
+
+    With flocks both runs share the session's PREFECT_HOME, as the processes of one
+    machine do. With Redis each run has a PREFECT_HOME of its own, so no flock can
+    order them: only the lock server can. Both keep their results in one folder.
+    """
+    storage = tmp_path / "storage"
+    if backend == "redis":
+        lock_url = request.getfixturevalue("redis_server").url
+        homes = [tmp_path / "home-a", tmp_path / "home-b"]
+    else:
+        lock_url, homes = None, [PREFECT_HOME, PREFECT_HOME]
+    env_a, env_b = (_run_env(sandbox, home, storage, lock_url) for home in homes)
+    sandbox.faults.set(paths={held}, slow_seconds=HELD_SECONDS)
+    sandbox.faults.queue(["slow_before_commit"])
+    options = ["--sample-name", unique, "--layers", "1"]
+    ready, barrier, started = tmp_path / "ready-b", tmp_path / "go", tmp_path / "started-b"
+    report_a, report_b = tmp_path / "report-a.jsonl", tmp_path / "report-b.jsonl"
+    run_a = start_process(run_stack_command(*options, "--report", str(report_a)), env_a)
+    run_b = start_process(
+        run_stack_command(
+            *options,
+            "--report",
+            str(report_b),
+            "--ready",
+            str(ready),
+            "--barrier",
+            str(barrier),
+            "--started",
+            str(started),
+        ),
+        env_b,
+    )
+    runs = [run_a, run_b]
+    _wait_until(lambda: sandbox.stats.faults.get("slow_before_commit", 0) == 1, runs, "A's write")
+    _wait_until(ready.exists, runs, "B's start-up")
+    barrier.write_text("go\n")
+    _wait_until(started.exists, runs, "B's flow")
+    # A is still inside its write: nothing of it has landed.
+    if held == TARGET_MATERIALS:
+        assert not materials_named(sandbox, unique), "B started after A's write landed"
+    else:
+        sample_id = only_material(sandbox, unique)
+        assert not sandbox.layer_rows(sample_id=sample_id), "B started after A's write landed"
+    done = [finish(run, timeout=90) for run in runs]
+
+    assert [run.returncode for run in done] == [0, 0], [run.stdout + run.stderr for run in done]
+    assert sandbox.stats.faults == {"slow_before_commit": 1}
+    sample_id = only_material(sandbox, unique)
+    assert Counter(row["layer_id"] for row in sandbox.layer_rows(sample_id=sample_id)) == {1: 1}
+    assert requests_to(sandbox, "POST", TARGET_MATERIALS) == 1
+    assert requests_to(sandbox, "POST", LAYERS) == 1
+    a, b = read_report(report_a), read_report(report_b)
+    assert [line["sample_id"] for line in b] == [sample_id, sample_id]
+    assert [line["id"] for line in b] == [line["id"] for line in a]
+    if held == TARGET_MATERIALS:
+        assert b[0]["state"] == "Cached"  # B waited for A's cache record, then used it
