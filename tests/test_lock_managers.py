@@ -148,6 +148,34 @@ def test_a_second_process_waits_while_the_holder_lives_and_gets_the_lock_once_it
     waiter.give_back()
 
 
+@pytest.mark.timeout(30)
+def test_a_cache_lock_held_past_its_lease_is_given_back_without_an_error(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cache transaction that outlives the lease (a long `with transaction():`) still ends.
+
+    Once the lease has run out the lock is free, and another run may hold it now: there
+    is nothing left to release, as `LeasedSlots.give_back` already treats it. Prefect
+    releases the lock as the transaction commits, after writing its records: an error
+    here shows as "An error was encountered while committing transaction" with a
+    traceback, in a run whose writes all landed.
+    """
+    monkeypatch.setenv(LOCK_URL_ENV, redis_server.url)
+    monkeypatch.setenv(LEASE_ENV, "1")
+    key = f"lock-test-{uuid.uuid4().hex}"
+    manager = CacheLockManager()
+    assert manager.acquire_lock(key, "holder")
+    deadline = time.monotonic() + 10
+    while redis_server.client().exists(_redis_name("CacheLockManager", key)):
+        assert time.monotonic() < deadline, "the lease never ran out"
+        time.sleep(0.05)
+
+    manager.release_lock(key, "holder")
+
+    assert manager.acquire_lock(key, "next", acquire_timeout=0)
+    manager.release_lock(key, "next")
+
+
 # --------------------------------------------------------------- two runs forced to overlap
 
 HELD_SECONDS = 5.0
