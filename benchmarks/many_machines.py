@@ -15,14 +15,19 @@ Redis server (`PREFECT_ATOMSCALE_LOCK_URL`). Measured, in one run:
       process created the material empty.
   Every flow first creates its target materials and then waits until all processes
   are ready; the timed bodies start together. Throughput = all processes' layers /
-  (last body end - first body start).
-- (b) the Redis lock's cost per layer against the local `flock`: one process, the
-  `create_layer` flow of (a) with `--cost-layers` layers, with and without
-  `PREFECT_ATOMSCALE_LOCK_URL`, interleaved; the difference in ms per layer (median of
-  the per-repetition differences). Target: at most 0.3 ms more per layer. Where the
-  difference goes: the Redis commands one layer sends and the wall time the task
-  spends inside them (redis-py's `execute_command`, timed in the worker), and one
-  round trip timed alone, outside any flow.
+  (last body end - first body start). Also shown: the Redis commands per layer and the
+  wall time the tasks spent inside them.
+- (b) the Redis lock's cost per layer against the local `flock`: one process, one flow
+  per repetition that writes `--cost-layers` layers one after another to each of two
+  target materials, one task on each in turn (ABBA), switching
+  `PREFECT_ATOMSCALE_LOCK_URL` on for one and off for the other (the tasks read it at
+  each call); each task is timed around its call. The difference of the two median
+  tasks, median over the repetitions, is the cost. Taking turns task by task keeps the
+  machine's changing load out of the difference, which runs of whole flows one after
+  the other did not on a shared 2-core machine. Target: at most 0.3 ms more per layer.
+  Where the difference goes: each Redis command one layer sends (by command and key
+  family) with the wall time spent inside it, timed in the worker around redis-py's
+  `execute_command`; and one round trip timed alone, outside any flow.
 
 Every row checks at the sandbox that it received exactly one layer POST per layer (or
 one replace-stack request per target material).
@@ -33,7 +38,7 @@ server (`_common.prefect_server`), and the worker processes, all on this machine
 cores, 4 processes share 2 CPUs with the sandbox, Redis and the Prefect server, so read
 the speed-ups as what one machine's cores allow, not as a cluster's scaling.
 
-Rerun it with (defaults shown):
+Rerun it with (defaults shown; about 6 minutes on a 2-core machine):
 
     python benchmarks/many_machines.py --processes 1,2,4 --layers 200 --stack-layers 2000 \
         --materials 4 --cost-layers 300 --repeat 3
@@ -64,6 +69,7 @@ import threading  # noqa: E402
 import time  # noqa: E402
 import uuid  # noqa: E402
 from collections.abc import Callable, Iterator  # noqa: E402
+from statistics import median  # noqa: E402
 from typing import IO, Any  # noqa: E402
 
 from prefect import flow  # noqa: E402
@@ -92,14 +98,15 @@ class RedisCallTimer:
 
     Wraps redis-py's `Redis.execute_command`, which every command goes through (the
     package's locks and counters, and prefect-redis's lock manager): the benchmark's
-    own instrument, changing nothing of what is sent.
+    own instrument, changing nothing of what is sent. Commands are counted by kind:
+    the command and the family of its key (`GET epochs`, `SET materials`, ...).
     """
 
     def __init__(self) -> None:
         import redis
 
-        self.calls = 0
-        self.seconds = 0.0
+        self.calls: dict[str, int] = {}
+        self.seconds: dict[str, float] = {}
         original = redis.Redis.execute_command
 
         def timed(client: Any, *args: Any, **kwargs: Any) -> Any:
@@ -107,14 +114,27 @@ class RedisCallTimer:
             try:
                 return original(client, *args, **kwargs)
             finally:
-                self.seconds += time.perf_counter() - started
-                self.calls += 1
+                elapsed = time.perf_counter() - started
+                kind = _command_kind(args)
+                self.calls[kind] = self.calls.get(kind, 0) + 1
+                self.seconds[kind] = self.seconds.get(kind, 0.0) + elapsed
 
         redis.Redis.execute_command = timed  # type: ignore[method-assign]
 
-    def read(self) -> tuple[int, float]:
-        """Return the commands sent and the seconds spent in them so far."""
-        return self.calls, self.seconds
+    def read(self) -> dict[str, tuple[int, float]]:
+        """Return the commands sent and the seconds spent in them so far, by kind."""
+        return {kind: (self.calls[kind], self.seconds[kind]) for kind in self.calls}
+
+
+def _command_kind(args: tuple[Any, ...]) -> str:
+    """`GET epochs`, `INCRBY materials`, `EVALSHA` (a lock's release), ..."""
+    command = str(args[0]).upper() if args else "?"
+    if command == "EVALSHA" or len(args) < 2:
+        return command
+    key = args[1].decode() if isinstance(args[1], bytes) else str(args[1])
+    parts = key.split(":")
+    family = parts[1] if parts[0] == "prefect-atomscale" and len(parts) > 1 else parts[0]
+    return f"{command} {family}"
 
 
 class _Hooks:
@@ -124,24 +144,24 @@ class _Hooks:
     timer: RedisCallTimer | None = None
 
     @classmethod
-    def redis(cls) -> tuple[int, float]:
-        return cls.timer.read() if cls.timer is not None else (0, 0.0)
+    def redis(cls) -> dict[str, tuple[int, float]]:
+        return cls.timer.read() if cls.timer is not None else {}
 
 
-def _body(started: float, redis_before: tuple[int, float]) -> dict[str, float]:
-    """The timed body's start and end, and the Redis commands sent in it."""
+def _body(started: float, before: dict[str, tuple[int, float]]) -> dict[str, Any]:
+    """The timed body's start and end, and the Redis commands sent in it by kind."""
     ended = time.time()
-    calls, seconds = _Hooks.redis()
-    return {
-        "started": started,
-        "ended": ended,
-        "redis_calls": calls - redis_before[0],
-        "redis_seconds": seconds - redis_before[1],
+    after = _Hooks.redis()
+    redis_by_kind = {
+        kind: [calls - before.get(kind, (0, 0.0))[0], seconds - before.get(kind, (0, 0.0))[1]]
+        for kind, (calls, seconds) in after.items()
+        if calls > before.get(kind, (0, 0.0))[0]
     }
+    return {"started": started, "ended": ended, "redis": redis_by_kind}
 
 
 @flow(name="bench-machine-layers")
-def layers_flow(credentials: AtomscaleCredentials, run: str, layers: int) -> dict[str, float]:
+def layers_flow(credentials: AtomscaleCredentials, run: str, layers: int) -> dict[str, Any]:
     """Create a target material, then `layers` layers one task after another.
 
     Returns:
@@ -164,7 +184,7 @@ def layers_flow(credentials: AtomscaleCredentials, run: str, layers: int) -> dic
 @flow(name="bench-machine-stacks")
 def stacks_flow(
     credentials: AtomscaleCredentials, run: str, layers: int, materials: int
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """Create `materials` target materials, then one `create_layers` task per material at once.
 
     Returns:
@@ -191,6 +211,49 @@ def stacks_flow(
     for future in futures:
         future.result()  # raises the first failure
     return _body(started, before)
+
+
+@flow(name="bench-machine-lock-cost")
+def lock_cost_flow(
+    credentials: AtomscaleCredentials, run: str, layers: int, lock_url: str
+) -> dict[str, Any]:
+    """Write `layers` layers with each kind of lock, task by task in turn.
+
+    Two target materials, one written under the local `flock` and one under Redis
+    (`PREFECT_ATOMSCALE_LOCK_URL`, read by the tasks at each call), each created under
+    its own kind; then position after position, one `create_layer` on each, the order
+    of the two swapped at every position (ABBA), each timed around its call. A drift
+    of the machine's load weighs on both kinds alike.
+
+    Returns:
+        Milliseconds of each task by kind, and the Redis commands sent by kind.
+    """
+
+    def locks(kind: str) -> None:
+        if kind == "redis":
+            os.environ[LOCK_URL_ENV] = lock_url
+        else:
+            os.environ.pop(LOCK_URL_ENV, None)
+
+    sample_ids = {}
+    for kind in ("flock", "redis"):
+        locks(kind)
+        sample_ids[kind] = create_target_material(credentials, f"{run}-{kind}", SUBSTRATE).sample_id
+    _Hooks.barrier()
+    started, before = time.time(), _Hooks.redis()
+    times: dict[str, list[float]] = {"flock": [], "redis": []}
+    for position in range(1, layers + 1):
+        for kind in ("flock", "redis") if position % 2 else ("redis", "flock"):
+            locks(kind)
+            task_started = time.perf_counter()
+            create_layer(
+                credentials,
+                layer_id=position,
+                sample_id=sample_ids[kind],
+                **_common.layer_arguments(position),
+            )
+            times[kind].append((time.perf_counter() - task_started) * 1000)
+    return {**_body(started, before), "times": times}
 
 
 def round_trip_microseconds(url: str, count: int) -> float:
@@ -235,6 +298,7 @@ def _worker(sandbox_url: str, api_key: str, lock_url: str) -> int:
         locks(kind)
         layers_flow(credentials, f"warm-up-{uuid.uuid4().hex[:12]}", 10)
         stacks_flow(credentials, f"warm-up-{uuid.uuid4().hex[:12]}", 20, 2)
+    lock_cost_flow(credentials, f"warm-up-{uuid.uuid4().hex[:12]}", 10, lock_url)
 
     def barrier() -> None:
         replies.write(f"{REPLY_MARK}prepared\n")
@@ -255,6 +319,8 @@ def _worker(sandbox_url: str, api_key: str, lock_url: str) -> int:
             run = f"bench-{uuid.uuid4().hex[:12]}"
             if order["flow"] == "create_layer":
                 reply = layers_flow(credentials, run, order["layers"])
+            elif order["flow"] == "lock cost":
+                reply = lock_cost_flow(credentials, run, order["layers"], lock_url)
             else:
                 reply = stacks_flow(credentials, run, order["layers"], order["materials"])
         replies.write(f"{REPLY_MARK}{json.dumps(reply)}\n")
@@ -393,6 +459,17 @@ def run_round(workers: list[Worker], order: dict[str, Any]) -> list[dict[str, An
     return [json.loads(worker.reply(ROUND_TIMEOUT)) for worker in workers]
 
 
+def _redis_totals(replies: list[dict[str, Any]]) -> dict[str, list[float]]:
+    """The Redis commands of some bodies, summed by kind: kind -> [commands, seconds]."""
+    totals: dict[str, list[float]] = {}
+    for reply in replies:
+        for kind, (calls, seconds) in reply["redis"].items():
+            total = totals.setdefault(kind, [0, 0.0])
+            total[0] += calls
+            total[1] += seconds
+    return totals
+
+
 def main(argv: list[str] | None = None) -> int:
     """Start Redis, the sandbox, a Prefect server and the workers; measure; print the tables."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -422,6 +499,9 @@ def main(argv: list[str] | None = None) -> int:
         ("create_layer", options.layers, 1),
         ("create_layers", options.stack_layers, options.materials),
     ]
+    # Redis commands of the lock-cost runs, by kind, over all repetitions.
+    cost_commands: dict[str, list[float]] = {}
+    cost_layers = 0
 
     with (
         redis_server() as lock_url,
@@ -451,6 +531,11 @@ def main(argv: list[str] | None = None) -> int:
                     )
                     wall = max(r["ended"] for r in replies) - min(r["started"] for r in replies)
                     samples.add(f"{name} x{k}", k * layers / wall)
+                    totals = _redis_totals(replies).values()
+                    samples.add(f"{name} x{k} commands", sum(t[0] for t in totals) / (k * layers))
+                    samples.add(
+                        f"{name} x{k} in redis", sum(t[1] for t in totals) / (k * layers) * 1000
+                    )
                     stats = sandbox.stats()
                     if name == "create_layer":
                         seen, wanted = stats.count(_common.LAYERS_ROUTE), k * layers
@@ -458,25 +543,26 @@ def main(argv: list[str] | None = None) -> int:
                         seen, wanted = stats.count(REPLACE_ROUTE), k * materials
                     if seen != wanted:
                         checks.append(f"{name} x{k}: the sandbox saw {seen} writes, not {wanted}")
-                # (b) the lock's cost: one process, Redis and flock interleaved.
-                kinds = ("redis", "flock") if repetition % 2 == 0 else ("flock", "redis")
-                for kind in kinds:
-                    server.settle()
-                    sandbox.reset_stats()
-                    [reply] = run_round(
-                        workers[:1],
-                        {"flow": "create_layer", "layers": options.cost_layers, "locks": kind},
-                    )
-                    n = options.cost_layers
-                    samples.add(f"cost {kind}", (reply["ended"] - reply["started"]) / n * 1000)
-                    samples.add(f"commands {kind}", reply["redis_calls"] / n)
-                    samples.add(f"in redis {kind}", reply["redis_seconds"] / n * 1000)
-                    if (posts := sandbox.stats().count(_common.LAYERS_ROUTE)) != n:
-                        checks.append(f"lock cost ({kind}): {posts} layer POSTs, not {n}")
+                # (b) the lock's cost: one process, both kinds in one flow, task by task.
+                server.settle()
+                sandbox.reset_stats()
+                n = options.cost_layers
+                [reply] = run_round(
+                    workers[:1], {"flow": "lock cost", "layers": n, "locks": "redis"}
+                )
+                for kind in ("flock", "redis"):
+                    samples.add(f"cost {kind}", median(reply["times"][kind]))
                 samples.add(
                     "cost difference",
                     samples.values["cost redis"][-1] - samples.values["cost flock"][-1],
                 )
+                cost_layers += n
+                for command, (calls, seconds) in reply["redis"].items():
+                    total = cost_commands.setdefault(command, [0, 0.0])
+                    total[0] += calls
+                    total[1] += seconds
+                if (posts := sandbox.stats().count(_common.LAYERS_ROUTE)) != 2 * n:
+                    checks.append(f"lock cost: {posts} layer POSTs, not {2 * n}")
                 [trips] = run_round_trips(workers[0], options.round_trips)
                 samples.add("round trip", trips)
                 print(f"  repetition {repetition + 1}/{repeat} done", flush=True)
@@ -490,7 +576,7 @@ def main(argv: list[str] | None = None) -> int:
         base = samples.median(f"{name} x1") if 1 in counts else float("nan")
         for k in counts:
             rate = samples.median(f"{name} x{k}")
-            low, high = (min(samples.values[f"{name} x{k}"]), max(samples.values[f"{name} x{k}"]))
+            values = samples.values[f"{name} x{k}"]
             rows.append(
                 [
                     name,
@@ -500,52 +586,86 @@ def main(argv: list[str] | None = None) -> int:
                     else f"{materials} x {layers // materials}",
                     k * layers,
                     f"{rate:,.0f}",
-                    f"{low:,.0f}-{high:,.0f}",
+                    f"{min(values):,.0f}-{max(values):,.0f}",
                     f"{_common.ratio(rate, base):.2f}",
+                    f"{samples.median(f'{name} x{k} commands'):.2f}",
+                    f"{samples.median(f'{name} x{k} in redis'):.3f}",
                 ]
             )
     _common.print_table(
         "(a) Layers per second: worker processes on one Redis, each on its own target "
         f"materials, {repeat} repetitions (medians)",
-        ["flow", "processes", "layers per process", "layers in all", "layers/s", "range", "x 1"],
+        [
+            "flow",
+            "processes",
+            "layers per process",
+            "layers in all",
+            "layers/s",
+            "range",
+            "x 1",
+            "Redis commands/layer",
+            "ms/layer in Redis",
+        ],
         rows,
         [
             "layers/s = all processes' layers / (last body end - first body start); each flow "
             "creates its target materials first (not counted), then all bodies start together.",
+            "ms/layer in Redis: wall time the tasks spent inside Redis commands, summed over "
+            "the processes, per layer.",
         ],
     )
     difference = samples.median("cost difference")
-    in_redis = samples.median("in redis redis")
-    commands = samples.median("commands redis")
     trip = samples.median("round trip")
+    commands = sum(total[0] for total in cost_commands.values()) / max(1, cost_layers)
+    in_redis = sum(total[1] for total in cost_commands.values()) / max(1, cost_layers) * 1000
+    breakdown = [
+        [
+            kind,
+            f"{calls / max(1, cost_layers):.2f}",
+            f"{seconds / max(1, cost_layers) * 1000:.3f}",
+            f"{seconds / calls * 1e6:.0f}" if calls else "-",
+        ]
+        for kind, (calls, seconds) in sorted(cost_commands.items(), key=lambda item: -item[1][1])
+    ]
     _common.print_table(
-        f"(b) The Redis lock's cost per layer: {options.cost_layers} sequential create_layer "
-        f"tasks in one process, {repeat} repetitions (medians)",
-        ["locks", "ms/layer", "range", "Redis commands/layer", "ms/layer inside them"],
+        f"(b) The Redis lock's cost per layer: {options.cost_layers} create_layer tasks of each "
+        f"kind in one flow, one after another, taking turns (ABBA), {repeat} repetitions",
+        ["locks", "ms/layer (median task)", "range of the repetitions' medians"],
         [
             [
                 "flock + mmap (no lock URL)",
                 f"{samples.median('cost flock'):.2f}",
                 samples.spread("cost flock"),
-                f"{samples.median('commands flock'):.1f}",
-                f"{samples.median('in redis flock'):.2f}",
             ],
             [
                 "Redis (PREFECT_ATOMSCALE_LOCK_URL)",
                 f"{samples.median('cost redis'):.2f}",
                 samples.spread("cost redis"),
-                f"{commands:.1f}",
-                f"{in_redis:.2f}",
             ],
         ],
         [
-            f"Redis - flock: {difference:+.2f} ms/layer (median of per-repetition differences, "
+            f"Redis - flock: {difference:+.2f} ms/layer (median over the repetitions of the "
+            "difference of the two median tasks, "
             f"range {samples.spread('cost difference')}); target <= +0.3 ms: "
             f"{_common.verdict(difference, 0.3)}.",
-            f"Where it goes: {commands:.1f} Redis commands per layer take {in_redis:.2f} ms "
-            f"inside the flow ({in_redis / commands * 1000 if commands else 0:.0f} us each); "
-            f"one round trip alone, outside any flow, takes {trip:.0f} us "
-            f"({commands * trip / 1000:.2f} ms for {commands:.1f}).",
+        ],
+    )
+    _common.print_table(
+        "(b) Where the Redis time goes: the commands of one layer, inside the flow (all "
+        "Redis runs)",
+        ["command and key family", "per layer", "ms/layer (mean)", "us each (mean)"],
+        [
+            *breakdown,
+            [
+                "all",
+                f"{commands:.2f}",
+                f"{in_redis:.3f}",
+                f"{in_redis / max(commands, 1e-9) * 1000:.0f}",
+            ],
+        ],
+        [
+            f"One round trip alone, outside any flow, in the same worker: {trip:.0f} us "
+            f"({commands * trip / 1000:.2f} ms for {commands:.1f} commands).",
             *(f"CHECK FAILED: {check}" for check in checks),
             "Setup: one worker process per 'machine' (own PREFECT_HOME), started once and "
             f"warmed up ({workers_seconds:.0f} s, not counted); the sandbox, redis-server "
