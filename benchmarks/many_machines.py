@@ -38,7 +38,7 @@ server (`_common.prefect_server`), and the worker processes, all on this machine
 cores, 4 processes share 2 CPUs with the sandbox, Redis and the Prefect server, so read
 the speed-ups as what one machine's cores allow, not as a cluster's scaling.
 
-Rerun it with (defaults shown; about 6 minutes on a 2-core machine):
+Rerun it with (defaults shown; 5-6 minutes on a 2-core machine):
 
     python benchmarks/many_machines.py --processes 1,2,4 --layers 200 --stack-layers 2000 \
         --materials 4 --cost-layers 300 --repeat 3
