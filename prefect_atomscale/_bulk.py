@@ -32,6 +32,7 @@ from prefect import task
 from prefect.logging import get_run_logger
 from prefect.runtime import task_run as current_task_run
 
+from prefect_atomscale import _reconcile
 from prefect_atomscale._caching import invalidate_position
 from prefect_atomscale._client import AsyncAtomscaleClient, AtomscaleClient
 from prefect_atomscale._credentials import AtomscaleCredentials
@@ -52,6 +53,8 @@ from prefect_atomscale._reconcile import (
 from prefect_atomscale._retries import aretry_if_transient, retry_if_transient
 from prefect_atomscale._tasks import (
     async_request_client,
+    aunsettled_on_failure,
+    pending,
     request_client,
     settle_if_retry,
     task_options,
@@ -144,8 +147,12 @@ def _record(
     unsettled: tuple[str, int, int],
     plan: list[tuple[LayerRequest, Adopt | Update | Create]],
     outcomes: Sequence[Layer | AtomscaleError],
-) -> None:
-    """Put what was written into the material's view; after a failure, forget the view."""
+) -> bool:
+    """Put what was written into the material's view; after a failure, forget the view.
+
+    Returns:
+        Whether a failed write may still land, so the caller lets it settle, locks held.
+    """
     created = [o for (_, d), o in zip(plan, outcomes, strict=True) if isinstance(d, Create)]
     updated = [o for (_, d), o in zip(plan, outcomes, strict=True) if isinstance(d, Update)]
     material_views.wrote(key, [o for o in created if isinstance(o, Layer)])
@@ -158,6 +165,7 @@ def _record(
         material_views.forget(key)
     if any(error.transient for error in errors):
         mark_unsettled(*unsettled)
+    return any(pending(error) for error in errors)
 
 
 def _write_one(
@@ -255,7 +263,8 @@ def create_layers(
         material_views.writing(key)
         with ThreadPoolExecutor(max_workers=max(1, max_concurrency)) as pool:
             outcomes = list(pool.map(write, plan))
-        _record(key, (account, stack.sample_id, 0), plan, outcomes)
+        if _record(key, (account, stack.sample_id, 0), plan, outcomes):
+            time.sleep(_reconcile.SETTLE_SECONDS)
     written = _written(plan, outcomes)
     _report(stack, plan, replaced=False)
     return written
@@ -280,7 +289,7 @@ async def acreate_layers(
         view = material_views.current(key)
         if view is not None and view.created_here:
             material_views.writing(key)
-            with unsettled_on_failure(key, account, stack.sample_id, 0):
+            async with aunsettled_on_failure(key, account, stack.sample_id, 0):
                 await client.replace_layers(stack.sample_id, stack.requests, _writing(stack))
             listed = await client.layers_of(stack.sample_id, f"reading back {stack.describe()}")
             return _replaced(key, stack, listed)
@@ -301,7 +310,8 @@ async def acreate_layers(
 
         material_views.writing(key)
         outcomes = await asyncio.gather(*(write(step) for step in plan))
-        _record(key, (account, stack.sample_id, 0), plan, outcomes)
+        if _record(key, (account, stack.sample_id, 0), plan, outcomes):
+            await asyncio.sleep(_reconcile.SETTLE_SECONDS)
     written = _written(plan, outcomes)
     _report(stack, plan, replaced=False)
     return written

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any, Protocol
 
 from prefect import task
@@ -23,6 +23,7 @@ from prefect.logging import get_run_logger
 from prefect.runtime import task_run as current_task_run
 from prefect.settings import PREFECT_TASKS_REFRESH_CACHE
 
+from prefect_atomscale import _reconcile
 from prefect_atomscale._caching import (
     DEFAULT_CACHE_EXPIRATION,
     AtomscaleRequestCache,
@@ -33,6 +34,7 @@ from prefect_atomscale._credentials import AtomscaleCredentials
 from prefect_atomscale._exceptions import (
     AtomscaleConfigurationError,
     AtomscaleError,
+    AtomscaleRateLimitError,
     AtomscaleValidationError,
 )
 from prefect_atomscale._locking import CacheLockManager
@@ -63,9 +65,11 @@ __all__ = [
     "acreate_layer",
     "acreate_target_material",
     "async_request_client",
+    "aunsettled_on_failure",
     "create_layer",
     "create_target_material",
     "is_retry",
+    "pending",
     "request_client",
     "settle_if_retry",
     "task_options",
@@ -223,9 +227,19 @@ def _material_key(request: TargetMaterialRequest) -> tuple[str, str]:
     return ("material", request.canonical_json())
 
 
+def pending(exc: AtomscaleError) -> bool:
+    """Whether a failed write may still land at the service (a 429 was refused outright)."""
+    return exc.transient and not isinstance(exc, AtomscaleRateLimitError)
+
+
 @contextmanager
 def unsettled_on_failure(view_key: str | None, *what: object) -> Iterator[None]:
-    """On a failed write, forget the material's view; mark a reply-less one unsettled."""
+    """On a failed write, forget the material's view; let a pending one settle, locks held.
+
+    The wait happens before the locks are given back, so that no other writer (another
+    task, process or machine) lists the material before a write the service may still
+    commit has landed.
+    """
     try:
         yield
     except AtomscaleError as exc:
@@ -233,6 +247,23 @@ def unsettled_on_failure(view_key: str | None, *what: object) -> Iterator[None]:
             mark_unsettled(*what)
         if view_key is not None:
             material_views.forget(view_key)
+        if pending(exc):
+            time.sleep(_reconcile.SETTLE_SECONDS)
+        raise
+
+
+@asynccontextmanager
+async def aunsettled_on_failure(view_key: str | None, *what: object) -> AsyncIterator[None]:
+    """Async `unsettled_on_failure`: waits without blocking the event loop."""
+    try:
+        yield
+    except AtomscaleError as exc:
+        if exc.transient:
+            mark_unsettled(*what)
+        if view_key is not None:
+            material_views.forget(view_key)
+        if pending(exc):
+            await asyncio.sleep(_reconcile.SETTLE_SECONDS)
         raise
 
 
@@ -475,7 +506,7 @@ async def acreate_target_material(
     if found := await client.find_target_materials(request):
         return _adopted_material(request, found)
     try:
-        with unsettled_on_failure(None, *_material_key(request)):
+        async with aunsettled_on_failure(None, *_material_key(request)):
             material = await client.create_target_material(request)
     except AtomscaleValidationError as exc:
         refused = _name_refused_layers(request, exc)
@@ -622,7 +653,7 @@ async def acreate_layer(
         if isinstance(decision, Adopt):
             return _finish_layer(request, decision, decision.layer)
         material_views.writing(key)
-        with unsettled_on_failure(key, *position):
+        async with aunsettled_on_failure(key, *position):
             if isinstance(decision, Update):
                 layer = await client.update_layer(request)
             else:
