@@ -23,6 +23,7 @@ except ImportError as exc:  # pragma: no cover - the message is the point
         "pip install 'prefect-atomscale[redis]'."
     ) from exc
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import LockError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from prefect_atomscale._exceptions import AtomscaleConflictError
@@ -112,9 +113,15 @@ class LeasedRedisLockManager(RedisLockManager):
 
     def release_lock(self, key: str, holder: str) -> None:
         """Release `holder`'s lock on `key`."""
-        self._mine.pop(key, None)
+        was_mine = self._mine.pop(key, None) is not None
         try:
             super().release_lock(key, holder)
+        except (LockError, ValueError):
+            if not was_mine:
+                raise
+            # The lease ran out first (a transaction longer than the lease): the lock is
+            # gone, or another run's now; there is nothing left to give back.
+            self._locks.pop(self._lock_name_for_key(key), None)
         except _UNREACHABLE as exc:
             raise unreachable(self._url, "releasing a cache lock", exc) from None
 
