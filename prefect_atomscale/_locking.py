@@ -159,6 +159,9 @@ class _ProcessFiles:
                 fcntl.flock(fd, fcntl.LOCK_UN)
             self._park(index, fd)
 
+    def keep_alive(self, index: int) -> None:
+        """Nothing to do: a flock lasts as long as its process."""
+
     def holds(self, index: int) -> bool:
         """Whether this process holds file `index` now."""
         with self._mutex:
@@ -239,6 +242,9 @@ class KeyLocks:
             files = self._files
             if first and files and not files.try_take(file_of(waiter.key)):
                 return False
+            if not first and files:
+                # Joining readers keep a busy slot's lease from running out under them.
+                files.keep_alive(file_of(waiter.key))
             if waiter.shared:
                 state.readers += 1
             else:

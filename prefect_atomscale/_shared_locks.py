@@ -208,6 +208,17 @@ class LeasedSlots:
                 self._held[index] = (lock, 1, time.monotonic())
             return taken
 
+    def keep_alive(self, index: int) -> None:
+        """Renew this process's lease on slot `index` if a third of it has passed."""
+        with self._mutex:
+            held = self._held.get(index)
+            if held is None:
+                return
+            lock, holders, since = held
+            if time.monotonic() - since > self._lease / 3:
+                self._renew(lock)
+                self._held[index] = (lock, holders, time.monotonic())
+
     def _renew(self, lock: Lock) -> None:
         from redis.exceptions import LockError
 

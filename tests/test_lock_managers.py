@@ -176,6 +176,33 @@ def test_a_cache_lock_held_past_its_lease_is_given_back_without_an_error(
     manager.release_lock(key, "next")
 
 
+@pytest.mark.timeout(30)
+def test_overlapping_holders_keep_a_busy_slot_leased_past_its_lease(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Writers of one target material that keep overlapping keep its slot: no gap, no expiry.
+
+    The first reader takes the slot; later ones join it. Were the lease only renewed by
+    a first reader, a busy material held longer than the lease would lose its slot while
+    this process still wrote, and another machine could take it.
+    """
+    monkeypatch.setenv(LOCK_URL_ENV, redis_server.url)
+    monkeypatch.setenv(LEASE_ENV, "2")
+    family = f"keep-alive-{uuid.uuid4().hex[:8]}"
+    locks = KeyLocks(family)
+    key = "account/1"
+    name = f"prefect-atomscale:{family}:{file_of(key):04d}"
+    locks.acquire(key, shared=True, holder="first")
+    started = time.monotonic()
+    while time.monotonic() - started < 4.0:  # twice the lease, always one reader or more
+        locks.acquire(key, shared=True, holder=f"joins-{time.monotonic()}")
+        locks.release(key, shared=True)
+        assert redis_server.client().exists(name), "the slot's lease ran out while held"
+        time.sleep(0.1)
+    locks.release(key, shared=True)
+    assert not redis_server.client().exists(name)
+
+
 # --------------------------------------------------------------- two runs forced to overlap
 
 HELD_SECONDS = 5.0
