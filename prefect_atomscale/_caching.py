@@ -105,13 +105,14 @@ class AtomscaleRequestCache(CachePolicy):
         try:
             request = self.build_request(inputs)
             fingerprint = credentials.account_fingerprint()
+            # An unreachable lock server fails here too: the task body then says so.
+            epoch = str(_epoch(fingerprint, request))
         except AtomscaleError:
             return None
         # What to do about a different record (`if_exists`) changes the outcome, so a
         # run with "update" must not be answered by the cache entry of one with "reuse".
         # Prefect passes defaults as inputs; left out, it is the tasks' default, "error".
         policy = str(inputs.get("if_exists", "error"))
-        epoch = str(_epoch(fingerprint, request))
         parts = [self.task_name, self.version, fingerprint, request.canonical_json(), policy, epoch]
         material = "\0".join(parts)
         return hashlib.sha256(material.encode()).hexdigest()
