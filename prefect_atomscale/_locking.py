@@ -12,7 +12,8 @@ Who else writes, and what this module does about each:
   (Prefect's own `FileSystemLockManager` would keep a killed holder's lock for ever).
   Because the flock is the process's, not the key's, two keys that share a file never
   wait for their own process, inside a Prefect transaction or not;
-- **other machines**: not ordered here (see README, "Against other writers").
+- **other machines**: ordered only when `PREFECT_ATOMSCALE_LOCK_URL` names a Redis
+  server: then the process-level holds and the counters live there (`_shared_locks`).
 
 Every wait is bounded: past its timeout a lock fails loudly with
 `AtomscaleConflictError`, naming what it waited for, instead of hanging a flow.

@@ -43,10 +43,11 @@ __all__ = [
 ]
 
 SETTLE_SECONDS = 3.0
-"""How long after the client gave up on a write its retry waits before looking again.
+"""How long a write whose reply never came settles, locks held, before anyone looks again.
 
 Long enough for a service that commits a queued write a moment after the client's
-timeout; a write committed later than this can still be duplicated (see README)."""
+timeout; a write committed later than this can still be duplicated (see
+docs/guides/exactly-once.md)."""
 
 # Writes whose outcome is unknown, by what they write, with when the client gave up.
 _UNSETTLED_LIMIT = 10_000

@@ -12,8 +12,9 @@ finds the counter changed since its view was made lists the account again. That 
 other flow runs, local Dask workers and a worker that died after its write landed.
 A write whose reply never came drops the view (the write may land late), and so do a
 retry and `refresh_cache`. A view is also listed again once it is `VIEW_TTL_SECONDS`
-old: writers on other machines and colleagues are seen at the next listing, within that
-time (see README, "Against other writers").
+old: colleagues, and writers on other machines that share no lock server
+(`PREFECT_ATOMSCALE_LOCK_URL`), are seen at the next listing, within that time (see
+docs/guides/exactly-once.md, "Against other writers").
 
 Locks, always taken in this order: the target material's (shared by the layer writes
 of one process, exclusive for a whole-stack write), then the layer position's.
