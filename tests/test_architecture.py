@@ -54,9 +54,11 @@ def _imports(path: Path) -> set[str]:
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module)
-            # `from package import _module` imports that module.
-            names.update(f"{node.module}.{a.name}" for a in node.names if a.name.startswith("_"))
+            # `from package import _module` imports that module, not the package's names.
+            modules = [a.name for a in node.names if a.name.startswith("_")]
+            names.update(f"{node.module}.{name}" for name in modules)
+            if len(modules) < len(node.names):
+                names.add(node.module)
     return names
 
 
