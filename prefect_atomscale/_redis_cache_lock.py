@@ -125,6 +125,20 @@ class LeasedRedisLockManager(RedisLockManager):
         except _UNREACHABLE as exc:
             raise unreachable(self._url, "releasing a cache lock", exc) from None
 
+    def is_locked(self, key: str) -> bool:
+        """Whether any run holds `key`."""
+        try:
+            return bool(super().is_locked(key))
+        except _UNREACHABLE as exc:
+            raise unreachable(self._url, "reading a cache lock", exc) from None
+
+    def is_lock_holder(self, key: str, holder: str) -> bool:
+        """Whether `holder` holds `key`."""
+        try:
+            return bool(super().is_lock_holder(key, holder))
+        except _UNREACHABLE as exc:
+            raise unreachable(self._url, "reading a cache lock", exc) from None
+
     def wait_for_lock(self, key: str, timeout: float | None = None) -> bool:
         """Wait, at most the wait limit, until nobody holds `key`.
 
