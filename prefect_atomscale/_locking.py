@@ -64,6 +64,7 @@ __all__ = [
     "Generations",
     "KeyLocks",
     "lock_directory",
+    "refuse_self_wait",
 ]
 
 LOCK_FILES = 1024
@@ -437,6 +438,25 @@ class Generations:
             return value
 
 
+def refuse_self_wait(held: tuple[str, int | None] | None, holder: str) -> None:
+    """Fail at once if this thread already holds the lock for another holder.
+
+    Args:
+        held: Who holds the key in this process, and on which thread, if anyone.
+        holder: Who asks for it now.
+
+    Raises:
+        AtomscaleConflictError: The same request twice in one transaction: the wait
+            could never end.
+    """
+    if held is not None and held[0] != holder and held[1] == threading.get_ident():
+        raise AtomscaleConflictError(
+            "The same request runs twice inside one Prefect transaction: the first "
+            "run's cache lock is held until the transaction commits, so the second "
+            "would wait for ever. Call it once and reuse its result."
+        )
+
+
 class FlockLockManager(LockManager):
     """Prefect's `LockManager` on `KeyLocks`: for the cache transactions of target materials.
 
@@ -457,13 +477,7 @@ class FlockLockManager(LockManager):
         return (type(self), (self._family,))
 
     def _refuse_self_wait(self, key: str, holder: str) -> None:
-        held = self._locks.writer(key)
-        if held is not None and held[0] != holder and held[1] == threading.get_ident():
-            raise AtomscaleConflictError(
-                "The same request runs twice inside one Prefect transaction: the first "
-                "run's cache lock is held until the transaction commits, so the second "
-                "would wait for ever. Call it once and reuse its result."
-            )
+        refuse_self_wait(self._locks.writer(key), holder)
 
     def acquire_lock(
         self,

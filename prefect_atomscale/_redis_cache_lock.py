@@ -27,6 +27,7 @@ from redis.exceptions import LockError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from prefect_atomscale._exceptions import AtomscaleConflictError
+from prefect_atomscale._locking import refuse_self_wait
 from prefect_atomscale._shared_locks import redacted, unreachable
 
 __all__ = ["LeasedRedisLockManager"]
@@ -47,13 +48,7 @@ class LeasedRedisLockManager(RedisLockManager):
         return (type(self), (self._url, self._lease, self._wait_limit))
 
     def _refuse_self_wait(self, key: str, holder: str) -> None:
-        mine = self._mine.get(key)
-        if mine is not None and mine[0] != holder and mine[1] == threading.get_ident():
-            raise AtomscaleConflictError(
-                "The same request runs twice inside one Prefect transaction: the first "
-                "run's cache lock is held until the transaction commits, so the second "
-                "would wait for ever. Call it once and reuse its result."
-            )
+        refuse_self_wait(self._mine.get(key), holder)
 
     def _waited(self, limit: float) -> AtomscaleConflictError:
         return AtomscaleConflictError(
