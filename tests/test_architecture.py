@@ -38,6 +38,7 @@ LAYERS: dict[str, int] = {
     "_views": 3,
     "_shared_locks": 3,
     "_redis_cache_lock": 3,
+    "_events": 3,
     # 4 tasks and artifacts
     "_tasks": 4,
     "_bulk": 4,

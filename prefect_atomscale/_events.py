@@ -1,0 +1,211 @@
+"""Prefect events that the create tasks emit, so that Automations can react to them.
+
+Three events, each about one target material (the event's resource):
+
+- `atomscale.target-material.created`: `create_target_material` created one (not when
+  it adopted an existing one);
+- `atomscale.layer.created`: `create_layer` or `create_layers` created a layer (not
+  when it adopted or updated one);
+- `atomscale.stack.completed`: `create_layers` finished with every requested layer in
+  place.
+
+A cached re-run sends nothing, because the task body does not run. The resource id is
+`atomscale.target-material.<host>.<sample_id>`, where `<host>` is the host (and port)
+of the account's base URL: sample ids of two services never meet, and nothing derived
+from the API key is ever part of an event. Prefect itself adds the flow run, task run,
+flow, deployment, work pool and tags as related resources, from the run context
+(`prefect.events.related`), so the events here name none of them.
+
+Emitting never fails a task: an error is logged at DEBUG and swallowed. See
+`docs/guides/events.md` for the payloads and an Automation.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+from prefect.events import emit_event
+
+from prefect_atomscale._credentials import AtomscaleCredentials
+from prefect_atomscale._models import Layer, TargetMaterial
+
+__all__ = [
+    "LAYER_CREATED",
+    "STACK_COMPLETED",
+    "TARGET_MATERIAL_CREATED",
+    "account_label",
+    "layers_created",
+    "material_resource",
+    "stack_completed",
+    "target_material_created",
+    "target_material_known",
+]
+
+TARGET_MATERIAL_CREATED = "atomscale.target-material.created"
+LAYER_CREATED = "atomscale.layer.created"
+STACK_COMPLETED = "atomscale.stack.completed"
+
+_logger = logging.getLogger(__name__)
+
+# Names of the target materials this process created or adopted, by (host, sample_id),
+# so that layer events carry `prefect.resource.name` without asking the service.
+_MAX_NAMES = 10_000
+_names: OrderedDict[tuple[str, int], str] = OrderedDict()
+_names_lock = threading.Lock()
+
+
+def account_label(credentials: AtomscaleCredentials) -> str:
+    """The host (and port, if any) of the account's base URL: no user, path or key.
+
+    Args:
+        credentials: The account.
+
+    Returns:
+        For example `api.atomscale.ai` or `127.0.0.1:8000`.
+    """
+    parts = urlsplit(credentials.resolve().base_url)
+    host = (parts.hostname or "").lower()
+    return f"{host}:{parts.port}" if parts.port else host
+
+
+def _remember(account: str, sample_id: int, name: str | None) -> None:
+    if not name:
+        return
+    with _names_lock:
+        _names[(account, sample_id)] = name
+        _names.move_to_end((account, sample_id))
+        while len(_names) > _MAX_NAMES:
+            _names.popitem(last=False)
+
+
+def _name_of(account: str, sample_id: int) -> str | None:
+    with _names_lock:
+        return _names.get((account, sample_id))
+
+
+def material_resource(account: str, sample_id: int, name: str | None = None) -> dict[str, str]:
+    """The event resource of one target material.
+
+    Args:
+        account: `account_label` of the credentials.
+        sample_id: The target material.
+        name: Its name, if known; else the name this process last saw for it, if any.
+
+    Returns:
+        `prefect.resource.id`, `prefect.resource.name` (when known), and the labels
+        `atomscale.sample-id` and `atomscale.host`.
+    """
+    resource = {
+        "prefect.resource.id": f"atomscale.target-material.{account}.{sample_id}",
+        "atomscale.sample-id": str(sample_id),
+        "atomscale.host": account,
+    }
+    known = name or _name_of(account, sample_id)
+    if known:
+        resource["prefect.resource.name"] = known
+    return resource
+
+
+def _emit(event: str, resource: dict[str, str], payload: dict[str, Any]) -> None:
+    try:
+        emit_event(event=event, resource=resource, payload=payload)
+    except Exception as exc:  # an event is never worth a failed flow
+        _logger.debug("Could not emit %s for %s: %r", event, resource["prefect.resource.id"], exc)
+
+
+def _account(credentials: AtomscaleCredentials) -> str | None:
+    try:
+        return account_label(credentials)
+    except Exception as exc:  # the client was built from them, so this is not expected
+        _logger.debug("No account label for events: %r", exc)
+        return None
+
+
+def target_material_known(credentials: AtomscaleCredentials, material: TargetMaterial) -> None:
+    """Remember an adopted target material's name for its layer events; emit nothing."""
+    account = _account(credentials)
+    if account is not None:
+        _remember(account, material.sample_id, material.sample_name)
+
+
+def target_material_created(
+    credentials: AtomscaleCredentials, material: TargetMaterial, layers: int
+) -> None:
+    """Emit `atomscale.target-material.created`.
+
+    Args:
+        credentials: The account it was created in.
+        material: The created target material.
+        layers: How many layers were created with it, in the same request.
+    """
+    account = _account(credentials)
+    if account is None:
+        return
+    _remember(account, material.sample_id, material.sample_name)
+    payload = {
+        "sample_id": material.sample_id,
+        "sample_name": material.sample_name,
+        "substrate": material.substrate,
+        "layers": layers,
+    }
+    _emit(TARGET_MATERIAL_CREATED, material_resource(account, material.sample_id), payload)
+
+
+def layers_created(
+    credentials: AtomscaleCredentials, sample_id: int, layers: Sequence[Layer]
+) -> None:
+    """Emit one `atomscale.layer.created` per layer, in the order given.
+
+    Args:
+        credentials: The account.
+        sample_id: The target material the layers belong to.
+        layers: The layers just created (not adopted, not updated).
+    """
+    if not layers:
+        return
+    account = _account(credentials)
+    if account is None:
+        return
+    resource = material_resource(account, sample_id)
+    for layer in layers:
+        payload = {
+            "layer_id": layer.layer_id,
+            "record_id": layer.id,
+            "composition_string": layer.composition_string,
+            "orientation": layer.orientation,
+        }
+        _emit(LAYER_CREATED, dict(resource), payload)
+
+
+def stack_completed(
+    credentials: AtomscaleCredentials,
+    sample_id: int,
+    *,
+    created: int,
+    already_there: int,
+    updated: int,
+) -> None:
+    """Emit `atomscale.stack.completed`: every requested layer is in place.
+
+    Args:
+        credentials: The account.
+        sample_id: The target material.
+        created: Layers this task created.
+        already_there: Equal layers found and adopted (or kept, with `if_exists="reuse"`).
+        updated: Different layers changed to the requested ones (`if_exists="update"`).
+    """
+    account = _account(credentials)
+    if account is None:
+        return
+    payload = {
+        "layers": created + already_there + updated,
+        "created": created,
+        "already_there": already_there,
+        "updated": updated,
+    }
+    _emit(STACK_COMPLETED, material_resource(account, sample_id), payload)
