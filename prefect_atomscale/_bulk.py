@@ -32,7 +32,7 @@ from prefect import task
 from prefect.logging import get_run_logger
 from prefect.runtime import task_run as current_task_run
 
-from prefect_atomscale import _reconcile
+from prefect_atomscale import _events, _reconcile
 from prefect_atomscale._caching import invalidate_position
 from prefect_atomscale._client import AsyncAtomscaleClient, AtomscaleClient
 from prefect_atomscale._credentials import AtomscaleCredentials
@@ -108,15 +108,20 @@ def _written(
     return [request.complete(layer) for (request, _), layer in zip(plan, layers, strict=True)]
 
 
+def _counts(plan: list[tuple[LayerRequest, Any]]) -> dict[str, int]:
+    counts = {"created": 0, "adopted": 0, "updated": 0}
+    for _request, decision in plan:
+        kind = {Adopt: "adopted", Update: "updated", Create: "created"}[type(decision)]
+        counts[kind] += 1
+    return counts
+
+
 def _report(stack: StackRequest, plan: list[tuple[LayerRequest, Any]], replaced: bool) -> None:
     logger = get_run_logger()
     if replaced:
         logger.info("Wrote %s in one replace-stack request.", stack.describe())
         return
-    counts = {"created": 0, "adopted": 0, "updated": 0}
-    for _request, decision in plan:
-        kind = {Adopt: "adopted", Update: "updated", Create: "created"}[type(decision)]
-        counts[kind] += 1
+    counts = _counts(plan)
     logger.info(
         "Wrote %s: %s created, %s already there, %s updated.",
         stack.describe(),
@@ -140,6 +145,45 @@ def _replaced(key: str, stack: StackRequest, listed: list[Layer]) -> list[Layer]
     material_views.load(key, listed)
     _report(stack, [], replaced=True)
     return stack.in_order(listed)
+
+
+def _emit_created(
+    credentials: AtomscaleCredentials,
+    stack: StackRequest,
+    plan: list[tuple[LayerRequest, Adopt | Update | Create]],
+    outcomes: Sequence[Layer | AtomscaleError],
+) -> None:
+    """One `atomscale.layer.created` per layer created, also when others failed."""
+    created = [o for (_, d), o in zip(plan, outcomes, strict=True) if isinstance(d, Create)]
+    _events.layers_created(
+        credentials, stack.sample_id, [o for o in created if isinstance(o, Layer)]
+    )
+
+
+def _emit_completed(
+    credentials: AtomscaleCredentials,
+    stack: StackRequest,
+    plan: list[tuple[LayerRequest, Adopt | Update | Create]],
+) -> None:
+    counts = _counts(plan)
+    _events.stack_completed(
+        credentials,
+        stack.sample_id,
+        created=counts["created"],
+        already_there=counts["adopted"],
+        updated=counts["updated"],
+    )
+
+
+def _replaced_events(
+    credentials: AtomscaleCredentials, stack: StackRequest, written: list[Layer]
+) -> list[Layer]:
+    """The replace-stack request created every layer of the stack."""
+    _events.layers_created(credentials, stack.sample_id, written)
+    _events.stack_completed(
+        credentials, stack.sample_id, created=len(written), already_there=0, updated=0
+    )
+    return written
 
 
 def _record(
@@ -249,7 +293,7 @@ def create_layers(
             with unsettled_on_failure(key, account, stack.sample_id, 0):
                 client.replace_layers(stack.sample_id, stack.requests, _writing(stack))
             listed = client.layers_of(stack.sample_id, f"reading back {stack.describe()}")
-            return _replaced(key, stack, listed)
+            return _replaced_events(credentials, stack, _replaced(key, stack, listed))
         if view is None:
             view = material_views.load(key, client.layers_of(stack.sample_id, _reading(stack)))
         plan = _plan(stack, view.layers(), policy)
@@ -263,10 +307,12 @@ def create_layers(
         material_views.writing(key)
         with ThreadPoolExecutor(max_workers=max(1, max_concurrency)) as pool:
             outcomes = list(pool.map(write, plan))
+        _emit_created(credentials, stack, plan, outcomes)
         if _record(key, (account, stack.sample_id, 0), plan, outcomes):
             time.sleep(_reconcile.SETTLE_SECONDS)
     written = _written(plan, outcomes)
     _report(stack, plan, replaced=False)
+    _emit_completed(credentials, stack, plan)
     return written
 
 
@@ -292,7 +338,7 @@ async def acreate_layers(
             async with aunsettled_on_failure(key, account, stack.sample_id, 0):
                 await client.replace_layers(stack.sample_id, stack.requests, _writing(stack))
             listed = await client.layers_of(stack.sample_id, f"reading back {stack.describe()}")
-            return _replaced(key, stack, listed)
+            return _replaced_events(credentials, stack, _replaced(key, stack, listed))
         if view is None:
             listed = await client.layers_of(stack.sample_id, _reading(stack))
             view = material_views.load(key, listed)
@@ -310,8 +356,10 @@ async def acreate_layers(
 
         material_views.writing(key)
         outcomes = await asyncio.gather(*(write(step) for step in plan))
+        _emit_created(credentials, stack, plan, outcomes)
         if _record(key, (account, stack.sample_id, 0), plan, outcomes):
             await asyncio.sleep(_reconcile.SETTLE_SECONDS)
     written = _written(plan, outcomes)
     _report(stack, plan, replaced=False)
+    _emit_completed(credentials, stack, plan)
     return written
