@@ -23,7 +23,7 @@ from prefect.logging import get_run_logger
 from prefect.runtime import task_run as current_task_run
 from prefect.settings import PREFECT_TASKS_REFRESH_CACHE
 
-from prefect_atomscale import _reconcile
+from prefect_atomscale import _events, _reconcile
 from prefect_atomscale._caching import (
     DEFAULT_CACHE_EXPIRATION,
     AtomscaleRequestCache,
@@ -375,9 +375,10 @@ def _name_refused_layers(
 
 
 def _adopted_material(
-    request: TargetMaterialRequest, found: list[TargetMaterial]
+    credentials: AtomscaleCredentials, request: TargetMaterialRequest, found: list[TargetMaterial]
 ) -> TargetMaterial:
     material = found[0]
+    _events.target_material_known(credentials, material)  # its name, for layer events
     get_run_logger().info(
         "Found %s already created (sample_id %s); using it instead of creating another.",
         request.describe(),
@@ -397,6 +398,7 @@ def _created_material(
     get_run_logger().info(
         "Created %s%s as sample_id %s.", request.describe(), with_layers, material.sample_id
     )
+    _events.target_material_created(credentials, material, len(request.layers))
     return material
 
 
@@ -472,7 +474,7 @@ def create_target_material(
     client = request_client(credentials, request)
     time.sleep(settle_delay(*_material_key(request)))
     if found := client.find_target_materials(request):
-        return _adopted_material(request, found)
+        return _adopted_material(credentials, request, found)
     try:
         with unsettled_on_failure(None, *_material_key(request)):
             material = client.create_target_material(request)
@@ -504,7 +506,7 @@ async def acreate_target_material(
     client = async_request_client(credentials, request)
     await asyncio.sleep(settle_delay(*_material_key(request)))
     if found := await client.find_target_materials(request):
-        return _adopted_material(request, found)
+        return _adopted_material(credentials, request, found)
     try:
         async with aunsettled_on_failure(None, *_material_key(request)):
             material = await client.create_target_material(request)
@@ -615,7 +617,10 @@ def create_layer(
         material_views.wrote(key, [layer], replaced=isinstance(decision, Update))
     if isinstance(decision, Update):
         invalidate_position(*position)
-    return _finish_layer(request, decision, layer)
+    finished = _finish_layer(request, decision, layer)
+    if isinstance(decision, Create):
+        _events.layers_created(credentials, request.sample_id, [finished])
+    return finished
 
 
 @task(**task_options("acreate_layer", _layer_request, aretry_if_transient, _layer_run_name))
@@ -661,4 +666,7 @@ async def acreate_layer(
         material_views.wrote(key, [layer], replaced=isinstance(decision, Update))
     if isinstance(decision, Update):
         invalidate_position(*position)
-    return _finish_layer(request, decision, layer)
+    finished = _finish_layer(request, decision, layer)
+    if isinstance(decision, Create):
+        _events.layers_created(credentials, request.sample_id, [finished])
+    return finished
