@@ -13,7 +13,7 @@ import asyncio
 import email.utils
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -37,7 +37,13 @@ from prefect_atomscale._exceptions import (
 )
 from prefect_atomscale._listing import ListingReader
 from prefect_atomscale._models import Layer, TargetMaterial, TargetMaterialRow
-from prefect_atomscale._payloads import LayerRequest, TargetMaterialRequest
+from prefect_atomscale._payloads import (
+    OWNER_KEY,
+    LayerRequest,
+    TargetMaterialRequest,
+    _positive_int,
+    _text,
+)
 
 __all__ = ["AsyncAtomscaleClient", "AtomscaleClient"]
 
@@ -124,6 +130,105 @@ def _at_position(request: LayerRequest) -> _Rows:
 
 def _named(request: TargetMaterialRequest) -> _Rows:
     return _Rows(lambda row: _is(row.get("sample_name"), request.sample_name))
+
+
+def _update_target_material(sample_id: int, changes: dict[str, Any]) -> _Call:
+    # A PATCH sets the given fields to the given values: sent twice, it leaves the same
+    # record, so a retry after a reply that never came (a timeout, a dropped connection,
+    # a 5xx after the write) is safe, unlike a retried POST.
+    fields = ", ".join(sorted(changes))
+    purpose = f"updating the {fields} of target material {sample_id}"
+    return _Call("PATCH", f"/target-materials/{sample_id}", purpose, changes)
+
+
+def _first_of_each(name: str | None) -> _Rows:
+    """One listed row per target material (named `name`, if given): the first one seen.
+
+    The listing has one row per layer, and a target material's fields are the same on
+    each; keeping one row per material keeps a listing of the whole organisation small.
+    `_Rows` filters twice (while streaming and again before validation) with the same
+    row objects, so the first row of each material is remembered by identity.
+    """
+    first: dict[str, int] = {}
+
+    def keep(row: dict[str, Any]) -> bool:
+        if name is not None and not _is(row.get("sample_name"), name):
+            return False
+        value = row.get("sample_id")
+        key = value.strip() if isinstance(value, str) else repr(value)
+        return first.setdefault(key, id(row)) == id(row)
+
+    return _Rows(keep)
+
+
+def target_material_changes(
+    sample_id: Any,
+    *,
+    sample_name: Any = None,
+    substrate: Any = None,
+    sample_metadata: Any = None,
+    owner: str | None = None,
+) -> dict[str, Any]:
+    """Check an update of a target material and return the PATCH body: given fields only.
+
+    The same rules as creating one (`TargetMaterialRequest.build`): a non-empty name and
+    substrate of at most 256 characters, metadata that is a JSON object without the
+    reserved key `prefect_atomscale`; and at least one field. `owner`, with
+    `sample_metadata`, is the ownership token to keep under that key.
+
+    Raises:
+        AtomscaleValidationError: For anything that cannot be sent.
+    """
+    where = f"Update of target material {sample_id!r:.40}"
+    material = _positive_int(
+        "sample_id", sample_id, where, "the sample_id that create_target_material returned"
+    )
+    where = f"Update of target material {material}"
+    changes: dict[str, Any] = {}
+    if sample_name is not None:
+        keep = "Give the new name, or leave sample_name out to keep the name"
+        changes["sample_name"] = _text("sample_name", sample_name, where, required=keep)
+    if substrate is not None:
+        keep = "Give the new substrate, e.g. 'SrTiO3', or leave substrate out to keep it"
+        changes["substrate"] = _text("substrate", substrate, where, required=keep)
+    if sample_metadata is not None:
+        changes["sample_metadata"] = _metadata(sample_metadata, where, owner)
+    if not changes:
+        raise AtomscaleValidationError(
+            f"{where}: nothing to change. Give at least one of sample_name, substrate and "
+            "sample_metadata (sample_metadata={} empties the metadata)."
+        )
+    return changes
+
+
+def _metadata(value: Any, where: str, owner: str | None) -> dict[str, Any]:
+    if not isinstance(value, Mapping):
+        raise AtomscaleValidationError(
+            f"{where}: sample_metadata must be a mapping (a JSON object), got "
+            f"{type(value).__name__}. Pass a dict such as {{'growth': 'PLD'}}, or leave it "
+            "out to keep the metadata."
+        )
+    try:
+        metadata: dict[str, Any] = json.loads(json.dumps(dict(value), allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        problem = str(exc)
+    else:
+        if OWNER_KEY in metadata:
+            raise AtomscaleValidationError(
+                f"{where}: sample_metadata may not have the key {OWNER_KEY!r}; "
+                "prefect-atomscale keeps its ownership token there. Rename that key."
+            )
+        return metadata if owner is None else {**metadata, OWNER_KEY: {"owner": owner}}
+    raise AtomscaleValidationError(
+        f"{where}: sample_metadata cannot be sent as JSON ({problem}). Use only strings, "
+        "numbers, booleans, None, lists and dicts."
+    )
+
+
+def _updated(material: TargetMaterial, changes: dict[str, Any]) -> TargetMaterial:
+    """Fill in what an update's reply left out with the values sent."""
+    missing = {field: value for field, value in changes.items() if getattr(material, field) is None}
+    return material.model_copy(update=missing) if missing else material
 
 
 class _Base:
@@ -616,6 +721,106 @@ class AtomscaleClient(_Base):
         call = _list_rows(purpose)
         return _layers_of(self._look_up(call, _of_material(sample_id)), sample_id)
 
+    def rows_of(self, sample_id: int, purpose: str) -> list[TargetMaterialRow]:
+        """Return the rows the service lists for one target material, as listed.
+
+        One row per layer, and rows without a layer where the service lists a target
+        material that has none. No rows: the target material has no layers, or does
+        not exist, or belongs to another organisation; the listing cannot tell which.
+
+        Args:
+            sample_id: The target material.
+            purpose: What the listing is for, quoted in errors.
+
+        Returns:
+            Its rows, in the listing's order.
+        """
+        call = _list_rows(purpose)
+        return self._look_up(call, _of_material(sample_id))
+
+    def target_materials(
+        self, name: str | None = None, purpose: str = "listing target materials"
+    ) -> list[TargetMaterial]:
+        """Return the listed target materials, all or those named `name`, by `sample_id`.
+
+        Read from the listing (`GET /target-materials/`), which shows a target material
+        through its layers: one without layers may be missing.
+
+        Args:
+            name: Only target materials of exactly this name; None for all.
+            purpose: What the listing is for, quoted in errors.
+
+        Returns:
+            One per `sample_id`, lowest first.
+
+        Example:
+            ```python
+            from prefect_atomscale import AtomscaleClient, AtomscaleCredentials
+
+            with AtomscaleClient.from_credentials(AtomscaleCredentials.load("atomscale")) as client:
+                materials = client.target_materials()
+                print(len({material.sample_id for material in materials}) == len(materials))
+                # True
+            ```
+        """
+        call = _list_rows(purpose)
+        return _one_per_material(self._look_up(call, _first_of_each(name)))
+
+    def update_target_material(
+        self,
+        sample_id: int,
+        *,
+        sample_name: str | None = None,
+        substrate: str | None = None,
+        sample_metadata: Mapping[str, Any] | None = None,
+        owner: str | None = None,
+    ) -> TargetMaterial:
+        """Change a target material's name, substrate or metadata (`PATCH /target-materials/{id}`).
+
+        Only the fields given are sent; the others stay as they are. `sample_metadata`
+        replaces the whole metadata. Checked as a create is checked, before anything is
+        sent.
+
+        Args:
+            sample_id: The target material.
+            sample_name: Its new name.
+            substrate: Its new substrate.
+            sample_metadata: Its new metadata, a JSON object.
+            owner: With `sample_metadata`: an ownership token to keep in the metadata
+                (the tasks pass the one `create_target_material` wrote); None for none.
+
+        Returns:
+            The target material as changed.
+
+        Raises:
+            AtomscaleValidationError: Nothing to change, or a field that cannot be sent.
+
+        Example:
+            ```python
+            from prefect_atomscale import (
+                AtomscaleClient,
+                AtomscaleCredentials,
+                TargetMaterialRequest,
+            )
+
+            with AtomscaleClient.from_credentials(AtomscaleCredentials.load("atomscale")) as client:
+                material = client.create_target_material(
+                    TargetMaterialRequest.build(sample_name="ZnO draft", substrate="Al2O3")
+                )
+                renamed = client.update_target_material(material.sample_id, sample_name="ZnO #1")
+                print(renamed.sample_name, renamed.substrate)  # ZnO #1 Al2O3
+            ```
+        """
+        changes = target_material_changes(
+            sample_id,
+            sample_name=sample_name,
+            substrate=substrate,
+            sample_metadata=sample_metadata,
+            owner=owner,
+        )
+        call = _update_target_material(sample_id, changes)
+        return _updated(self._parse(call, self._send(call), TargetMaterial.model_validate), changes)
+
     def close(self) -> None:
         """Close the underlying connection pool.
 
@@ -760,6 +965,39 @@ class AsyncAtomscaleClient(_Base):
         call = _list_rows(purpose)
         return _layers_of(await self._look_up(call, _of_material(sample_id)), sample_id)
 
+    async def rows_of(self, sample_id: int, purpose: str) -> list[TargetMaterialRow]:
+        """Async twin of `AtomscaleClient.rows_of`: same arguments, result and errors."""
+        call = _list_rows(purpose)
+        return await self._look_up(call, _of_material(sample_id))
+
+    async def target_materials(
+        self, name: str | None = None, purpose: str = "listing target materials"
+    ) -> list[TargetMaterial]:
+        """Async twin of `AtomscaleClient.target_materials`: same arguments, result and errors."""
+        call = _list_rows(purpose)
+        return _one_per_material(await self._look_up(call, _first_of_each(name)))
+
+    async def update_target_material(
+        self,
+        sample_id: int,
+        *,
+        sample_name: str | None = None,
+        substrate: str | None = None,
+        sample_metadata: Mapping[str, Any] | None = None,
+        owner: str | None = None,
+    ) -> TargetMaterial:
+        """Async twin of `AtomscaleClient.update_target_material`: same arguments, result and errors."""  # noqa: E501
+        changes = target_material_changes(
+            sample_id,
+            sample_name=sample_name,
+            substrate=substrate,
+            sample_metadata=sample_metadata,
+            owner=owner,
+        )
+        call = _update_target_material(sample_id, changes)
+        reply = await self._send(call)
+        return _updated(self._parse(call, reply, TargetMaterial.model_validate), changes)
+
     async def aclose(self) -> None:
         """Async twin of `AtomscaleClient.close`: same arguments, result and errors."""
         await self._http.aclose()
@@ -844,6 +1082,16 @@ def _materials_like(
         for row in rows
         for material in [row.as_target_material()]
         if material is not None and request.matches(material)
+    }
+    return [found[sample_id] for sample_id in sorted(found)]
+
+
+def _one_per_material(rows: list[TargetMaterialRow]) -> list[TargetMaterial]:
+    found = {
+        material.sample_id: material
+        for row in reversed(rows)  # the first row of each material wins
+        for material in [row.as_target_material()]
+        if material is not None
     }
     return [found[sample_id] for sample_id in sorted(found)]
 
