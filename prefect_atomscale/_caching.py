@@ -7,7 +7,8 @@ in memory. `AtomscaleRequestCache` therefore keys on the account fingerprint (a 
 base URL and API key, never the key), the canonical request body, `if_exists`, a
 version, and the epoch of the record's position. An update (PATCH) bumps that epoch, so
 every entry that still holds the record as it was stops answering: the next run asks
-the service instead of returning a layer that no longer exists as cached. Epochs live in
+the service instead of returning a layer that no longer exists as cached; an update
+of a target material bumps the account's target-material epoch the same way. Epochs live in
 a small table shared by the processes of this Prefect home (`_locking.Generations`).
 Task inputs that fail validation get no key: the task raises its own
 clear error, without Prefect's "Error computing cache key" traceback first.
@@ -28,7 +29,12 @@ from prefect_atomscale._credentials import AtomscaleCredentials
 from prefect_atomscale._exceptions import AtomscaleError
 from prefect_atomscale._locking import Generations, file_of
 
-__all__ = ["DEFAULT_CACHE_EXPIRATION", "AtomscaleRequestCache", "invalidate_position"]
+__all__ = [
+    "DEFAULT_CACHE_EXPIRATION",
+    "AtomscaleRequestCache",
+    "invalidate_position",
+    "invalidate_target_materials",
+]
 
 _EPOCHS = Generations("epochs")
 
@@ -48,10 +54,25 @@ def invalidate_position(account: str, sample_id: int, layer_id: int) -> None:
     _EPOCHS.bump(file_of(_position_key(account, sample_id, None)))
 
 
+def invalidate_target_materials(account: str) -> None:
+    """Retire every cache entry of the account's `create_target_material` runs.
+
+    Called after an update changed a target material (its name, substrate or metadata):
+    an entry made before may hold it as it was, or name it by a name it no longer has.
+    The next run of each asks the service again, which costs one listing.
+    """
+    _EPOCHS.bump(file_of(_materials_key(account)))
+
+
+def _materials_key(account: str) -> str:
+    return f"{account}/target-materials"
+
+
 def _epoch(account: str, request: Any) -> int:
     sample_id = getattr(request, "sample_id", None)
     if not isinstance(sample_id, int) or not sample_id:
-        return 0  # a target material: no position to change under it
+        # A target material: changed only by `update_target_material`, which bumps this.
+        return _EPOCHS.read(file_of(_materials_key(account)))
     layer_id = getattr(request, "layer_id", None)
     return _EPOCHS.read(file_of(_position_key(account, sample_id, layer_id)))
 
