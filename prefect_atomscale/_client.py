@@ -240,6 +240,13 @@ class _Base:
         # key too short to be real would only mangle ordinary words, so it is not scrubbed.
         key = secret if secret is not None else http.headers.get("X-API-KEY")
         self._secret = key if key and len(key) >= _MIN_SCRUBBED_KEY else None
+        # Where the settings came from, for errors that say what to fix: the block ("the
+        # AtomscaleCredentials block 'lab-a'" or "an unsaved ..."), where its base URL
+        # came from, and the environment variable the key was read from (None: from the
+        # block). `from_credentials` sets them; a client on a bare httpx client has none.
+        self._block: str | None = None
+        self._url_from: str | None = None
+        self._key_env: str | None = None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(base_url={self._base_url!r})"
@@ -303,12 +310,25 @@ class _Base:
         detail = _detail(response)
         said = _detail_text(detail) if detail is not None else _describe_body(response)
         head = f"Atomscale answered {status} to {call} while {call.purpose}: {said}."
+        # The settings to fix, named as the user set them when the client came from a
+        # block: "base_url 'http://...' (the base_url of the AtomscaleCredentials block
+        # 'lab-a')", and the block (or the environment variable) that holds the key.
+        base_url = f"base_url {self._base_url!r}"
+        key_home = "the AtomscaleCredentials block (or AS_API_KEY / ATOMSCALE_API_KEY)"
+        if self._block:
+            base_url += f" ({self._url_from})"
+            key_home = f"{self._block} (base URL {self._base_url})"
+            if self._key_env:
+                key_home = (
+                    f"{self._key_env}, where the key was read from because {key_home} has "
+                    "no api_key, or in that block"
+                )
         if 300 <= status < 400:
             return AtomscaleProtocolError(
                 f"{call} while {call.purpose} was redirected ({status}) to "
                 f"{response.headers.get('location', 'an unnamed place')!r}. Redirects are not "
                 "followed so the API key never leaves for another host: set base_url to the "
-                "API's real address.",
+                f"API's real address; it is now {base_url}.",
                 status_code=status,
             )
         if status in (400, 413, 422):
@@ -321,29 +341,28 @@ class _Base:
         if status in (401, 403) and detail is None:
             return AtomscaleAuthError(
                 f"{head} The reply is not the API's JSON: a proxy, firewall or login page "
-                f"answered. Check that base_url {self._base_url!r} reaches the Atomscale API "
-                "directly from this machine.",
+                f"answered. Check that {base_url} reaches the Atomscale API directly from "
+                "this machine.",
                 status_code=status,
             )
         if status == 401:
             return AtomscaleAuthError(
                 f"{head} The API key was refused: it may be mistyped, expired or revoked. "
-                "Put a current key from the Atomscale dashboard in the AtomscaleCredentials "
-                "block (or AS_API_KEY / ATOMSCALE_API_KEY).",
+                f"Put a current key from the Atomscale dashboard in {key_home}.",
                 status_code=status,
                 detail=detail,
             )
         if status == 403:
             return AtomscaleAuthError(
                 f"{head} The key is valid but may not do this: use a key with write access "
-                "to this organisation.",
+                f"to this organisation, in {key_home}.",
                 status_code=status,
                 detail=detail,
             )
         if status == 404:
             return AtomscaleNotFoundError(
                 f"{head} Check that the target material exists and belongs to the "
-                f"organisation of this API key, and that base_url {self._base_url!r} is right.",
+                f"organisation of this API key, and that {base_url} is right.",
                 status_code=status,
                 detail=detail,
             )
@@ -371,38 +390,43 @@ class _Base:
                 detail=detail,
             )
         return AtomscaleProtocolError(
-            f"{head} This status is not part of the documented API; check that base_url "
-            f"{self._base_url!r} is the Atomscale API.",
+            f"{head} This status is not part of the documented API; check that {base_url} "
+            "is the Atomscale API.",
             status_code=status,
             detail=detail,
         )
 
     def _transport_error(self, call: _Call, exc: httpx.HTTPError) -> AtomscaleError:
         where = f"{self._base_url} ({call} while {call.purpose})"
+        # Which setting holds that URL, when the client came from a block.
+        source = f" (the URL is {self._url_from})" if self._block else ""
         error: AtomscaleError
         if isinstance(exc, httpx.ConnectTimeout):
             error = AtomscaleTimeoutError(
-                f"Could not connect to {where} in time: {exc!s}. Check base_url and the network."
+                f"Could not connect to {where} in time: {exc!s}. Check base_url and the "
+                f"network{source}."
             )
         elif isinstance(exc, httpx.TimeoutException):
             error = AtomscaleTimeoutError(
                 f"No reply from {where} within the timeout ({type(exc).__name__}). The request "
                 "may or may not have been applied; a retry or a re-run looks before writing "
                 "again, so nothing is written twice. If this persists, check the service, or "
-                "raise the block's timeout."
+                f"raise the timeout of {self._block or 'the block'}."
             )
         elif isinstance(exc, httpx.ConnectError):
             error = AtomscaleConnectionError(
-                f"Could not connect to {where}: {exc!s}. Check base_url and the network."
+                f"Could not connect to {where}: {exc!s}. Check base_url and the network{source}."
             )
         elif isinstance(exc, httpx.UnsupportedProtocol | httpx.InvalidURL):
-            error = AtomscaleConfigurationError(f"Cannot send {call} to {where}: {exc!s}.")
+            error = AtomscaleConfigurationError(
+                f"Cannot send {call} to {where}: {exc!s}. Check base_url{source}."
+            )
         else:
             error = AtomscaleConnectionError(
                 f"The connection to {where} broke before a reply arrived "
                 f"({type(exc).__name__}: {exc!s}). The request may or may not have been "
                 "applied; a retry or a re-run looks before writing again, so nothing is "
-                "written twice. If this persists, check the network and base_url."
+                f"written twice. If this persists, check the network and base_url{source}."
             )
         return self._scrub(error)
 
@@ -458,7 +482,11 @@ class AtomscaleClient(_Base):
                 client.close()
             ```
         """
-        return cls(credentials.get_client())
+        client = cls(credentials.get_client())
+        client._block = credentials._block_label()
+        client._url_from = credentials._base_url_source()
+        client._key_env = credentials._key_env_var()
+        return client
 
     def create_target_material(self, request: TargetMaterialRequest) -> TargetMaterial:
         """Create a target material (`POST /target-materials/`), with its layers if any.
@@ -920,7 +948,11 @@ class AsyncAtomscaleClient(_Base):
     @classmethod
     def from_credentials(cls, credentials: AtomscaleCredentials) -> Self:
         """Async twin of `AtomscaleClient.from_credentials`: same arguments, result and errors."""
-        return cls(credentials.get_async_client(), max_in_flight=credentials.max_connections)
+        client = cls(credentials.get_async_client(), max_in_flight=credentials.max_connections)
+        client._block = credentials._block_label()
+        client._url_from = credentials._base_url_source()
+        client._key_env = credentials._key_env_var()
+        return client
 
     async def create_target_material(self, request: TargetMaterialRequest) -> TargetMaterial:
         """Async twin of `AtomscaleClient.create_target_material`: same arguments, result and errors."""  # noqa: E501

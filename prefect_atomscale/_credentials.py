@@ -1,9 +1,14 @@
 """The `AtomscaleCredentials` block: an API key, where the API lives, and clients built from them.
 
-Unset fields fall back, at the moment of use, to the environment variables the official
+Empty fields fall back, at the moment of use, to the environment variables the official
 `atomscale` SDK reads, so a saved block never captures a key from whoever saved it. The
 key is a `SecretStr`: masked in reprs, `model_dump()` and the Prefect UI, and unwrapped
 only when an HTTP client is built.
+
+Both fields are plain strings, empty by default, rather than optional ones: the Prefect
+UI renders an optional field (`anyOf` with `null`) behind a "None" toggle, and a plain
+string as the text or password input a user expects. `None`, from Python callers or
+from documents saved under the earlier schema, still means empty.
 """
 
 from __future__ import annotations
@@ -13,18 +18,27 @@ import hashlib
 import ipaddress
 import os
 from importlib.metadata import PackageNotFoundError, version
-from typing import ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 from urllib.parse import urlsplit
 
 import httpx
 from prefect.blocks.abstract import CredentialsBlock
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 
 from prefect_atomscale._exceptions import AtomscaleConfigurationError
 
-__all__ = ["DEFAULT_BASE_URL", "AtomscaleCredentials", "ConnectionSettings"]
+__all__ = ["DEFAULT_BASE_URL", "LOGO_URL", "AtomscaleCredentials", "ConnectionSettings"]
 
 DEFAULT_BASE_URL = "https://api.atomscale.ai"
+
+# The block type's logo in the Prefect UI: the SVG this package ships, as the repository
+# serves it. Prefect keeps the logo as a pydantic `HttpUrl` (`BlockType.logo_url`), which
+# refuses a `data:` URL ("URL scheme should be 'http' or 'https'"), so the picture cannot
+# travel inside the package; tests check that this path is the shipped file's.
+LOGO_URL = (
+    "https://raw.githubusercontent.com/atomscale-ai/prefect-atomscale/main/"
+    "prefect_atomscale/_assets/atomscale-logo.svg"
+)
 
 # The official SDK reads AS_API_KEY first, then ATOMSCALE_API_KEY; we keep its order so
 # that one environment always means one account, whichever tool reads it.
@@ -182,25 +196,49 @@ class AtomscaleCredentials(CredentialsBlock):
     """
 
     _block_type_name: ClassVar[str] = "Atomscale Credentials"
-    # The UI shows this under "Code example" with the block's name filled in; only a
-    # load belongs there (a save in it would get the same name substituted).
-    _code_example: ClassVar[str] = (
-        "```python\nfrom prefect_atomscale import AtomscaleCredentials\n\n"
-        'credentials = AtomscaleCredentials.load("BLOCK_NAME")\n```'
+    _logo_url: ClassVar[str] = LOGO_URL  # type: ignore[assignment]
+    # The summary on the block type's card and page in the UI, as first-party blocks
+    # (MinIOCredentials, for one) set it; without it Prefect takes the docstring's first
+    # paragraph, written for the API reference.
+    _description: ClassVar[str] = (
+        "An Atomscale API key and where the API lives, for the prefect-atomscale tasks "
+        "that create target materials and their layer stacks. Fields left empty are read "
+        "from AS_API_KEY / ATOMSCALE_API_KEY and AS_API_ENDPOINT when a flow runs."
     )
+    # The UI shows this under "Code example" with the block's name put in for
+    # BLOCK_NAME; only a load belongs there (a save would get the same name put in).
+    _code_example: ClassVar[str] = """\
+```python
+from prefect import flow
+from prefect_atomscale import AtomscaleCredentials, create_layer, create_target_material
+
+@flow
+def grow_film() -> None:
+    credentials = AtomscaleCredentials.load("BLOCK_NAME")
+    material = create_target_material(credentials, "BTO on STO #12", "SrTiO3")
+    create_layer(
+        credentials,
+        layer_id=1,
+        sample_id=material.sample_id,
+        composition_string="BaTiO3",
+        orientation="001",
+    )
+
+grow_film()
+```"""
     # The package's own page; it renders this README, which documents the block.
     _documentation_url: ClassVar[str] = "https://pypi.org/project/prefect-atomscale/"  # type: ignore[assignment]
 
-    api_key: SecretStr | None = Field(
-        default=None,
+    api_key: SecretStr = Field(
+        default=SecretStr(""),
         title="API key",
         description=(
             "Atomscale API key from the web dashboard, sent as the X-API-KEY header. "
             "Leave empty to read AS_API_KEY or ATOMSCALE_API_KEY at run time."
         ),
     )
-    base_url: str | None = Field(
-        default=None,
+    base_url: str = Field(
+        default="",
         title="Base URL",
         description=(
             "Root URL of the Atomscale API. Leave empty to read AS_API_ENDPOINT at run "
@@ -239,6 +277,12 @@ class AtomscaleCredentials(CredentialsBlock):
         ),
     )
 
+    @field_validator("api_key", "base_url", mode="before")
+    @classmethod
+    def _none_means_empty(cls, value: Any) -> Any:
+        # Documents saved under the earlier schema hold nulls, and callers may pass None.
+        return "" if value is None else value
+
     def resolve(self) -> ConnectionSettings:
         """Resolve empty fields from the environment and check the result.
 
@@ -246,9 +290,9 @@ class AtomscaleCredentials(CredentialsBlock):
             The settings a client is built from.
 
         Raises:
-            AtomscaleConfigurationError: No API key anywhere, an empty key, a base URL
-                that is not an absolute http(s) URL, or plain http to a remote host
-                without `allow_insecure_http`.
+            AtomscaleConfigurationError: No API key in the block or the environment, a
+                base URL that is not an absolute http(s) URL, or plain http to a remote
+                host without `allow_insecure_http`. The message names the block.
 
         Example:
             ```python
@@ -259,7 +303,7 @@ class AtomscaleCredentials(CredentialsBlock):
             try:
                 AtomscaleCredentials(api_key="k", base_url="http://lab-proxy:8000").resolve()
             except AtomscaleConfigurationError as exc:
-                print(exc)  # Refusing to send the API key over plain http to lab-proxy: ...
+                print(exc)  # Refusing to send the API key over plain http to lab-proxy ...
             ```
         """
         return ConnectionSettings(
@@ -369,37 +413,62 @@ class AtomscaleCredentials(CredentialsBlock):
         """
         return httpx.AsyncClient(**self.resolve().client_options())  # type: ignore[arg-type]
 
+    def _block_label(self) -> str:
+        """How messages name this block: by the name it was saved or loaded under."""
+        name = self._block_document_name
+        if name:
+            return f"the AtomscaleCredentials block {name!r}"
+        return "an unsaved AtomscaleCredentials block"
+
+    def _key_env_var(self) -> str | None:
+        """The environment variable the key is read from, or None if the block holds it."""
+        if self.api_key.get_secret_value().strip():
+            return None
+        return next((name for name in API_KEY_ENV_VARS if os.environ.get(name, "").strip()), None)
+
     def _resolve_api_key(self) -> SecretStr:
-        if self.api_key is not None:
-            if not self.api_key.get_secret_value().strip():
-                raise AtomscaleConfigurationError(
-                    "The AtomscaleCredentials block has an empty api_key. Paste the key "
-                    "from the Atomscale dashboard into the block, or clear the field to "
-                    f"read it from {' or '.join(API_KEY_ENV_VARS)}."
-                )
+        # Blank counts as empty: a key is never only spaces, and an input cleared in the
+        # UI may keep some.
+        if self.api_key.get_secret_value().strip():
             return self.api_key
         for name in API_KEY_ENV_VARS:
             value = os.environ.get(name, "").strip()
             if value:
                 return SecretStr(value)
+        if self._block_document_name:
+            where = f"the block {self._block_document_name!r} (Prefect UI, Blocks)"
+        else:
+            where = "a block (AtomscaleCredentials(api_key=...).save('atomscale'))"
         raise AtomscaleConfigurationError(
-            "No Atomscale API key: the AtomscaleCredentials block has no api_key and "
-            f"neither {' nor '.join(API_KEY_ENV_VARS)} is set. Create a key in the "
-            "Atomscale dashboard, then either save it in the block "
-            "(AtomscaleCredentials(api_key=...).save('atomscale')) or export "
-            "ATOMSCALE_API_KEY."
+            f"No Atomscale API key: {self._block_label()} has no api_key and neither "
+            f"{' nor '.join(API_KEY_ENV_VARS)} is set. Paste the key from the Atomscale "
+            f"dashboard into {where}, or export ATOMSCALE_API_KEY where the flow runs."
         )
 
+    def _base_url_source(self) -> str:
+        """Where the base URL comes from, naming the block, for messages about it."""
+        label = self._block_label()
+        if self.base_url.strip():
+            return f"the base_url of {label}"
+        if os.environ.get(BASE_URL_ENV_VAR, "").strip():
+            return f"{BASE_URL_ENV_VAR}, read because {label} has no base_url"
+        return f"the default, as {label} has no base_url and {BASE_URL_ENV_VAR} is not set"
+
     def _resolve_base_url(self) -> str:
-        raw = self.base_url or os.environ.get(BASE_URL_ENV_VAR, "").strip() or DEFAULT_BASE_URL
-        source = "base_url" if self.base_url else BASE_URL_ENV_VAR
-        return _checked_base_url(raw, source, self.allow_insecure_http)
+        raw = (
+            self.base_url.strip()
+            or os.environ.get(BASE_URL_ENV_VAR, "").strip()
+            or DEFAULT_BASE_URL
+        )
+        return _checked_base_url(raw, self._base_url_source(), self.allow_insecure_http)
 
 
 # Tasks resolve their credentials on every run; remembering the checks of the few URLs a
 # process uses saves two URL parses per task (errors are raised, never remembered).
 @functools.lru_cache(maxsize=64)
 def _checked_base_url(raw: str, source: str, allow_insecure_http: bool) -> str:
+    # `source` says where the URL came from, naming the block ("the base_url of the
+    # AtomscaleCredentials block 'lab-a'"), so that every message says what to fix.
     try:
         parts = urlsplit(raw.strip())
         _ = parts.port  # raises ValueError for a port that is not a port
@@ -408,24 +477,26 @@ def _checked_base_url(raw: str, source: str, allow_insecure_http: bool) -> str:
         host_httpx_uses = httpx.URL(raw.strip()).host
     except (ValueError, httpx.InvalidURL) as exc:
         raise AtomscaleConfigurationError(
-            f"{source} {raw!r} is not a valid URL ({exc}). Write it with its scheme "
-            f"and host, for example {DEFAULT_BASE_URL!r}."
+            f"The base URL {raw!r} ({source}) is not a valid URL ({exc}). Write it with "
+            f"its scheme and host, for example {DEFAULT_BASE_URL!r}."
         ) from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise AtomscaleConfigurationError(
-            f"{source} {raw!r} is not an absolute http(s) URL. Write it with its "
-            f"scheme and host, for example {DEFAULT_BASE_URL!r}."
+            f"The base URL {raw!r} ({source}) is not an absolute http(s) URL. Write it "
+            f"with its scheme and host, for example {DEFAULT_BASE_URL!r}."
         )
     if parts.username or parts.password or parts.query or parts.fragment:
+        # The URL itself is not repeated: it may hold a password.
         raise AtomscaleConfigurationError(
-            f"{source} must be a plain API root such as {DEFAULT_BASE_URL!r}, without "
-            "credentials, a query or a fragment; put the key in api_key instead."
+            f"The base URL ({source}) must be a plain API root such as "
+            f"{DEFAULT_BASE_URL!r}, without credentials, a query or a fragment; put the "
+            "key in api_key instead."
         )
     loopback = _is_loopback(parts.hostname) and _is_loopback(host_httpx_uses)
     insecure = parts.scheme == "http" and not loopback
     if insecure and not allow_insecure_http:
         raise AtomscaleConfigurationError(
-            f"Refusing to send the API key over plain http to {parts.hostname}: "
+            f"Refusing to send the API key over plain http to {parts.hostname} ({source}): "
             "anyone on the network could read it. Use https://, or set "
             "allow_insecure_http=True on the block if a trusted proxy handles TLS."
         )
