@@ -1,0 +1,290 @@
+"""Prefect events of the create tasks, read back from a real Prefect server, and a trigger.
+
+The events go from the flow to the session's Prefect server (`prefect_test_harness`) and
+are read back through its API (`POST /api/events/filter`). Each check waits for what it
+expects with a deadline; a check that nothing arrived first waits for the run's own
+`prefect.flow-run.Completed` event, which Prefect sends after the tasks' events.
+
+The trigger test deploys `prefect.yaml`'s `stack-report` deployment on that server
+(whose ephemeral services include Prefect's triggers and actions), starts a process
+worker, completes a stack, and waits for the triggered run to finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+from urllib.parse import urlsplit
+from uuid import UUID
+
+import pytest
+from prefect import flow
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.objects import State
+from prefect.events.filters import (
+    EventFilter,
+    EventNameFilter,
+    EventRelatedFilter,
+    EventResourceFilter,
+)
+from prefect.events.schemas.events import ReceivedEvent
+from prefect.events.worker import EventsWorker
+
+from atomscale_sandbox import SandboxHandle
+from prefect_atomscale import (
+    AtomscaleCredentials,
+    acreate_layers,
+    acreate_target_material,
+    create_layer,
+    create_layers,
+    create_target_material,
+)
+
+OURS = [
+    "atomscale.target-material.created",
+    "atomscale.layer.created",
+    "atomscale.stack.completed",
+]
+STACK = [
+    {"composition_string": "BaTiO3", "orientation": "001"},
+    {"composition_string": "SrTiO3", "orientation": "001"},
+    {"composition_string": "LaAlO3", "orientation": "001"},
+]
+WAIT_SECONDS = 60
+
+
+# --- reading events back ----------------------------------------------------------------
+
+
+def _read(event_filter: EventFilter) -> list[ReceivedEvent]:
+    with get_client(sync_client=True) as client:
+        page = client.read_events(filter=event_filter, limit=50)
+    return sorted(page.events, key=lambda event: event.occurred)
+
+
+def _of_run(flow_run_id: UUID) -> list[ReceivedEvent]:
+    """Our events whose related flow run is this one."""
+    return _read(
+        EventFilter(
+            event=EventNameFilter(name=OURS),
+            related=EventRelatedFilter(id=[f"prefect.flow-run.{flow_run_id}"]),
+        )
+    )
+
+
+def _wait_until(
+    what: str, read: Callable[[], list[ReceivedEvent]], ready: Callable[[Any], bool]
+) -> list[ReceivedEvent]:
+    deadline = time.monotonic() + WAIT_SECONDS
+    while True:
+        found = read()
+        if ready(found):
+            return found
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not there within {WAIT_SECONDS} s; found {found}")
+        time.sleep(0.5)
+
+
+def _settled(flow_run_id: UUID) -> None:
+    """Wait until the server stored the run's Completed event, sent after its tasks' events."""
+    EventsWorker.drain_all(timeout=30)
+    _wait_until(
+        f"the Completed event of flow run {flow_run_id}",
+        lambda: _read(
+            EventFilter(
+                event=EventNameFilter(name=["prefect.flow-run.Completed"]),
+                resource=EventResourceFilter(id=[f"prefect.flow-run.{flow_run_id}"]),
+            )
+        ),
+        lambda found: len(found) == 1,
+    )
+
+
+def _run_id(state: State[Any]) -> UUID:
+    assert state.is_completed(), state
+    flow_run_id = state.state_details.flow_run_id
+    assert flow_run_id is not None
+    return flow_run_id
+
+
+def _names(events: Sequence[ReceivedEvent]) -> list[str]:
+    return [event.event for event in events]
+
+
+def _host(credentials: AtomscaleCredentials) -> str:
+    parts = urlsplit(str(credentials.base_url))
+    return f"{parts.hostname}:{parts.port}"
+
+
+def _check_resource(
+    event: ReceivedEvent, credentials: AtomscaleCredentials, sample_id: int, name: str
+) -> None:
+    host = _host(credentials)
+    assert dict(event.resource) == {
+        "prefect.resource.id": f"atomscale.target-material.{host}.{sample_id}",
+        "prefect.resource.name": name,
+        "atomscale.sample-id": str(sample_id),
+        "atomscale.host": host,
+    }
+
+
+def _check_related(event: ReceivedEvent, flow_run_id: UUID) -> None:
+    flow_runs = [r for r in event.related if r.role == "flow-run"]
+    assert [r.id for r in flow_runs] == [f"prefect.flow-run.{flow_run_id}"]  # once, not twice
+    assert [r.role for r in event.related].count("task-run") == 1
+
+
+def _check_no_secret(events: Sequence[ReceivedEvent], credentials: AtomscaleCredentials) -> None:
+    text = json.dumps([event.model_dump(mode="json") for event in events])
+    key = credentials.resolve().api_key.get_secret_value()
+    for secret in (key, credentials.account_fingerprint(), credentials.key_fingerprint()):
+        assert secret not in text
+
+
+# --- the flows ---------------------------------------------------------------------------
+
+
+@flow
+def _build(credentials: AtomscaleCredentials, name: str) -> int:
+    material = create_target_material(credentials, name, "SrTiO3")
+    # L1 on its own, then the whole stack: L1 is adopted there, L2 and L3 created.
+    create_layer(credentials, 1, material.sample_id, "BaTiO3", "001")
+    create_layers(credentials, material.sample_id, STACK)
+    return material.sample_id
+
+
+@flow
+def _adopt(credentials: AtomscaleCredentials, name: str) -> int:
+    # Refreshed: the tasks run (no cache hit), find everything there, and adopt it.
+    material = create_target_material.with_options(refresh_cache=True)(credentials, name, "SrTiO3")
+    create_layers.with_options(refresh_cache=True)(credentials, material.sample_id, STACK)
+    return material.sample_id
+
+
+@flow
+async def _abuild(credentials: AtomscaleCredentials, name: str) -> int:
+    material = await acreate_target_material(credentials, name, "SrTiO3")
+    # A target material created empty here: the stack goes in one replace-stack request.
+    await acreate_layers(credentials, material.sample_id, STACK)
+    return material.sample_id
+
+
+# --- the tests ---------------------------------------------------------------------------
+
+
+def test_each_creation_is_one_event_with_the_material_and_the_flow_run(
+    credentials: AtomscaleCredentials, sandbox: SandboxHandle, unique: str
+) -> None:
+    state = _build(credentials, unique, return_state=True)
+    flow_run_id, sample_id = _run_id(state), state.result()
+
+    events = _wait_until(
+        "the events of the first run",
+        lambda: _of_run(flow_run_id),
+        lambda found: len(found) >= 5,
+    )
+    _settled(flow_run_id)
+    events = _of_run(flow_run_id)
+    assert sorted(_names(events)) == sorted(
+        [
+            "atomscale.target-material.created",
+            "atomscale.layer.created",  # L1, by create_layer
+            "atomscale.layer.created",  # L2, by create_layers
+            "atomscale.layer.created",  # L3, by create_layers
+            "atomscale.stack.completed",
+        ]
+    )
+    for event in events:
+        _check_resource(event, credentials, sample_id, unique)
+        _check_related(event, flow_run_id)
+    _check_no_secret(events, credentials)
+
+    by_name = {event.event: event for event in events}
+    assert by_name["atomscale.target-material.created"].payload == {
+        "sample_id": sample_id,
+        "sample_name": unique,
+        "substrate": "SrTiO3",
+        "layers": 0,
+    }
+    created = [event.payload for event in events if event.event == "atomscale.layer.created"]
+    assert sorted((p["layer_id"], p["composition_string"]) for p in created) == [
+        (1, "BaTiO3"),
+        (2, "SrTiO3"),
+        (3, "LaAlO3"),
+    ]
+    assert all(isinstance(p["record_id"], int) and p["orientation"] == "001" for p in created)
+    assert by_name["atomscale.stack.completed"].payload == {
+        "layers": 3,
+        "created": 2,
+        "already_there": 1,
+        "updated": 0,
+    }
+
+    # The same flow again: every task is a cache hit and sends nothing.
+    rerun = _run_id(_build(credentials, unique, return_state=True))
+    _settled(rerun)
+    assert _names(_of_run(rerun)) == []
+
+    # Refreshed: the tasks run, adopt the target material and every layer, and only the
+    # completed stack is an event.
+    adopted = _run_id(_adopt(credentials, unique, return_state=True))
+    _settled(adopted)
+    events = _of_run(adopted)
+    assert _names(events) == ["atomscale.stack.completed"]
+    assert events[0].payload == {"layers": 3, "created": 0, "already_there": 3, "updated": 0}
+    _check_resource(events[0], credentials, sample_id, unique)
+
+
+def test_a_stack_written_in_one_request_is_an_event_per_layer(
+    credentials: AtomscaleCredentials, sandbox: SandboxHandle, unique: str
+) -> None:
+    async def run() -> State[int]:
+        return await _abuild(credentials, unique, return_state=True)
+
+    state = asyncio.run(run())
+    flow_run_id = _run_id(state)
+    sample_id = state.result()
+    assert sandbox.stats.by_route.get(("POST", "/target-materials/{sample_id}/layers"), 0) == 1
+
+    _settled(flow_run_id)
+    events = _of_run(flow_run_id)
+    assert sorted(_names(events)) == sorted(
+        ["atomscale.target-material.created", "atomscale.stack.completed"]
+        + ["atomscale.layer.created"] * 3
+    )
+    for event in events:
+        _check_resource(event, credentials, sample_id, unique)
+        _check_related(event, flow_run_id)
+    completed = [event for event in events if event.event == "atomscale.stack.completed"]
+    assert completed[0].payload == {"layers": 3, "created": 3, "already_there": 0, "updated": 0}
+    created = [
+        event.payload["layer_id"] for event in events if event.event == "atomscale.layer.created"
+    ]
+    assert sorted(created) == [1, 2, 3]
+
+
+def test_an_event_that_cannot_be_sent_never_fails_the_flow(
+    credentials: AtomscaleCredentials,
+    sandbox: SandboxHandle,
+    unique: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from prefect_atomscale import _events
+
+    def refuse(**_: Any) -> None:
+        raise RuntimeError("the events client is down")
+
+    # Prefect's emit_event, as the integration calls it, fails every time.
+    monkeypatch.setattr(_events, "emit_event", refuse)
+    with caplog.at_level(logging.DEBUG, logger="prefect_atomscale._events"):
+        state = _build(credentials, unique, return_state=True)
+    assert state.is_completed(), state
+    failures = [r for r in caplog.records if r.name == "prefect_atomscale._events"]
+    assert {r.levelno for r in failures} == {logging.DEBUG}
+    assert len(failures) == 5  # the material, three layers, the stack
+    assert "the events client is down" in failures[0].getMessage()
