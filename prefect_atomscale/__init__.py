@@ -80,6 +80,14 @@ if TYPE_CHECKING:  # for type checkers and editors; at run time see __getattr__
     from prefect_atomscale._models import Layer, TargetMaterial, TargetMaterialRow
     from prefect_atomscale._orientation import normalize_orientation
     from prefect_atomscale._payloads import LayerRequest, TargetMaterialRequest
+    from prefect_atomscale._read_tasks import (
+        afind_target_materials,
+        aget_stack,
+        aupdate_target_material,
+        find_target_materials,
+        get_stack,
+        update_target_material,
+    )
     from prefect_atomscale._reconcile import IfExists
     from prefect_atomscale._stacks import (
         LayerSpec,
@@ -112,6 +120,12 @@ _LAZY = {
     "normalize_orientation": "_orientation",
     "LayerRequest": "_payloads",
     "TargetMaterialRequest": "_payloads",
+    "afind_target_materials": "_read_tasks",
+    "aget_stack": "_read_tasks",
+    "aupdate_target_material": "_read_tasks",
+    "find_target_materials": "_read_tasks",
+    "get_stack": "_read_tasks",
+    "update_target_material": "_read_tasks",
     "IfExists": "_reconcile",
     "LayerSpec": "_stacks",
     "StackLayer": "_stacks",
@@ -174,13 +188,19 @@ __all__ = [
     "acreate_layer",
     "acreate_layers",
     "acreate_target_material",
+    "afind_target_materials",
+    "aget_stack",
     "apublish_stack_artifacts",
+    "aupdate_target_material",
     "create_layer",
     "create_layers",
     "create_target_material",
+    "find_target_materials",
+    "get_stack",
     "load_stack_file",
     "normalize_orientation",
     "parse_composition",
     "parse_stack",
     "publish_stack_artifacts",
+    "update_target_material",
 ]

@@ -43,6 +43,7 @@ LAYERS: dict[str, int] = {
     "_tasks": 4,
     "_bulk": 4,
     "_artifacts": 4,
+    "_read_tasks": 4,
     # 5 flows
     "flows": 5,
 }

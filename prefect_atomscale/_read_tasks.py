@@ -1,0 +1,453 @@
+"""Prefect tasks that read target materials and change one, each with a sync and an async twin.
+
+`get_stack` / `aget_stack` and `find_target_materials` / `afind_target_materials` read
+the organisation's listing (`GET /target-materials/`, the API's only read, one row per
+layer), streamed and filtered as the create tasks' look-ups are (see `_listing`).
+`update_target_material` / `aupdate_target_material` change a target material's name,
+substrate or metadata (`PATCH /target-materials/{sample_id}`).
+
+None of them is cached (`NO_CACHE`): a read must see the service as it is now, and an
+update must reach it. They retry transient faults exactly as the create tasks do (see
+`_retries`), and check their input before any request.
+
+An update keeps the create tasks right. It retires the cached `create_target_material`
+results of the account (see `_caching.invalidate_target_materials`), which may hold the
+material as it was, and it keeps the material's ownership token (see `_payloads`) true to
+its new name: a material this account created stays adoptable by the name it now has,
+and only by that. The process's views of stacks (`_views`) hold layers only, which an
+update does not change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.logging import get_run_logger
+from prefect.runtime import task_run as current_task_run
+
+from prefect_atomscale._caching import invalidate_target_materials
+from prefect_atomscale._client import (
+    AsyncAtomscaleClient,
+    AtomscaleClient,
+    target_material_changes,
+)
+from prefect_atomscale._credentials import AtomscaleCredentials
+from prefect_atomscale._exceptions import AtomscaleConfigurationError, AtomscaleNotFoundError
+from prefect_atomscale._models import Layer, TargetMaterial, TargetMaterialRow
+from prefect_atomscale._payloads import OWNER_KEY, _positive_int, _text, owner_token, token_of
+from prefect_atomscale._pool import async_client_for, client_for
+from prefect_atomscale._retries import (
+    DEFAULT_RETRIES,
+    DEFAULT_RETRY_DELAYS,
+    RETRY_JITTER_FACTOR,
+    aretry_if_transient,
+    retry_if_transient,
+)
+
+__all__ = [
+    "afind_target_materials",
+    "aget_stack",
+    "aupdate_target_material",
+    "find_target_materials",
+    "get_stack",
+    "update_target_material",
+]
+
+
+def _options(name: str, condition: Any, run_name: Any) -> dict[str, Any]:
+    """The `@task` settings of the read and update tasks: the create tasks' retries, no cache."""
+    return {
+        "name": name,
+        "task_run_name": run_name,
+        "retries": DEFAULT_RETRIES,
+        "retry_delay_seconds": DEFAULT_RETRY_DELAYS,
+        "retry_jitter_factor": RETRY_JITTER_FACTOR,
+        "retry_condition_fn": condition,
+        "cache_policy": NO_CACHE,
+    }
+
+
+def _short(value: object, limit: int = 40) -> str:
+    text = str(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _stack_run_name() -> str:
+    return f"get-stack-s{_short(current_task_run.parameters.get('sample_id'))}"
+
+
+def _find_run_name() -> str:
+    name = current_task_run.parameters.get("name")
+    return "find-target-materials" + (f"-{_short(name)}" if name is not None else "")
+
+
+def _update_run_name() -> str:
+    return f"update-target-material-s{_short(current_task_run.parameters.get('sample_id'))}"
+
+
+def _client(credentials: AtomscaleCredentials, what: str) -> AtomscaleClient:
+    try:
+        return client_for(credentials)
+    except AtomscaleConfigurationError as exc:
+        raise AtomscaleConfigurationError(f"Cannot {what}: {exc}") from None
+
+
+def _async_client(credentials: AtomscaleCredentials, what: str) -> AsyncAtomscaleClient:
+    try:
+        return async_client_for(credentials)
+    except AtomscaleConfigurationError as exc:
+        raise AtomscaleConfigurationError(f"Cannot {what}: {exc}") from None
+
+
+def _material_id(sample_id: Any, task_name: str) -> int:
+    return _positive_int(
+        "sample_id",
+        sample_id,
+        f"{task_name}({sample_id!r:.40})",
+        "the sample_id that create_target_material returned",
+    )
+
+
+def _stack_of(sample_id: int, rows: list[TargetMaterialRow]) -> list[Layer]:
+    """The layers of the listed rows in stack order; no rows at all is an error."""
+    if not rows:
+        raise AtomscaleNotFoundError(
+            f"Target material {sample_id} is not in the listing of this API key's "
+            "organisation. Either it has no layers yet (the API lists a target material "
+            "only through its layers, so it cannot tell an empty one from one that does not "
+            f"exist), or no target material {sample_id} exists there. Check the sample_id "
+            "and the API key; if you created it empty, add its layers first."
+        )
+    layers = sorted(
+        (layer for row in rows for layer in [row.as_layer()] if layer is not None),
+        key=lambda layer: (layer.layer_id, layer.id),
+    )
+    positions = [layer.layer_id for layer in layers]
+    twice = sorted({position for position in positions if positions.count(position) > 1})
+    if twice:
+        get_run_logger().warning(
+            "Target material %s has more than one record at position(s) %s (the API may "
+            "store a second row at a position); all are returned, oldest record first.",
+            sample_id,
+            twice[:20],
+        )
+    return layers
+
+
+def _reading(sample_id: int) -> str:
+    return f"reading the stack of target material {sample_id}"
+
+
+@task(**_options("get_stack", retry_if_transient, _stack_run_name))
+def get_stack(credentials: AtomscaleCredentials, sample_id: int) -> list[Layer]:
+    """Read a target material's layers, in stack order (`layer_id` ascending).
+
+    Not cached: every run reads the service as it is now. The API has no read of one
+    target material, so this streams the listing of the whole organisation
+    (`GET /target-materials/`) and keeps only this material's rows; its time grows with
+    the organisation (see the performance guide). Transient faults are retried as in
+    the create tasks.
+
+    A sample_id the listing does not show raises `AtomscaleNotFoundError` rather than
+    returning `[]`: the API lists a target material only through its layers, so "no
+    layers" and "no such target material (here)" look the same, and an empty list for
+    a mistyped sample_id or another organisation's material would let a flow go on as if
+    the stack were empty. The error says so. Where the service does list a material
+    without layers (as one row with empty layer fields), the result is `[]`.
+
+    Two records at one position (the API may store a second row for a repeated write)
+    are both returned, next to each other, the older record (lower `id`) first, and a
+    warning names the positions: compare `layer_id`s to find them.
+
+    Args:
+        credentials: The Atomscale account.
+        sample_id: The target material, from `create_target_material`.
+
+    Returns:
+        Its layers, by `layer_id`, then by record `id`.
+
+    Raises:
+        AtomscaleValidationError: `sample_id` is not a whole number >= 1; nothing is sent.
+        AtomscaleNotFoundError: The listing shows no target material `sample_id`.
+        AtomscaleError: Any other failure, after retries for transient ones.
+
+    Example:
+        ```python
+        from prefect import flow
+        from prefect_atomscale import AtomscaleCredentials, create_target_material, get_stack
+
+        @flow
+        def read_back() -> list[str | None]:
+            credentials = AtomscaleCredentials.load("atomscale")
+            sample = create_target_material(
+                credentials, "SRO/STO read back", "SrTiO3",
+                layers=[{"composition_string": "SrTiO3"}, {"composition_string": "SrRuO3"}],
+            )
+            return [layer.composition_string for layer in get_stack(credentials, sample.sample_id)]
+
+        print(read_back())  # ['SrTiO3', 'SrRuO3']
+        ```
+    """
+    material = _material_id(sample_id, "get_stack")
+    client = _client(credentials, _reading(material))
+    return _stack_of(material, client.rows_of(material, _reading(material)))
+
+
+@task(**_options("aget_stack", aretry_if_transient, _stack_run_name))
+async def aget_stack(credentials: AtomscaleCredentials, sample_id: int) -> list[Layer]:
+    """Async twin of `get_stack`: same arguments, result and errors."""
+    material = _material_id(sample_id, "get_stack")
+    client = _async_client(credentials, _reading(material))
+    return _stack_of(material, await client.rows_of(material, _reading(material)))
+
+
+def _checked_name(name: Any) -> str | None:
+    if name is None:
+        return None
+    return _text(
+        "name",
+        name,
+        f"find_target_materials(name={name!r:.40})",
+        required="Give the name to look for, or leave name out for every target material",
+    )
+
+
+def _listing(name: str | None) -> str:
+    return "listing target materials" + (f" named {name!r}" if name is not None else "")
+
+
+@task(**_options("find_target_materials", retry_if_transient, _find_run_name))
+def find_target_materials(
+    credentials: AtomscaleCredentials, name: str | None = None
+) -> list[TargetMaterial]:
+    """List the organisation's target materials, all or those of one name, by `sample_id`.
+
+    Read from the listing (`GET /target-materials/`), one target material per
+    `sample_id` however many layers it has. Not cached, retried on transient faults as
+    the create tasks are. The API lists a target material only through its layers, so
+    one created without layers may be missing until it has some.
+
+    Args:
+        credentials: The Atomscale account.
+        name: Only target materials named exactly this (surrounding whitespace aside, as
+            names are stored); None for all.
+
+    Returns:
+        The target materials, lowest `sample_id` first; `[]` if none matches.
+
+    Raises:
+        AtomscaleValidationError: `name` is empty or not text; nothing is sent.
+        AtomscaleError: Any other failure, after retries for transient ones.
+
+    Example:
+        ```python
+        from prefect import flow
+        from prefect_atomscale import (
+            AtomscaleCredentials,
+            create_target_material,
+            find_target_materials,
+        )
+
+        @flow
+        def find_mine() -> list[str | None]:
+            credentials = AtomscaleCredentials.load("atomscale")
+            create_target_material(
+                credentials, "LAO/STO find me", "SrTiO3",
+                layers=[{"composition_string": "LaAlO3", "orientation": "001"}],
+            )
+            found = find_target_materials(credentials, name="LAO/STO find me")
+            return [material.substrate for material in found]
+
+        print(find_mine())  # ['SrTiO3']
+        ```
+    """
+    wanted = _checked_name(name)
+    client = _client(credentials, _listing(wanted))
+    return client.target_materials(wanted, _listing(wanted))
+
+
+@task(**_options("afind_target_materials", aretry_if_transient, _find_run_name))
+async def afind_target_materials(
+    credentials: AtomscaleCredentials, name: str | None = None
+) -> list[TargetMaterial]:
+    """Async twin of `find_target_materials`: same arguments, result and errors."""
+    wanted = _checked_name(name)
+    client = _async_client(credentials, _listing(wanted))
+    return await client.target_materials(wanted, _listing(wanted))
+
+
+def _account(credentials: AtomscaleCredentials, what: str) -> str:
+    try:
+        return credentials.key_fingerprint()
+    except AtomscaleConfigurationError as exc:
+        raise AtomscaleConfigurationError(f"Cannot {what}: {exc}") from None
+
+
+def _updating(sample_id: int) -> str:
+    return f"update target material {sample_id}"
+
+
+def _reading_mark(sample_id: int) -> str:
+    return f"reading the ownership mark of target material {sample_id}"
+
+
+def _marked(
+    account: str,
+    current: TargetMaterial | None,
+    sample_name: str | None,
+    sample_metadata: Mapping[str, Any] | None,
+) -> tuple[Mapping[str, Any] | None, str | None]:
+    """The metadata to send and the ownership token to keep in it.
+
+    A material this account created carries the token of its name: after a rename it
+    gets the token of the new name (so `create_target_material` adopts it by that name,
+    and no longer by the old one), which means sending its metadata too. Another mark
+    (a colleague's) is kept as it is. A material the listing does not show (no layers)
+    shows no mark: the given fields are sent as they are.
+    """
+    token = token_of(current.sample_metadata) if current is not None else None
+    if current is None or token is None:
+        return sample_metadata, None
+    stored_name = (current.sample_name or "").strip()
+    if token != owner_token(account, stored_name):
+        return sample_metadata, token
+    new_token = owner_token(account, sample_name.strip() if sample_name else stored_name)
+    if sample_metadata is None and new_token == token:
+        return None, None  # same name, metadata untouched: the mark stays as it is
+    stored = dict(current.sample_metadata or {})
+    stored.pop(OWNER_KEY, None)
+    return (stored if sample_metadata is None else sample_metadata), new_token
+
+
+def _current(rows: list[TargetMaterialRow]) -> TargetMaterial | None:
+    return next((m for row in rows for m in [row.as_target_material()] if m is not None), None)
+
+
+def _log_update(material: TargetMaterial, changes: dict[str, Any]) -> TargetMaterial:
+    get_run_logger().info(
+        "Updated the %s of target material %s.", ", ".join(sorted(changes)), material.sample_id
+    )
+    return material
+
+
+@task(**_options("update_target_material", retry_if_transient, _update_run_name))
+def update_target_material(
+    credentials: AtomscaleCredentials,
+    sample_id: int,
+    *,
+    sample_name: str | None = None,
+    substrate: str | None = None,
+    sample_metadata: dict[str, Any] | None = None,
+) -> TargetMaterial:
+    """Change a target material's name, substrate or metadata (`PATCH /target-materials/{id}`).
+
+    Only the fields given are sent (at least one); the others stay as they are.
+    `sample_metadata` replaces the whole metadata. Checked before anything is sent, as
+    `create_target_material` checks them. Not cached. Transient faults are retried as
+    in the create tasks: a PATCH sets fields to given values, so repeating it after a
+    reply that never came changes nothing more.
+
+    The create tasks stay right afterwards: cached `create_target_material` results of
+    this account are retired (their next run asks the service), and a target material
+    that `create_target_material` made with this account keeps its ownership mark (the
+    `prefect_atomscale` key of its metadata), moved to its new name on a rename, so that
+    `create_target_material` adopts it by the name it has now, never by the old one.
+    Reading the mark costs one listing when `sample_name` or `sample_metadata` is given;
+    a target material without layers is not listed, so its mark cannot be moved, and a
+    later `create_target_material` of its new name creates another.
+
+    Args:
+        credentials: The Atomscale account (its key must be allowed to write).
+        sample_id: The target material, from `create_target_material`.
+        sample_name: Its new name.
+        substrate: Its new substrate, e.g. `SrTiO3`.
+        sample_metadata: Its new metadata, a JSON object; `{}` empties it. The key
+            `prefect_atomscale` is reserved for the ownership mark.
+
+    Returns:
+        The target material as changed.
+
+    Raises:
+        AtomscaleValidationError: Nothing to change, an empty or non-text name or
+            substrate, metadata that is not a JSON object, or a bad `sample_id`;
+            nothing is sent.
+        AtomscaleNotFoundError: No target material `sample_id` in this organisation.
+        AtomscaleAuthError: The API key may read but not write (403).
+        AtomscaleError: Any other failure, after retries for transient ones.
+
+    Example:
+        ```python
+        from prefect import flow
+        from prefect_atomscale import (
+            AtomscaleCredentials,
+            create_target_material,
+            update_target_material,
+        )
+
+        @flow
+        def fix_the_substrate() -> str | None:
+            credentials = AtomscaleCredentials.load("atomscale")
+            sample = create_target_material(credentials, "ZnO on sapphire #3", "Al2O3")
+            fixed = update_target_material(credentials, sample.sample_id, substrate="MgAl2O4")
+            return fixed.substrate
+
+        print(fix_the_substrate())  # MgAl2O4
+        ```
+    """
+    changes = target_material_changes(
+        sample_id, sample_name=sample_name, substrate=substrate, sample_metadata=sample_metadata
+    )
+    account = _account(credentials, _updating(sample_id))
+    client = _client(credentials, _updating(sample_id))
+    metadata: Mapping[str, Any] | None = sample_metadata
+    owner = None
+    if sample_name is not None or sample_metadata is not None:
+        rows = client.rows_of(sample_id, _reading_mark(sample_id))
+        metadata, owner = _marked(account, _current(rows), sample_name, sample_metadata)
+    try:
+        material = client.update_target_material(
+            sample_id,
+            sample_name=sample_name,
+            substrate=substrate,
+            sample_metadata=metadata,
+            owner=owner,
+        )
+    finally:  # also when the outcome is unknown: the PATCH may have landed
+        invalidate_target_materials(credentials.account_fingerprint())
+    return _log_update(material, changes)
+
+
+@task(**_options("aupdate_target_material", aretry_if_transient, _update_run_name))
+async def aupdate_target_material(
+    credentials: AtomscaleCredentials,
+    sample_id: int,
+    *,
+    sample_name: str | None = None,
+    substrate: str | None = None,
+    sample_metadata: dict[str, Any] | None = None,
+) -> TargetMaterial:
+    """Async twin of `update_target_material`: same arguments, result and errors."""
+    changes = target_material_changes(
+        sample_id, sample_name=sample_name, substrate=substrate, sample_metadata=sample_metadata
+    )
+    account = _account(credentials, _updating(sample_id))
+    client = _async_client(credentials, _updating(sample_id))
+    metadata: Mapping[str, Any] | None = sample_metadata
+    owner = None
+    if sample_name is not None or sample_metadata is not None:
+        rows = await client.rows_of(sample_id, _reading_mark(sample_id))
+        metadata, owner = _marked(account, _current(rows), sample_name, sample_metadata)
+    try:
+        material = await client.update_target_material(
+            sample_id,
+            sample_name=sample_name,
+            substrate=substrate,
+            sample_metadata=metadata,
+            owner=owner,
+        )
+    finally:  # also when the outcome is unknown: the PATCH may have landed
+        invalidate_target_materials(credentials.account_fingerprint())
+    return _log_update(material, changes)
