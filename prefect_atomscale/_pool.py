@@ -21,7 +21,7 @@ from prefect_atomscale._credentials import AtomscaleCredentials
 
 __all__ = ["async_client_for", "client_for", "close_all"]
 
-_PoolKey = tuple[int, str, float, float, int]
+_PoolKey = tuple[int, str, float, float, int, str, str, str | None]
 
 _lock = threading.Lock()
 _sync_clients: dict[_PoolKey, AtomscaleClient] = {}
@@ -32,13 +32,19 @@ _async_clients: weakref.WeakKeyDictionary[
 
 def _pool_key(credentials: AtomscaleCredentials) -> _PoolKey:
     settings = credentials.resolve()
-    # The pid keeps a forked child from sharing its parent's sockets.
+    # The pid keeps a forked child from sharing its parent's sockets. The block's name and
+    # where its key and base URL came from are part of the key because the client's error
+    # messages name them: two blocks of one account must not tell the user to fix the
+    # other one.
     return (
         os.getpid(),
         settings.fingerprint(),
         settings.timeout,
         settings.connect_timeout,
         settings.max_connections,
+        credentials._block_label(),
+        credentials._base_url_source(),
+        credentials._key_env_var(),
     )
 
 

@@ -28,9 +28,10 @@ class TestStandardBlockSuite(BlockStandardTestSuite):
         return AtomscaleCredentials
 
     def test_has_a_valid_image(self, block: type[Block]) -> None:
-        # Prefect's version downloads the logo. We publish none (Atomscale has no logo
-        # we may reuse), so the UI shows Prefect's default; check we claim none.
-        assert block._logo_url is None
+        # Prefect's version downloads the logo, which needs the network; the logo is the
+        # SVG the package ships, checked against the file in tests/test_block_form.py.
+        assert str(block._logo_url).startswith("https://raw.githubusercontent.com/")
+        assert str(block._logo_url).endswith("/prefect_atomscale/_assets/atomscale-logo.svg")
 
 
 def test_block_type_slug_and_registration() -> None:
@@ -52,7 +53,7 @@ def test_block_type_slug_and_registration() -> None:
             return block_type.description, block_type.code_example, block_type.documentation_url
 
     description, code_example, documentation_url = asyncio.run(registered())
-    assert description and description.startswith("Credentials and connection settings")
+    assert description and description.startswith("An Atomscale API key and where the API")
     assert code_example and 'AtomscaleCredentials.load("BLOCK_NAME")' in code_example
     assert documentation_url
 
@@ -95,7 +96,6 @@ def test_secret_is_masked_everywhere() -> None:
     assert SECRET not in str(credentials)
     assert SECRET not in str(credentials.model_dump())
     assert SECRET not in credentials.model_dump_json()
-    assert credentials.api_key is not None
     assert credentials.api_key.get_secret_value() == SECRET
 
 
@@ -121,11 +121,30 @@ def test_no_key_anywhere_says_how_to_provide_one() -> None:
         AtomscaleCredentials().get_client()
     message = str(info.value)
     assert "ATOMSCALE_API_KEY" in message and "AtomscaleCredentials(api_key=" in message
+    assert "an unsaved AtomscaleCredentials block has no api_key" in message
 
 
-def test_empty_key_is_refused() -> None:
-    with pytest.raises(AtomscaleConfigurationError, match="empty api_key"):
-        AtomscaleCredentials(api_key="   ").resolve()
+@pytest.mark.parametrize("empty", [None, "", "   "])
+def test_an_empty_or_blank_key_is_read_from_the_environment(
+    empty: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # None (older callers and saved documents), "" (the form's empty input) and blanks
+    # all mean: read the environment.
+    with pytest.raises(AtomscaleConfigurationError, match="has no api_key"):
+        AtomscaleCredentials(api_key=empty).resolve()
+    monkeypatch.setenv("ATOMSCALE_API_KEY", "from-env")
+    resolved = AtomscaleCredentials(api_key=empty).resolve()
+    assert resolved.api_key.get_secret_value() == "from-env"
+
+
+@pytest.mark.parametrize("empty", [None, "", "  "])
+def test_an_empty_or_blank_base_url_is_read_from_the_environment(
+    empty: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert AtomscaleCredentials(api_key="k", base_url=empty).resolve().base_url == DEFAULT_BASE_URL
+    monkeypatch.setenv("AS_API_ENDPOINT", "https://staging.example.org")
+    resolved = AtomscaleCredentials(api_key="k", base_url=empty).resolve()
+    assert resolved.base_url == "https://staging.example.org"
 
 
 @pytest.mark.parametrize(
@@ -192,7 +211,7 @@ def test_save_and_load_round_trip() -> None:
     original = AtomscaleCredentials(api_key=SECRET, base_url="https://eu.example.org", timeout=7)
     original.save(name)
     loaded = AtomscaleCredentials.load(name)
-    assert loaded.api_key is not None and loaded.api_key.get_secret_value() == SECRET
+    assert loaded.api_key.get_secret_value() == SECRET
     assert loaded.base_url == "https://eu.example.org"
     assert loaded.timeout == 7
     # Loaded and in-memory blocks are the same account: they share cache entries.

@@ -672,10 +672,10 @@ def test_a_key_read_from_the_environment_is_never_saved_with_the_block(
         document = client.read_block_document_by_name(
             name, block_type_slug="atomscale-credentials", include_secrets=True
         )
-    assert document.data.get("api_key") is None
+    assert not document.data.get("api_key")  # empty: read from the environment when used
     assert KEY_A not in json.dumps(document.data, default=str)
     loaded = AtomscaleCredentials.load(name)
-    assert loaded.api_key is None
+    assert loaded.api_key.get_secret_value() == ""
     monkeypatch.delenv("AS_API_KEY")
     with pytest.raises(AtomscaleConfigurationError, match="no api_key"):
         loaded.resolve()
