@@ -159,7 +159,7 @@ def _lookups(
     # A stack file whose target material is absent: created with its layers, read back.
     sandbox.reset_stats()
     started = time.perf_counter()
-    stack_from_file(str(_stack_file(layers, _new_name())), block)
+    stack_from_file(str(_stack_file(layers, _new_name())), credentials)
     samples.add(f"stack file {size}", (time.perf_counter() - started) * 1000 / layers)
     samples.add(f"stack file {size} GETs", gets())
     # Finding an existing target material (one listing, whatever the organisation).

@@ -18,6 +18,7 @@ from pathlib import Path
 from prefect_atomscale.flows import stacks_from_folder
 
 DEFAULT_BLOCK = "atomscale"
+BLOCK_TYPE = "atomscale-credentials"  # the slug of AtomscaleCredentials blocks
 
 DEFAULT_CRON = "0 6 * * *"
 DEFAULT_NAME = "served"
@@ -39,9 +40,16 @@ def main(argv: list[str] | None = None) -> int:
         name=args.name,
         cron=args.cron,
         # Absolute, so the runs find the folder whatever directory they start in.
-        parameters={"folder": str(Path(args.folder).resolve()), "credentials_block": args.block},
+        parameters={
+            "folder": str(Path(args.folder).resolve()),
+            # A reference, resolved when each run starts: the block may be saved later.
+            "credentials": {"$ref": {"block_document_slug": f"{BLOCK_TYPE}/{args.block}"}},
+        },
         description="Create the target material of each new stack file in the folder.",
         tags=["atomscale"],
+        # The server cannot check a `$ref` to this block (prefect.yaml says why); the
+        # flow checks its parameters when each run starts.
+        enforce_parameter_schema=False,
     )
     return 0
 

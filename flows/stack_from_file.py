@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import cast
 
 from prefect_atomscale import AtomscaleCredentials
 from prefect_atomscale.flows import stack_from_file, stacks_from_folder
@@ -48,12 +49,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     with _credentials_for_demo(args.block) as block:
+        credentials = cast(AtomscaleCredentials, AtomscaleCredentials.load(block))
         for target in args.paths or [str(EXAMPLES)]:
             if Path(target).is_dir():
-                for outcome in stacks_from_folder(target, block):
+                for outcome in stacks_from_folder(target, credentials):
                     print(f"{Path(outcome.path).name}: {outcome.status} {outcome.message}")
             else:
-                outcome = stack_from_file(target, block)
+                outcome = stack_from_file(target, credentials)
                 print(f"{Path(outcome.path).name}: {outcome.status} {outcome.message}")
     return 0
 

@@ -141,7 +141,9 @@ def main(argv: list[str] | None = None) -> int:
         with run_sandbox() as sandbox:
             block = "atomscale"
             AtomscaleCredentials(api_key=sandbox.api_key, base_url=sandbox.url).save(block)
-            state = stack_from_file(str(args.example), block, return_state=True)
+            state = stack_from_file(
+                str(args.example), AtomscaleCredentials.load(block), return_state=True
+            )
             print(f"The flow run finished {state.name}: {state.result()}")
         flow_run_id = state.state_details.flow_run_id
         with get_client(sync_client=True) as client:

@@ -10,7 +10,7 @@ import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 from uuid import UUID
 
 import pytest
@@ -49,10 +49,11 @@ T = TypeVar("T")
 
 
 @pytest.fixture
-def block(sandbox: SandboxHandle) -> str:
+def block(sandbox: SandboxHandle) -> AtomscaleCredentials:
+    """A saved credentials block for lab A on the sandbox, under a name of its own, loaded."""
     name = f"atomscale-{uuid.uuid4().hex[:8]}"
     AtomscaleCredentials(api_key=KEY_A, base_url=sandbox.url).save(name)
-    return name
+    return cast(AtomscaleCredentials, AtomscaleCredentials.load(name))
 
 
 def eventually(read: Callable[[], T], done: Callable[[T], bool]) -> T:
@@ -126,7 +127,7 @@ def superlattice_file(folder: Path, name: str) -> Path:
 
 
 def test_a_stack_flow_run_publishes_a_layer_table_and_a_picture(
-    tmp_path: Path, sandbox: SandboxHandle, block: str, unique: str
+    tmp_path: Path, sandbox: SandboxHandle, block: AtomscaleCredentials, unique: str
 ) -> None:
     path = superlattice_file(tmp_path, unique)
     state = stack_from_file(str(path), block, return_state=True)
@@ -192,7 +193,7 @@ def test_the_example_flow_publishes_the_same_artifacts(
 
 
 def test_task_runs_have_readable_names_and_the_flow_logs_each_layer(
-    tmp_path: Path, block: str, unique: str
+    tmp_path: Path, block: AtomscaleCredentials, unique: str
 ) -> None:
     state = stack_from_file(str(superlattice_file(tmp_path, unique)), block, return_state=True)
     flow_run_id = state.state_details.flow_run_id
@@ -219,7 +220,7 @@ def test_task_runs_have_readable_names_and_the_flow_logs_each_layer(
 
 
 def test_a_failed_layer_says_which_layer_and_why(
-    tmp_path: Path, sandbox: SandboxHandle, block: str, unique: str
+    tmp_path: Path, sandbox: SandboxHandle, block: AtomscaleCredentials, unique: str
 ) -> None:
     # Fine locally, but longer than the service stores: refused with a 422, not retried.
     long_symbol = "P4mm (tetragonal, ferroelectric phase)"

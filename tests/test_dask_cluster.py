@@ -310,7 +310,11 @@ def test_a_stack_file_run_on_both_workers_at_once_is_created_once(
     # machines with nothing in common but the Prefect server, the account and Redis.
     futures = [
         dask_cluster.client.submit(
-            stack_from_file, str(stack_file), block, workers=[worker], pure=False
+            stack_from_file,
+            str(stack_file),
+            AtomscaleCredentials.load(block),
+            workers=[worker],
+            pure=False,
         )
         for worker in dask_cluster.homes
     ]

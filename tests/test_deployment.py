@@ -221,6 +221,22 @@ def stacks_at(sandbox: SandboxHandle) -> dict[str, int]:
     }
 
 
+def assert_block_picker(schema: dict[str, Any] | None) -> None:
+    """`credentials` is a block reference: the UI's run form shows a picker of saved blocks.
+
+    The UI offers the picker for a property whose definition carries a block type slug
+    (`blockTypeSlug` once the UI has read the schema); a `str` parameter would be a text box.
+    """
+    assert schema is not None
+    credentials = schema["properties"]["credentials"]
+    assert credentials["$ref"] == "#/definitions/AtomscaleCredentials", credentials
+    assert schema["definitions"]["AtomscaleCredentials"]["block_type_slug"] == (
+        "atomscale-credentials"
+    )
+    assert "credentials" in schema["required"]
+    assert "credentials_block" not in schema["properties"]
+
+
 def run_and_wait(name: str, parameters: dict[str, Any], log: Path) -> Any:
     flow_run = run_deployment(name, parameters=parameters, timeout=RUN_SECONDS, poll_interval=1)
     assert flow_run.state is not None
@@ -275,8 +291,12 @@ def _deploy_and_run(
             ]
             assert deployment.parameters == {
                 "folder": "flows/examples",
-                "credentials_block": "atomscale",
+                "credentials": {"$ref": {"block_document_slug": "atomscale-credentials/atomscale"}},
             }
+            assert_block_picker(deployment.parameter_openapi_schema)
+            assert deployment.enforce_parameter_schema is False
+            on_demand = client.read_deployment_by_name("stack-from-file/on-demand")
+            assert_block_picker(on_demand.parameter_openapi_schema)
             assert deployment.work_pool_name == POOL
             assert deployment.pull_steps == [
                 {"prefect.deployments.steps.set_working_directory": {"directory": str(ROOT)}}
@@ -335,8 +355,11 @@ def test_serve_py_serves_the_same_flow(
         ]
         assert deployment.parameters == {
             "folder": str(served.folder),
-            "credentials_block": served.block,
+            "credentials": {
+                "$ref": {"block_document_slug": f"atomscale-credentials/{served.block}"}
+            },
         }
+        assert_block_picker(deployment.parameter_openapi_schema)
         run_and_wait(f"stacks-from-folder/{name}", {}, log)
         assert stacks_at(e2e_sandbox) == EXPECTED
         assert posts(e2e_sandbox) == len(EXPECTED)  # one per stack, layers included

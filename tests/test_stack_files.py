@@ -8,7 +8,7 @@ import shutil
 import subprocess
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -58,11 +58,11 @@ def problems_of(path: Path) -> InvalidStackFileError:
 
 
 @pytest.fixture
-def block(sandbox: SandboxHandle) -> str:
-    """A saved credentials block for lab A on the sandbox, under a name of its own."""
+def block(sandbox: SandboxHandle) -> AtomscaleCredentials:
+    """A saved credentials block for lab A on the sandbox, under a name of its own, loaded."""
     name = f"atomscale-{uuid.uuid4().hex[:8]}"
     AtomscaleCredentials(api_key=KEY_A, base_url=sandbox.url).save(name)
-    return name
+    return cast(AtomscaleCredentials, AtomscaleCredentials.load(name))
 
 
 def create_directly(
@@ -437,7 +437,7 @@ def test_a_complete_one_wins_over_others_of_the_same_name_and_two_partial_ones_c
 
 
 def test_a_bad_file_fails_the_flow_before_any_request(
-    tmp_path: Path, sandbox: SandboxHandle, block: str
+    tmp_path: Path, sandbox: SandboxHandle, block: AtomscaleCredentials
 ) -> None:
     path = write(tmp_path, "bad.yaml", "name: x\nsubstrate: y\nlayers:\n  - composition: Xx2O3\n")
     state = stack_from_file(str(path), block, return_state=True)
@@ -447,7 +447,7 @@ def test_a_bad_file_fails_the_flow_before_any_request(
 
 
 def test_a_file_is_created_once_then_found_created(
-    tmp_path: Path, sandbox: SandboxHandle, block: str, unique: str
+    tmp_path: Path, sandbox: SandboxHandle, block: AtomscaleCredentials, unique: str
 ) -> None:
     path = copy_as(SUPERLATTICE, tmp_path, unique)
     first = stack_from_file(str(path), block)
@@ -474,7 +474,7 @@ def test_a_file_is_created_once_then_found_created(
 
 
 def test_created_means_at_the_service_not_in_this_cache(
-    tmp_path: Path, sandbox: SandboxHandle, block: str, unique: str
+    tmp_path: Path, sandbox: SandboxHandle, block: AtomscaleCredentials, unique: str
 ) -> None:
     """A stack this account created elsewhere (another worker, another home) is skipped."""
     layers = [{"composition_string": f, "orientation": "0001"} for f in ("AlN", "GaN")]
@@ -495,7 +495,7 @@ def test_created_means_at_the_service_not_in_this_cache(
 
 
 def test_a_half_created_stack_gets_only_its_missing_layers(
-    tmp_path: Path, sandbox: SandboxHandle, block: str, unique: str
+    tmp_path: Path, sandbox: SandboxHandle, block: AtomscaleCredentials, unique: str
 ) -> None:
     path = copy_as(HEMT, tmp_path, unique)
     first_two = [{"composition_string": f, "orientation": "0001"} for f in ("AlN", "GaN")]
@@ -511,7 +511,7 @@ def test_a_half_created_stack_gets_only_its_missing_layers(
 
 
 def test_a_different_stack_of_the_same_name_is_left_alone(
-    tmp_path: Path, sandbox: SandboxHandle, block: str, unique: str
+    tmp_path: Path, sandbox: SandboxHandle, block: AtomscaleCredentials, unique: str
 ) -> None:
     path = copy_as(HEMT, tmp_path, unique)
     create_directly(
@@ -530,7 +530,7 @@ def test_a_different_stack_of_the_same_name_is_left_alone(
 
 
 def test_a_folder_run_creates_new_files_reports_bad_ones_and_skips_created_ones(
-    tmp_path: Path, sandbox: SandboxHandle, block: str, unique: str
+    tmp_path: Path, sandbox: SandboxHandle, block: AtomscaleCredentials, unique: str
 ) -> None:
     folder = tmp_path / "stacks"
     folder.mkdir()
@@ -560,7 +560,7 @@ def test_a_folder_run_creates_new_files_reports_bad_ones_and_skips_created_ones(
 
 
 def test_two_files_naming_the_same_target_material_are_both_refused(
-    tmp_path: Path, sandbox: SandboxHandle, block: str, unique: str
+    tmp_path: Path, sandbox: SandboxHandle, block: AtomscaleCredentials, unique: str
 ) -> None:
     copy_as(FILM, tmp_path, unique)
     shutil.copy(tmp_path / FILM.name, tmp_path / "copy.csv")
@@ -586,7 +586,7 @@ def test_the_script_creates_every_example_on_a_fresh_machine(
 
 
 def test_a_colleagues_material_of_the_same_name_is_never_taken_or_extended(
-    tmp_path: Path, sandbox: SandboxHandle, block: str, unique: str
+    tmp_path: Path, sandbox: SandboxHandle, block: AtomscaleCredentials, unique: str
 ) -> None:
     """Same name in the organisation, made in the web app or with another key: not ours."""
     path = copy_as(HEMT, tmp_path, unique)
@@ -603,7 +603,7 @@ def test_a_colleagues_material_of_the_same_name_is_never_taken_or_extended(
 
 
 def test_a_stack_whose_layers_were_deleted_at_the_service_is_written_again(
-    tmp_path: Path, sandbox: SandboxHandle, block: str, unique: str
+    tmp_path: Path, sandbox: SandboxHandle, block: AtomscaleCredentials, unique: str
 ) -> None:
     """The cache is a hint: what the service says is missing is written, every run."""
     path = copy_as(HEMT, tmp_path, unique)

@@ -1,14 +1,15 @@
 """Ready-made flows: create the target materials that stack files describe.
 
-- `stack_from_file(path, credentials_block)` creates the stack of one file, unless it
+- `stack_from_file(path, credentials)` creates the stack of one file, unless it
   was created already;
-- `stacks_from_folder(folder, credentials_block)` does so for every stack file in a
+- `stacks_from_folder(folder, credentials)` does so for every stack file in a
   folder: the flow to deploy on a schedule (the repository's `prefect.yaml` deploys it
   as `prefect_atomscale.flows.stacks_from_folder`).
 
 Both are built on the package's own tasks, `create_target_material` and
 `create_layers`, and decide what exists from the account itself, with one listing per
-run. A stack file is YAML, JSON or CSV; see `load_stack_file`.
+run. `credentials` is an `AtomscaleCredentials` block, so a deployment's run form
+offers a block picker. A stack file is YAML, JSON or CSV; see `load_stack_file`.
 """
 
 from prefect_atomscale.flows._stack_files import (

@@ -14,16 +14,19 @@ so it is never left empty; the package's `create_layers` task then adopts or wri
 each layer.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: Prefect checks a flow's parameters with a
+# model of its signature, and a served run could not resolve the string "Credentials"
+# ("`Stacks_From_FolderModel` is not fully defined").
 from pathlib import Path
-from typing import Literal, cast, get_args
+from typing import Annotated, Literal, get_args
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
-from pydantic import BaseModel
+from pydantic import BaseModel, GetJsonSchemaHandler
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
 from prefect_atomscale._artifacts import publish_stack_artifacts
 from prefect_atomscale._bulk import create_layers
@@ -58,7 +61,29 @@ __all__ = [
 ]
 
 DEFAULT_FOLDER = "flows/examples"
-DEFAULT_BLOCK = "atomscale"
+
+
+class _SavedBlock:
+    """Parameter schema of a block parameter that a deployment can give as a reference.
+
+    Prefect's server checks a deployment's parameters against
+    `oneOf: [<the block's schema>, {"$ref": ...}]`. Every AtomscaleCredentials field is
+    optional and extra keys are allowed, so a `{"$ref": ...}` object matches both and
+    the server refuses it ("is valid under each of"). Saying that the block's own form
+    has no key named `$ref` (with `propertyNames`: the server drops every `required`
+    before it checks) leaves exactly one match. The UI still sees a block type slug and
+    offers its picker of saved blocks.
+    """
+
+    def __get_pydantic_json_schema__(
+        self, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        schema = handler(core_schema)
+        handler.resolve_ref_schema(schema)["propertyNames"] = {"not": {"const": "$ref"}}
+        return schema
+
+
+Credentials = Annotated[AtomscaleCredentials, _SavedBlock()]
 
 Status = Literal["created", "completed", "already created", "invalid", "conflict", "failed"]
 
@@ -106,6 +131,7 @@ class StackFolderError(Exception):
         ```python
         from pathlib import Path
 
+        from prefect_atomscale import AtomscaleCredentials
         from prefect_atomscale.flows import StackFolderError, stacks_from_folder
 
         Path("stacks").mkdir()
@@ -116,7 +142,7 @@ class StackFolderError(Exception):
           - composition: BaTiO4x
         ''')
         try:
-            stacks_from_folder("stacks")
+            stacks_from_folder("stacks", AtomscaleCredentials.load("atomscale"))
         except StackFolderError as exc:
             print(exc)  # 1 of 1 stack files in stacks were not created: typo.yaml (invalid). ...
         ```
@@ -139,11 +165,6 @@ def find_existing_stacks(
     rows = client_for(credentials).list_rows("looking up which stack files were created")
     account = credentials.key_fingerprint()
     return [compare_with_existing(spec, rows, owner_token(account, spec.name)) for spec in specs]
-
-
-def _load_credentials(name: str) -> AtomscaleCredentials:
-    # `Block.load` is typed as maybe-async; called from these sync flows it is not.
-    return cast(AtomscaleCredentials, AtomscaleCredentials.load(name))
 
 
 def _run_name() -> str:
@@ -244,13 +265,15 @@ def _log_layers(material: TargetMaterial, written: list[Layer], existing: Existi
 
 
 @flow(name="stack-from-file", flow_run_name=_run_name)
-def stack_from_file(path: str, credentials_block: str = DEFAULT_BLOCK) -> StackOutcome:
+def stack_from_file(path: str, credentials: Credentials) -> StackOutcome:
     """Create the target material a stack file describes, unless it was created already.
 
     Args:
         path: The stack file (.yaml, .yml, .json or .csv), relative to the working
             directory or absolute.
-        credentials_block: Name of the saved AtomscaleCredentials block to use.
+        credentials: The Atomscale account: a saved `AtomscaleCredentials` block (the
+            run form in the UI offers a picker; a deployment passes
+            `{"$ref": {"block_document_slug": "atomscale-credentials/<name>"}}`).
 
     Returns:
         What happened: created, completed (missing layers added) or already created.
@@ -263,8 +286,10 @@ def stack_from_file(path: str, credentials_block: str = DEFAULT_BLOCK) -> StackO
         ```python
         from pathlib import Path
 
+        from prefect_atomscale import AtomscaleCredentials
         from prefect_atomscale.flows import stack_from_file
 
+        credentials = AtomscaleCredentials.load("atomscale")
         Path("gan_hemt.json").write_text('''{
           "name": "AlGaN/GaN HEMT #8",
           "substrate": "Al2O3",
@@ -275,9 +300,9 @@ def stack_from_file(path: str, credentials_block: str = DEFAULT_BLOCK) -> StackO
             {"composition": "Al0.25Ga0.75N", "orientation": "0001"}
           ]
         }''')
-        outcome = stack_from_file("gan_hemt.json")  # with the block named "atomscale"
+        outcome = stack_from_file("gan_hemt.json", credentials)
         print(outcome.status, outcome.layers)  # created 3 (already created 3 when run again)
-        print(stack_from_file("gan_hemt.json").status)  # already created
+        print(stack_from_file("gan_hemt.json", credentials).status)  # already created
         ```
     """
     logger = get_run_logger()
@@ -285,7 +310,6 @@ def stack_from_file(path: str, credentials_block: str = DEFAULT_BLOCK) -> StackO
     logger.info(
         "%s: %r on %s, %s layers.", path, spec.name, spec.substrate, len(spec.layer_specs())
     )
-    credentials = _load_credentials(credentials_block)
     [existing] = find_existing_stacks(credentials, [spec])
     return _create(credentials, spec, existing, path)
 
@@ -303,9 +327,7 @@ def stack_files(folder: str | Path) -> list[Path]:
 
 
 @flow(name="stacks-from-folder", flow_run_name=_folder_run_name)
-def stacks_from_folder(
-    folder: str = DEFAULT_FOLDER, credentials_block: str = DEFAULT_BLOCK
-) -> list[StackOutcome]:
+def stacks_from_folder(folder: str, credentials: Credentials) -> list[StackOutcome]:
     """Create the target material of every stack file in a folder that is not created yet.
 
     Every file is checked first; invalid ones are reported and skipped, the others go
@@ -318,7 +340,10 @@ def stacks_from_folder(
     Args:
         folder: Folder of stack files (.yaml, .yml, .json, .csv), relative to the
             working directory or absolute. Subfolders are not read.
-        credentials_block: Name of the saved AtomscaleCredentials block to use.
+        credentials: The Atomscale account: a saved `AtomscaleCredentials` block (the
+            run form in the UI offers a picker; a deployment passes
+            `{"$ref": {"block_document_slug": "atomscale-credentials/<name>"}}`).
+            Each file's subflow gets the same block.
 
     Returns:
         One outcome per file.
@@ -331,8 +356,10 @@ def stacks_from_folder(
         ```python
         from pathlib import Path
 
+        from prefect_atomscale import AtomscaleCredentials
         from prefect_atomscale.flows import stacks_from_folder
 
+        credentials = AtomscaleCredentials.load("atomscale")
         Path("stacks").mkdir()
         Path("stacks/sto_buffer.csv").write_text('''# name: STO buffer #2
         # substrate: SrTiO3
@@ -340,7 +367,7 @@ def stacks_from_folder(
         1,SrTiO3,001
         2,SrRuO3,001
         ''')
-        for outcome in stacks_from_folder("stacks"):
+        for outcome in stacks_from_folder("stacks", credentials):
             print(Path(outcome.path).name, outcome.status)
         ```
     """
@@ -369,7 +396,6 @@ def stacks_from_folder(
                 )
     logger.info("%s stack files in %s, %s valid.", len(outcomes) + len(specs), folder, len(specs))
     if specs:
-        credentials = _load_credentials(credentials_block)
         found = find_existing_stacks(credentials, list(specs.values()))
         for (path, spec), existing in zip(specs.items(), found, strict=True):
             if existing.status == "complete" and existing.material is not None:
@@ -393,7 +419,7 @@ def stacks_from_folder(
                     path=path, status="conflict", name=spec.name, message=message
                 )
             else:
-                state = stack_from_file(path, credentials_block, return_state=True)
+                state = stack_from_file(path, credentials, return_state=True)
                 if state.is_completed():
                     outcomes[path] = state.result()
                 else:
