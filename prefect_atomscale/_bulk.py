@@ -62,11 +62,27 @@ from prefect_atomscale._tasks import (
 )
 from prefect_atomscale._views import material_views
 
-__all__ = ["DEFAULT_MAX_CONCURRENCY", "acreate_layers", "create_layers"]
+__all__ = ["DEFAULT_MAX_CONCURRENCY", "acreate_layers", "create_layers", "layer_outcomes"]
 
 # Writes in flight at once when posting layer by layer; at or below the default pool
 # size (AtomscaleCredentials.max_connections), so every write has a connection ready.
 DEFAULT_MAX_CONCURRENCY = 16
+
+
+# The attribute of the error `create_layers` raises that holds each layer's outcome:
+# position -> the Layer in place, or the reason it failed. Read it with `layer_outcomes`.
+LAYER_OUTCOMES = "_layer_outcomes"
+
+
+def layer_outcomes(error: BaseException) -> dict[int, Layer | str] | None:
+    """What each layer came to when `create_layers` failed after trying every layer.
+
+    Returns:
+        Position -> the layer in place, or why it failed; None if the task failed
+        before it tried the layers one by one (a listing or a whole-stack write).
+    """
+    outcomes: dict[int, Layer | str] | None = vars(error).get(LAYER_OUTCOMES)
+    return outcomes
 
 
 def _stack_request(inputs: dict[str, Any]) -> StackRequest:
@@ -103,7 +119,14 @@ def _written(
     errors = [o for o in outcomes if isinstance(o, AtomscaleError)]
     if errors:
         permanent = [error for error in errors if not error.transient]
-        raise (permanent or errors)[0]
+        raised = (permanent or errors)[0]
+        # What every layer came to, for a flow that reports the stack as a whole: the
+        # layer in place, or why it failed (text, so the error holds no other errors).
+        vars(raised)[LAYER_OUTCOMES] = {
+            request.layer_id: request.complete(o) if isinstance(o, Layer) else str(o)
+            for (request, _), o in zip(plan, outcomes, strict=True)
+        }
+        raise raised
     layers = [o for o in outcomes if isinstance(o, Layer)]
     return [request.complete(layer) for (request, _), layer in zip(plan, layers, strict=True)]
 
