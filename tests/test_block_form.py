@@ -10,6 +10,10 @@ base URL.
 from __future__ import annotations
 
 import asyncio
+import http.client
+import importlib.util
+import re
+import ssl
 import uuid
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -40,6 +44,7 @@ from helpers import free_port, only_material  # isort: skip
 SLUG = "atomscale-credentials"
 WRONG_KEY = "wrong-key-for-the-form-tests-0001"
 PACKAGE = Path(prefect_atomscale.__file__).resolve().parent
+OFFLINE_LOGO = PACKAGE.parent / "scripts" / "offline_logo.py"
 LOGO = PACKAGE / "_assets" / "atomscale-logo.svg"
 SVG = "{http://www.w3.org/2000/svg}"
 
@@ -292,3 +297,32 @@ def test_the_logo_is_a_small_self_contained_svg_shipped_at_the_logo_urls_path() 
         for attribute, value in element.attrib.items():
             assert "href" not in attribute, attribute
             assert "url(" not in value and "://" not in value, value
+
+
+def test_offline_logo_serves_the_shipped_file_where_chromium_is_sent() -> None:
+    spec = importlib.util.spec_from_file_location("offline_logo", OFFLINE_LOGO)
+    assert spec and spec.loader
+    offline_logo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(offline_logo)
+    unverified = ssl.create_default_context()
+    unverified.check_hostname = False
+    unverified.verify_mode = ssl.CERT_NONE  # the certificate is self-signed
+    logo = urlsplit(LOGO_URL)
+
+    with offline_logo.serve_logo() as flags:
+        rule, ignore = flags
+        assert ignore == "--ignore-certificate-errors"
+        found = re.fullmatch(rf"--host-resolver-rules=MAP {logo.hostname} 127\.0\.0\.1:(\d+)", rule)
+        assert found, rule
+        connection = http.client.HTTPSConnection(
+            "127.0.0.1", int(found.group(1)), context=unverified, timeout=10
+        )
+        try:
+            connection.request("GET", logo.path, headers={"Host": str(logo.hostname)})
+            reply = connection.getresponse()
+            assert (reply.status, reply.getheader("Content-Type")) == (200, "image/svg+xml")
+            assert reply.read() == LOGO.read_bytes()
+            connection.request("GET", "/elsewhere.svg")
+            assert connection.getresponse().status == 404
+        finally:
+            connection.close()
