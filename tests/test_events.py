@@ -15,8 +15,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import signal
+import subprocess
+import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 from uuid import UUID
@@ -24,6 +30,14 @@ from uuid import UUID
 import pytest
 from prefect import flow
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import WorkPoolCreate
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    DeploymentFilter,
+    DeploymentFilterId,
+    FlowRunFilter,
+)
 from prefect.client.schemas.objects import State
 from prefect.events.filters import (
     EventFilter,
@@ -33,6 +47,8 @@ from prefect.events.filters import (
 )
 from prefect.events.schemas.events import ReceivedEvent
 from prefect.events.worker import EventsWorker
+from prefect.exceptions import ObjectAlreadyExists
+from prefect.settings import PREFECT_API_URL
 
 from atomscale_sandbox import SandboxHandle
 from prefect_atomscale import (
@@ -43,6 +59,9 @@ from prefect_atomscale import (
     create_layers,
     create_target_material,
 )
+
+from conftest import KEY_A  # isort: skip
+from helpers import ROOT, clean_environment  # isort: skip
 
 OURS = [
     "atomscale.target-material.created",
@@ -55,6 +74,10 @@ STACK = [
     {"composition_string": "LaAlO3", "orientation": "001"},
 ]
 WAIT_SECONDS = 60
+# prefect.yaml's deployment that the trigger runs, and its work pool.
+REPORT = "stack-report/on-stack-completed"
+POOL = "atomscale-process"
+RUN_SECONDS = 180
 
 
 # --- reading events back ----------------------------------------------------------------
@@ -288,3 +311,121 @@ def test_an_event_that_cannot_be_sent_never_fails_the_flow(
     assert {r.levelno for r in failures} == {logging.DEBUG}
     assert len(failures) == 5  # the material, three layers, the stack
     assert "the events client is down" in failures[0].getMessage()
+
+
+# --- the trigger: prefect.yaml's stack-report deployment ---------------------------------
+
+
+def _environment(home: Path, **extra: str) -> dict[str, str]:
+    env = clean_environment()
+    home.mkdir(parents=True, exist_ok=True)
+    env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", **extra)
+    return env
+
+
+@contextmanager
+def _worker(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A process worker on the pool, stopped (with the runs it started) on the way out."""
+    command = [sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL]
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [*command, "--type", "process"],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # so that stopping it also stops its flow runs
+        )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=30)
+
+
+def _tail(log: Path) -> str:
+    return "\n".join(log.read_text(errors="replace").splitlines()[-60:]) if log.exists() else ""
+
+
+def test_a_completed_stack_runs_the_stack_report_deployment(
+    credentials: AtomscaleCredentials, sandbox: SandboxHandle, unique: str, tmp_path: Path
+) -> None:
+    api_url = str(PREFECT_API_URL.value())
+    # The block prefect.yaml's trigger names, as the docstring examples save it.
+    AtomscaleCredentials(api_key=KEY_A, base_url=sandbox.url).save("atomscale", overwrite=True)
+    with get_client(sync_client=True) as client, suppress(ObjectAlreadyExists):
+        client.create_work_pool(WorkPoolCreate(name=POOL, type="process"))
+    deployer = _environment(tmp_path / "deployer", PREFECT_API_URL=api_url, PWD=str(ROOT))
+    worker_env = _environment(
+        tmp_path / "worker", PREFECT_API_URL=api_url, PREFECT_WORKER_QUERY_SECONDS="1"
+    )
+    log = tmp_path / "worker.log"
+    with _worker(worker_env, log) as worker:
+        deployed = subprocess.run(
+            [sys.executable, "-m", "prefect", "--no-prompt", "deploy", "-n", "on-stack-completed"],
+            cwd=ROOT,
+            env=deployer,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+        with get_client(sync_client=True) as client:
+            deployment = client.read_deployment_by_name(REPORT)
+        try:
+            sample_id = _run_id_and_result(_build(credentials, unique, return_state=True))
+            run = _triggered_run(deployment.id, sample_id, worker, log)
+            with get_client(sync_client=True) as client:
+                artifacts = client.read_artifacts(
+                    artifact_filter=ArtifactFilter(
+                        flow_run_id=ArtifactFilterFlowRunId(any_=[run.id])
+                    )
+                )
+        finally:
+            with get_client(sync_client=True) as client:
+                # Later tests complete stacks too: no run of this deployment for them.
+                client.delete_resource_owned_automations(f"prefect.deployment.{deployment.id}")
+                client.delete_deployment(deployment.id)
+    # get_stack read the three layers back; publish_stack_artifacts showed them.
+    tables = [a for a in artifacts if a.type == "table"]
+    assert len(tables) == 1, tables
+    assert str(tables[0].key).startswith("layers-") and str(tables[0].key).endswith(
+        f"-s{sample_id}"
+    )
+    assert "3 layers" in str(tables[0].description)
+
+
+def _run_id_and_result(state: State[int]) -> int:
+    _run_id(state)
+    return state.result()
+
+
+def _triggered_run(
+    deployment_id: UUID, sample_id: int, worker: subprocess.Popen[bytes], log: Path
+) -> Any:
+    """Wait for the deployment's run for `sample_id` to finish; fail if it did not complete."""
+    deadline = time.monotonic() + RUN_SECONDS
+    while True:
+        assert worker.poll() is None, f"the worker exited:\n{_tail(log)}"
+        with get_client(sync_client=True) as client:
+            runs = client.read_flow_runs(
+                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
+                flow_run_filter=FlowRunFilter(),
+            )
+        ours = [run for run in runs if str(run.parameters.get("sample_id")) == str(sample_id)]
+        assert len(ours) <= 1, f"{len(ours)} runs for one completed stack"
+        if ours and ours[0].state is not None and ours[0].state.is_final():
+            assert ours[0].state.is_completed(), f"{ours[0].state!r}\n{_tail(log)}"
+            return ours[0]
+        if time.monotonic() > deadline:
+            found = [(run.parameters, run.state_name) for run in runs]
+            raise AssertionError(
+                f"no completed run of {REPORT} for sample_id {sample_id} within "
+                f"{RUN_SECONDS} s; runs: {found}\n{_tail(log)}"
+            )
+        time.sleep(1)
