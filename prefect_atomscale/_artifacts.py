@@ -1,9 +1,12 @@
 """What a stack run shows in the Prefect UI: a table of its layers and a picture of the stack.
 
-`publish_stack_artifacts` (and its async twin) publish two artifacts for a created
-stack: a table (position, formula, orientation, space group, Materials Project id,
-record id) and a markdown artifact with an SVG picture of the stack, substrate at the
-bottom and repeated periods collapsed to "x 20", so a scientist reads it at a glance.
+`publish_stack_artifacts` (and its async twin) publish two artifacts for a stack: a
+table (position, formula, orientation, space group, Materials Project id, record id)
+and a markdown artifact with an SVG picture of the stack, substrate at the bottom and
+repeated periods collapsed to "x 20", so a scientist reads it at a glance. For a stack
+that is only partly written, an optional status per layer (`created`, `already there`,
+`failed`, `not attempted`) adds a status column and marks the layers that are not in
+place in the picture, with a legend.
 Only `publish_stack_artifacts`, its async twin and `StackArtifacts` are public; the
 pieces (`stack_table`, `stack_svg`, `stack_markdown`, ...) are their implementation.
 """
@@ -11,8 +14,9 @@ pieces (`stack_table`, `stack_svg`, `stack_markdown`, ...) are their implementat
 from __future__ import annotations
 
 import base64
+import colorsys
 import re
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 from uuid import UUID
 from xml.sax.saxutils import escape, quoteattr
@@ -20,16 +24,31 @@ from xml.sax.saxutils import escape, quoteattr
 from prefect_atomscale._models import Layer, TargetMaterial
 
 __all__ = [
+    "IN_PLACE",
+    "LAYER_STATUSES",
     "StackArtifacts",
     "apublish_stack_artifacts",
     "artifact_key",
     "collapse_repeats",
     "describe_stack",
+    "distinct_fills",
+    "plural",
     "publish_stack_artifacts",
     "stack_markdown",
     "stack_svg",
     "stack_table",
 ]
+
+
+# What happened to a layer in a run, as the table and the picture show it.
+LAYER_STATUSES = ("created", "already there", "failed", "not attempted")
+# The statuses of a layer whose record is at the service.
+IN_PLACE = ("created", "already there")
+
+
+def plural(count: int, noun: str) -> str:
+    """`1 layer`, `2 layers`: a count and its noun, plural unless the count is one."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def collapse_repeats(keys: Sequence[Hashable]) -> list[tuple[int, int, int]]:
@@ -109,26 +128,38 @@ def describe_stack(substrate: str, layers: Sequence[Layer]) -> str:
     return " \u2192 ".join(parts)
 
 
-def stack_table(layers: Sequence[Layer]) -> list[dict[str, str | int]]:
+def _in_place(layer: Layer, status: Mapping[int, str] | None) -> bool:
+    return status is None or status.get(layer.layer_id, "created") in IN_PLACE
+
+
+def stack_table(
+    layers: Sequence[Layer], status: Mapping[int, str] | None = None
+) -> list[dict[str, str | int]]:
     """Rows of the layer table artifact, L1 (on the substrate) first.
 
     Args:
-        layers: The created layers, in any order.
+        layers: The layers, in any order.
+        status: Position -> `created`, `already there`, `failed` or `not attempted`;
+            adds a status column. A layer not in place shows no record id.
 
     Returns:
-        One row per layer: position, formula, orientation, space group, mp id, record id.
+        One row per layer: position, formula, orientation, space group, mp id, record
+        id (and status).
     """
-    return [
-        {
+    rows: list[dict[str, str | int]] = []
+    for layer in _sorted(layers):
+        row: dict[str, str | int] = {
             "position": layer.layer_id,
             "formula": layer.composition_string or "\u2014",
             "orientation": f"({layer.orientation})" if layer.orientation else "\u2014",
             "space group": layer.space_group or "\u2014",
             "mp id": layer.mp_id or "\u2014",
-            "record id": layer.id,
+            "record id": layer.id if _in_place(layer, status) else "\u2014",
         }
-        for layer in _sorted(layers)
-    ]
+        if status is not None:
+            row["status"] = status.get(layer.layer_id, "created")
+        rows.append(row)
+    return rows
 
 
 # Light fills that keep dark text readable and stay apart from each other.
@@ -144,6 +175,42 @@ _PALETTE = (
     "#f4a582",
     "#b3de69",
 )
+_GOLDEN_ANGLE = 137.50776405003785
+
+
+def distinct_fills(count: int) -> list[str]:
+    """`count` fill colours, all different: the palette, then hues by the golden angle.
+
+    Light enough for dark text; deterministic, so a formula keeps its colour from run
+    to run as long as the stack keeps its order.
+
+    Args:
+        count: How many colours.
+
+    Returns:
+        `#rrggbb` strings, no two alike.
+    """
+    fills: list[str] = []
+    index = 0
+    while len(fills) < count:
+        if index < len(_PALETTE):
+            fill = _PALETTE[index]
+        else:
+            hue = ((index - len(_PALETTE)) * _GOLDEN_ANGLE + 15) % 360 / 360
+            # Alternate two lightnesses so neighbouring hues stay apart too.
+            light = 0.80 if index % 2 else 0.72
+            red, green, blue = colorsys.hls_to_rgb(hue, light, 0.65)
+            fill = f"#{round(red * 255):02x}{round(green * 255):02x}{round(blue * 255):02x}"
+        if fill not in fills and fill not in _NOT_IN_PLACE_FILLS:
+            fills.append(fill)
+        index += 1
+    return fills
+
+
+# Layers that are not in place: grey, with a red hatch for a failed one.
+_FAILED_FILL = "#e4e7eb"
+_NOT_ATTEMPTED_FILL = "#f5f7fa"
+_NOT_IN_PLACE_FILLS = (_FAILED_FILL, _NOT_ATTEMPTED_FILL)
 _FONT = "DejaVu Sans, Helvetica, Arial, sans-serif"
 _WIDTH = 700
 _BAND_X = 70
@@ -190,14 +257,37 @@ def _formula_width(formula: str) -> int:
     return round((len(formula) - counts) * 10.5 + counts * 7)
 
 
-def _band(y: int, layer: Layer, fill: str, left_label: str | None, orientation_x: int) -> list[str]:
+def _band(
+    y: int,
+    layer: Layer,
+    fill: str,
+    left_label: str | None,
+    orientation_x: int,
+    status: str = "created",
+) -> list[str]:
     middle = y + _ROW // 2 + 5
-    parts = [
-        f'<rect x="{_BAND_X}" y="{y}" width="{_BAND_WIDTH}" height="{_ROW}" fill="{fill}" '
-        'stroke="#ffffff" stroke-width="1.5"/>',
+    if status == "failed":
+        parts = [
+            f'<rect x="{_BAND_X}" y="{y}" width="{_BAND_WIDTH}" height="{_ROW}" '
+            f'fill="{_FAILED_FILL}" stroke="#ffffff" stroke-width="1.5"/>',
+            f'<rect x="{_BAND_X}" y="{y}" width="{_BAND_WIDTH}" height="{_ROW}" '
+            'fill="url(#failed)" stroke="#c81e1e" stroke-width="1.5"/>',
+        ]
+    elif status == "not attempted":
+        parts = [
+            f'<rect x="{_BAND_X + 1}" y="{y + 1}" width="{_BAND_WIDTH - 2}" height="{_ROW - 2}" '
+            f'fill="{_NOT_ATTEMPTED_FILL}" stroke="#7b8794" stroke-width="1.5" '
+            'stroke-dasharray="5 3"/>',
+        ]
+    else:
+        parts = [
+            f'<rect x="{_BAND_X}" y="{y}" width="{_BAND_WIDTH}" height="{_ROW}" fill="{fill}" '
+            'stroke="#ffffff" stroke-width="1.5"/>',
+        ]
+    parts.append(
         f'<text x="{_BAND_X + 12}" y="{middle}" font-size="15" font-weight="bold" '
-        f'fill="#1f2933">{_formula_svg(layer.composition_string or "?")}</text>',
-    ]
+        f'fill="#1f2933">{_formula_svg(layer.composition_string or "?")}</text>'
+    )
     if layer.orientation:
         parts.append(
             f'<text x="{orientation_x}" y="{middle}" font-size="14" fill="#1f2933">'
@@ -206,7 +296,16 @@ def _band(y: int, layer: Layer, fill: str, left_label: str | None, orientation_x
     extra = _space_group_pieces(layer.space_group) if layer.space_group else []
     if layer.mp_id:
         extra += [((" \u00b7 " if extra else "") + layer.mp_id, False)]
-    if extra:
+    if status in ("failed", "not attempted"):
+        colour = "#c81e1e" if status == "failed" else "#52606d"
+        mark = "\u2717 failed" if status == "failed" else "not attempted"
+        parts.append(
+            f'<rect x="{_BAND_X + _BAND_WIDTH - 122}" y="{y + 6}" width="114" '
+            f'height="{_ROW - 12}" rx="3" fill="#ffffff" stroke="{colour}"/>'
+            f'<text x="{_BAND_X + _BAND_WIDTH - 65}" y="{middle - 1}" font-size="12" '
+            f'font-weight="bold" text-anchor="middle" fill="{colour}">{mark}</text>'
+        )
+    elif extra:
         parts.append(
             f'<text x="{_BAND_X + _BAND_WIDTH - 10}" y="{middle}" font-size="12" '
             f'text-anchor="end" fill="#3e4c59">{_tspans(extra, 9, 3)}</text>'
@@ -219,33 +318,45 @@ def _band(y: int, layer: Layer, fill: str, left_label: str | None, orientation_x
     return parts
 
 
-def stack_svg(substrate: str, layers: Sequence[Layer]) -> str:
+def stack_svg(
+    substrate: str, layers: Sequence[Layer], status: Mapping[int, str] | None = None
+) -> str:
     """Draw the stack as an SVG picture: substrate at the bottom, top layer on top.
 
     One band per layer, labelled with its formula (counts as subscripts), orientation,
-    space group and Materials Project id, and its position on the left; the same
-    formula always gets the same colour, substrate included. A repeated period is
-    drawn once with a bracket saying "x 20" and the positions it spans.
+    space group and Materials Project id, and its position on the left. Each formula
+    has a colour of its own, substrate included: two bands share a colour only if they
+    are the same material. A repeated period is drawn once with a bracket saying
+    "x 20" and the positions it spans. With `status`, a failed layer is grey with a red
+    hatch and "failed", one not attempted is grey and dashed, and a legend says so.
 
     Args:
         substrate: The substrate.
         layers: The layers, in any order.
+        status: Position -> `created`, `already there`, `failed` or `not attempted`.
 
     Returns:
         A standalone SVG document.
     """
     ordered = _sorted(layers)
-    colours: dict[str, str] = {}
-    for formula in [substrate, *(layer.composition_string or "?" for layer in ordered)]:
-        colours.setdefault(formula, _PALETTE[len(colours) % len(_PALETTE)])
+    formulas = list(
+        dict.fromkeys([substrate, *(layer.composition_string or "?" for layer in ordered)])
+    )
+    colours = dict(zip(formulas, distinct_fills(len(formulas)), strict=True))
+    states = {layer.layer_id: (status or {}).get(layer.layer_id, "created") for layer in ordered}
+    shown = {state if state not in IN_PLACE else "created" for state in states.values()}
     segments = collapse_repeats(
-        [(layer.composition_string, layer.orientation) for layer in ordered]
+        [
+            (layer.composition_string, layer.orientation, states[layer.layer_id] in IN_PLACE)
+            for layer in ordered
+        ]
     )
     rows = sum(period for _, period, _ in segments)
     # Orientations line up in one column, just right of the widest formula.
     widest = max((_formula_width(layer.composition_string or "?") for layer in ordered), default=0)
     orientation_x = _BAND_X + 12 + max(widest, 90) + 18
-    height = _TOP + rows * _ROW + _SUBSTRATE + 30
+    legend = [state for state in ("failed", "not attempted") if state in shown]
+    height = _TOP + rows * _ROW + _SUBSTRATE + 30 + (26 if legend else 0)
     body: list[str] = []
     y = _TOP
     for start, period, count in reversed(segments):
@@ -253,7 +364,8 @@ def stack_svg(substrate: str, layers: Sequence[Layer]) -> str:
         top = y
         for layer in reversed(unit):
             label = f"L{layer.layer_id}" if count == 1 else None
-            body += _band(y, layer, colours[layer.composition_string or "?"], label, orientation_x)
+            fill = colours[layer.composition_string or "?"]
+            body += _band(y, layer, fill, label, orientation_x, states[layer.layer_id])
             y += _ROW
         if count > 1:
             first, last = ordered[start], ordered[start + period * count - 1]
@@ -293,6 +405,25 @@ def stack_svg(substrate: str, layers: Sequence[Layer]) -> str:
         f'<text x="{_BAND_X}" y="{y + _SUBSTRATE + 20}" font-size="12" fill="#52606d">'
         "growth direction \u2191 \u00b7 L1 is grown first, on the substrate</text>",
     ]
+    x = _BAND_X
+    for state in legend:
+        top = y + _SUBSTRATE + 32
+        if state == "failed":
+            body += [
+                f'<rect x="{x}" y="{top}" width="28" height="14" fill="{_FAILED_FILL}"/>',
+                f'<rect x="{x}" y="{top}" width="28" height="14" fill="url(#failed)" '
+                'stroke="#c81e1e"/>',
+                f'<text x="{x + 36}" y="{top + 12}" font-size="12" fill="#c81e1e">'
+                "failed: not written, see the run\u2019s log</text>",
+            ]
+            x += 260
+        else:
+            body += [
+                f'<rect x="{x}" y="{top}" width="28" height="14" fill="{_NOT_ATTEMPTED_FILL}" '
+                'stroke="#7b8794" stroke-dasharray="5 3"/>',
+                f'<text x="{x + 36}" y="{top + 12}" font-size="12" fill="#52606d">'
+                "not attempted</text>",
+            ]
     title = escape(describe_stack(substrate, ordered))
     return (
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{_WIDTH}" height="{height}" '
@@ -300,7 +431,10 @@ def stack_svg(substrate: str, layers: Sequence[Layer]) -> str:
         f"<title>{title}</title>"
         '<defs><pattern id="hatch" width="8" height="8" patternUnits="userSpaceOnUse" '
         'patternTransform="rotate(45)"><line x1="0" y1="0" x2="0" y2="8" stroke="#52606d" '
-        'stroke-opacity="0.35" stroke-width="2"/></pattern></defs>'
+        'stroke-opacity="0.35" stroke-width="2"/></pattern>'
+        '<pattern id="failed" width="10" height="10" patternUnits="userSpaceOnUse" '
+        'patternTransform="rotate(-45)"><line x1="0" y1="0" x2="0" y2="10" stroke="#c81e1e" '
+        'stroke-opacity="0.45" stroke-width="3"/></pattern></defs>'
         f'<rect width="{_WIDTH}" height="{height}" fill="#ffffff"/>' + "".join(body) + "</svg>"
     )
 
@@ -311,6 +445,7 @@ def stack_markdown(
     *,
     summary: str | None = None,
     source: str | None = None,
+    status: Mapping[int, str] | None = None,
 ) -> str:
     """The markdown artifact: a heading, one line of facts, the picture, the stack in words.
 
@@ -321,17 +456,28 @@ def stack_markdown(
         layers: Its layers, in any order.
         summary: What this run did, e.g. `40 created, 2 from the cache`.
         source: The stack file it came from, if any.
+        status: Position -> `created`, `already there`, `failed` or `not attempted`.
 
     Returns:
         Markdown text.
     """
     name, substrate = _name(material), _substrate(material)
-    svg = stack_svg(substrate, layers)
+    svg = stack_svg(substrate, layers, status)
     image = base64.b64encode(svg.encode()).decode()
     facts = [
         f"Target material **{material.sample_id}** on **{_md(substrate)}**",
-        f"{len(layers)} layer{'s' if len(layers) != 1 else ''}",
+        plural(len(layers), "layer"),
     ]
+    if status is not None:
+        states = [status.get(layer.layer_id, "created") for layer in layers]
+        missing = [state for state in ("failed", "not attempted") if state in states]
+        if missing:
+            facts.append(
+                ", ".join(
+                    [f"**{sum(s in IN_PLACE for s in states)} in place**"]
+                    + [f"**{states.count(state)} {state}**" for state in missing]
+                )
+            )
     if summary:
         facts.append(summary)
     if source:
@@ -415,17 +561,24 @@ def _artifact_content(
     layers: Sequence[Layer],
     summary: str | None,
     source: str | None,
+    status: Mapping[int, str] | None,
 ) -> tuple[str, dict[str, Any], dict[str, Any]]:
     key = artifact_key(material)
     # Cards in the UI show the first few words of a description: say what it is first.
     what = f"{_name(material)} (target material {material.sample_id}) on {_substrate(material)}"
+    states = [(status or {}).get(layer.layer_id, "created") for layer in layers]
+    failed = [
+        f"{states.count(state)} {state}" for state in ("failed", "not attempted") if state in states
+    ]
     table = {
-        "table": stack_table(layers),
+        "table": stack_table(layers, status),
         "key": f"layers-{key}",
-        "description": f"Layer table of {what}: {len(layers)} layers, L1 on the substrate.",
+        "description": f"Layer table of {what}: {plural(len(layers), 'layer')}"
+        + (f" ({', '.join(failed)})" if failed else "")
+        + ", L1 on the substrate.",
     }
     markdown = {
-        "markdown": stack_markdown(material, layers, summary=summary, source=source),
+        "markdown": stack_markdown(material, layers, summary=summary, source=source, status=status),
         "key": f"stack-{key}",
         "description": f"Stack picture of {what}, substrate at the bottom.",
     }
@@ -438,6 +591,7 @@ def publish_stack_artifacts(
     *,
     summary: str | None = None,
     source: str | None = None,
+    status: Mapping[int, str] | None = None,
 ) -> StackArtifacts:
     """Publish the layer table and the stack picture as artifacts of the current run.
 
@@ -447,9 +601,15 @@ def publish_stack_artifacts(
 
     Args:
         material: The target material.
-        layers: Its layers, in any order.
+        layers: Its layers, in any order. For a stack written only in part, also the
+            layers that are not in place, as they were asked for (their `id` is not
+            shown).
         summary: What this run did, e.g. `40 created, 2 from the cache`.
         source: The stack file it came from, if any.
+        status: Position -> `created`, `already there`, `failed` or `not attempted`,
+            for a run that did not write every layer: the table gets a status column
+            and the picture marks the layers that are not in place. Positions left
+            out count as `created`.
 
     Returns:
         The artifacts' ids and key.
@@ -484,7 +644,7 @@ def publish_stack_artifacts(
     # Imported here: the rest of this module is useful without a Prefect API.
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-    key, table, markdown = _artifact_content(material, layers, summary, source)
+    key, table, markdown = _artifact_content(material, layers, summary, source, status)
     table_id = create_table_artifact(**table)
     markdown_id = create_markdown_artifact(**markdown)
     if not isinstance(table_id, UUID) or not isinstance(markdown_id, UUID):
@@ -498,11 +658,12 @@ async def apublish_stack_artifacts(
     *,
     summary: str | None = None,
     source: str | None = None,
+    status: Mapping[int, str] | None = None,
 ) -> StackArtifacts:
     """Async twin of `publish_stack_artifacts`: same arguments, result and errors."""
     from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
 
-    key, table, markdown = _artifact_content(material, layers, summary, source)
+    key, table, markdown = _artifact_content(material, layers, summary, source, status)
     table_id = await acreate_table_artifact(**table)
     markdown_id = await acreate_markdown_artifact(**markdown)
     return StackArtifacts(table=table_id, markdown=markdown_id, key=key)

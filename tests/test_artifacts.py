@@ -30,7 +30,7 @@ from prefect.logging.handlers import APILogWorker
 
 from atomscale_sandbox import SandboxHandle
 from flows.build_stack import LayerSpec, build_stack
-from prefect_atomscale import AtomscaleCredentials, Layer, TargetMaterial
+from prefect_atomscale import AtomscaleCredentials, AtomscaleValidationError, Layer, TargetMaterial
 from prefect_atomscale._artifacts import (
     artifact_key,
     collapse_repeats,
@@ -356,3 +356,140 @@ def test_the_table_lists_layers_bottom_first_with_dashes_for_unknowns() -> None:
         "mp id": "—",
         "record id": 101,
     }
+
+
+# --------------------------------------------------------------------------- failed stacks
+
+LONG_SPACE_GROUP = "P4mm" * 10  # accepted here, refused by the service (at most 32 characters)
+
+
+def superlattice_with_bad_layers(folder: Path, name: str, bad: tuple[int, ...]) -> Path:
+    """The 42-layer superlattice written out, with a space group the service refuses at `bad`."""
+    formulas = ["SrRuO3", *["BaTiO3", "SrTiO3"] * 20, "SrRuO3"]
+    lines = [f"name: {name}", "substrate: SrTiO3", "layers:"]
+    for position, formula in enumerate(formulas, start=1):
+        extra = f", space_group: {LONG_SPACE_GROUP}" if position in bad else ""
+        lines.append(f"  - {{composition: {formula}, orientation: '001'{extra}}}")
+    path = folder / "sl.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def make_partial(sandbox: SandboxHandle, name: str) -> int:
+    """The target material of `superlattice_with_bad_layers` with only L1 and L2, as ours."""
+    from test_stack_files import create_directly
+
+    first_two = [
+        {"composition_string": formula, "orientation": "001"} for formula in ("SrRuO3", "BaTiO3")
+    ]
+    return create_directly(sandbox, name, "SrTiO3", first_two)
+
+
+def test_a_partly_failed_stack_says_what_happened_to_every_layer(
+    tmp_path: Path, sandbox: SandboxHandle, block: AtomscaleCredentials, unique: str
+) -> None:
+    path = superlattice_with_bad_layers(tmp_path, unique, bad=(4, 30))
+    sample_id = make_partial(sandbox, unique)
+    state = stack_from_file(str(path), block, return_state=True)
+    assert state.is_failed()
+    reason = "space_group: String should have at most 32 characters (422)"
+    summary = (
+        f"{path}: 2 of 42 layers failed (L4, L30: {reason}); "
+        f"the other 40 are in place in target material {sample_id}"
+    )
+    assert state.message is not None and state.message.endswith(summary), state.message
+    # Still the service's error type, with its attributes: a caller's except clauses work.
+    with pytest.raises(AtomscaleValidationError) as caught:
+        state.result()
+    assert str(caught.value) == summary and caught.value.status_code == 422
+    assert sandbox.count_layers(sample_id=sample_id) == 40
+
+    flow_run_id = state.state_details.flow_run_id
+    artifacts = artifacts_of(flow_run_id)
+    assert {"table", "markdown"} <= set(artifacts)
+    rows = cast(list[dict[str, Any]], json.loads(cast(str, artifacts["table"].data)))
+    status = {row["position"]: row["status"] for row in rows}
+    assert status == {
+        **dict.fromkeys(range(1, 43), "created"),
+        1: "already there",
+        2: "already there",
+        4: "failed",
+        30: "failed",
+    }
+    assert rows[3]["record id"] == "—"
+    assert "(2 failed)" in (artifacts["table"].description or "")
+    markdown = cast(str, artifacts["markdown"].data)
+    assert "**40 in place**, **2 failed**" in markdown
+    drawn = [text for _, _, text in texts(picture(markdown))]
+    assert drawn.count("\u2717 failed") == 2
+    assert "failed: not written, see the run\u2019s log" in drawn  # the legend
+
+    # The first ERROR line of the flow itself is the summary, readable, before Prefect's
+    # "Encountered exception" line with the repr.
+    errors = error_lines(flow_run_id, until="Finished in state Failed")
+    assert errors[0] == summary, errors
+    assert "Encountered exception" in errors[1]
+
+
+def test_the_first_error_line_of_a_run_with_a_bad_file_is_the_readable_message(
+    tmp_path: Path, block: AtomscaleCredentials
+) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: x\nsubstrate: y\nlayers:\n  - composition: Xx2O3\n  - composition: Q\n")
+    state = stack_from_file(str(path), block, return_state=True)
+    assert state.is_failed()
+    errors = error_lines(state.state_details.flow_run_id, until="Finished in state Failed")
+    first = errors[0]
+    assert first.startswith(f"{path} has 2 problems") and "\n" in first, first
+    assert "\\n" not in first
+    assert "Encountered exception" in errors[1] and "\\n" in errors[1]
+
+
+def error_lines(flow_run_id: UUID, until: str) -> list[str]:
+    """The flow run's own ERROR messages in order (its task runs' left out)."""
+
+    def read() -> list[Any]:
+        with get_client(sync_client=True) as client:
+            return client.read_logs(
+                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])),
+                limit=200,
+            )
+
+    logs = eventually(read, lambda found: any(until in log.message for log in found))
+    return [
+        log.message
+        for log in sorted(logs, key=lambda log: log.timestamp)
+        if log.level >= 40 and log.task_run_id is None
+    ]
+
+
+def test_the_table_and_picture_show_each_layers_status() -> None:
+    stack = layers("SrRuO3", "BaTiO3", "SrTiO3", "BaTiO3", "SrTiO3")
+    status = {1: "already there", 2: "created", 3: "failed", 4: "not attempted", 5: "not attempted"}
+    rows = stack_table(stack, status)
+    assert [row["status"] for row in rows] == [status[p] for p in range(1, 6)]
+    assert [row["record id"] for row in rows] == [101, 102, "—", "—", "—"]
+    assert "status" not in stack_table(stack)[0]  # unchanged without a status
+    svg = ET.fromstring(stack_svg("SrTiO3", stack, status))
+    drawn = [text for _, _, text in texts(svg)]
+    assert drawn.count("\u2717 failed") == 1 and drawn.count("not attempted") == 3  # 2 + legend
+    fills = {rect.get("fill") for rect in svg.iter(f"{SVG}rect")}
+    assert "url(#failed)" in fills
+    # Without a status nothing is marked, and there is no legend.
+    plain = [text for _, _, text in texts(ET.fromstring(stack_svg("SrTiO3", stack)))]
+    assert not any("failed" in text or "not attempted" in text for text in plain)
+
+
+def test_every_formula_in_a_picture_has_a_colour_of_its_own() -> None:
+    formulas = [f"Ba{n}TiO3" for n in range(2, 26)]  # 24 formulas and the substrate: 25
+    svg = ET.fromstring(stack_svg("SrTiO3", layers(*formulas)))
+    bands = [
+        rect.get("fill")
+        for rect in svg.iter(f"{SVG}rect")
+        if rect.get("height") in ("32", "48") and (rect.get("fill") or "").startswith("#")
+    ]
+    assert len(bands) == 25 and len(set(bands)) == 25, bands
+    # The same formula keeps its colour within the picture.
+    again = ET.fromstring(stack_svg("SrTiO3", layers("GaN", "AlN", "GaN")))
+    fills = [r.get("fill") for r in again.iter(f"{SVG}rect") if r.get("height") == "32"]
+    assert fills[0] == fills[2] != fills[1]

@@ -17,6 +17,9 @@ each layer.
 # No `from __future__ import annotations`: Prefect checks a flow's parameters with a
 # model of its signature, and a served run could not resolve the string "Credentials"
 # ("`Stacks_From_FolderModel` is not fully defined").
+import copy
+import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Literal, get_args
 
@@ -28,9 +31,10 @@ from pydantic import BaseModel, GetJsonSchemaHandler
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema
 
-from prefect_atomscale._artifacts import publish_stack_artifacts
-from prefect_atomscale._bulk import create_layers
+from prefect_atomscale._artifacts import IN_PLACE, plural, publish_stack_artifacts
+from prefect_atomscale._bulk import LAYER_OUTCOMES, create_layers, layer_outcomes
 from prefect_atomscale._credentials import AtomscaleCredentials
+from prefect_atomscale._exceptions import AtomscaleError
 from prefect_atomscale._models import Layer, TargetMaterial
 from prefect_atomscale._payloads import owner_token
 from prefect_atomscale._pool import client_for
@@ -214,20 +218,30 @@ def _create(
             material.sample_id,
             len(existing.layers),
             len(layers),
-            ", ".join(f"L{position}" for position in existing.missing),
+            _positions(existing.missing),
         )
         status: Status = "completed"
         summary = f"{len(existing.missing)} created now, {len(existing.layers)} already there"
     else:
-        material = create_target_material.with_options(refresh_cache=True)(
-            credentials, spec.name, spec.substrate, spec.metadata, layers=wanted
-        )
+        try:
+            material = create_target_material.with_options(refresh_cache=True)(
+                credentials, spec.name, spec.substrate, spec.metadata, layers=wanted
+            )
+        except AtomscaleError as exc:
+            message = (
+                f"{path}: target material {spec.name!r} was not created, so none of its "
+                f"{plural(len(layers), 'layer')} were written: {exc}"
+            )
+            raise _retyped(exc, message) from exc
         status = "created"
         summary = f"{len(wanted)} created now"
     # One listing of the account: adopts what is there, writes what is still missing.
-    written = create_layers.with_options(refresh_cache=True)(
-        credentials, material.sample_id, wanted
-    )
+    try:
+        written = create_layers.with_options(refresh_cache=True)(
+            credentials, material.sample_id, wanted
+        )
+    except AtomscaleError as exc:
+        raise _stack_failed(spec, existing, material, path, exc) from exc
     _log_layers(material, written, existing)
     logger.info(
         "Target material %s %r on %s has %s layers: %s.",
@@ -246,6 +260,133 @@ def _create(
         layers=len(written),
         message=summary,
     )
+
+
+def _retyped(error: AtomscaleError, message: str) -> AtomscaleError:
+    """The same error, same type and attributes (`transient`, ...), saying `message`."""
+    copied = copy.copy(error)
+    copied.message = message
+    copied.args = (message,)
+    vars(copied).pop(LAYER_OUTCOMES, None)
+    return copied
+
+
+def _short_reason(message: str, limit: int = 140) -> str:
+    """The gist of an error message for a summary.
+
+    What the service said, or the first sentence, cut to `limit` characters.
+    """
+    said = re.match(r"Atomscale answered (\d+) to .+? while .+?: (.+?)\.(?:\s|$)", message)
+    if said:
+        text = f"{said[2]} ({said[1]})"
+    else:
+        text = re.split(r"(?<=[.!?])\s", message.strip(), maxsplit=1)[0].rstrip(".")
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
+
+def _stack_failed(
+    spec: StackSpec,
+    existing: ExistingStack,
+    material: TargetMaterial,
+    path: str,
+    error: AtomscaleError,
+) -> AtomscaleError:
+    """Report a stack `create_layers` could not finish.
+
+    Logs each layer, publishes the artifacts with a status per layer, and returns the
+    error to raise, whose message is the stack's summary.
+    """
+    outcomes = layer_outcomes(error)
+    specs = spec.layer_specs()
+    layers: list[Layer] = []
+    status: dict[int, str] = {}
+    reasons: dict[int, str] = {}
+    for position, layer_spec in enumerate(specs, start=1):
+        outcome = outcomes.get(position) if outcomes is not None else existing.layers.get(position)
+        if isinstance(outcome, Layer):
+            layers.append(outcome)
+            status[position] = "already there" if position in existing.layers else "created"
+            continue
+        # Not at the service: drawn as it was asked for, without a record id.
+        layers.append(
+            Layer(
+                id=0,
+                layer_id=position,
+                sample_id=material.sample_id,
+                composition_string=layer_spec.composition,
+                orientation=layer_spec.orientation,
+            )
+        )
+        if isinstance(outcome, str):
+            status[position], reasons[position] = "failed", _short_reason(outcome)
+        else:  # the task failed before it tried the layers one by one
+            status[position], reasons[position] = "not attempted", _short_reason(str(error))
+    summary = _stack_summary(material.sample_id, status, reasons)
+    _log_statuses(layers, status, reasons)
+    publish_stack_artifacts(material, layers, summary=summary, source=path, status=status)
+    return _retyped(error, f"{path}: {summary}")
+
+
+def _stack_summary(sample_id: int, status: Mapping[int, str], reasons: Mapping[int, str]) -> str:
+    """What a stack that was not finished came to, in one sentence.
+
+    E.g. `2 of 42 layers failed (L4: <reason>; L30: <reason>); the other 40 are in
+    place in target material 17`. A reason several layers share is said once.
+    """
+    total = len(status)
+    parts = []
+    for state in ("failed", "not attempted"):
+        positions = [position for position, s in sorted(status.items()) if s == state]
+        if not positions:
+            continue
+        by_reason: dict[str, list[int]] = {}
+        for position in positions:
+            by_reason.setdefault(reasons.get(position, ""), []).append(position)
+        said = [
+            f"{_positions(where)}: {reason}" if reason else _positions(where)
+            for reason, where in list(by_reason.items())[:_MAX_REASONS]
+        ]
+        if len(by_reason) > _MAX_REASONS:
+            said.append(f"{len(by_reason) - _MAX_REASONS} more reasons in the log")
+        parts.append(f"{len(positions)} of {plural(total, 'layer')} {state} ({'; '.join(said)})")
+    in_place = sum(s in IN_PLACE for s in status.values())
+    if in_place == 0:
+        tail = f"no layer is in place in target material {sample_id}"
+    elif in_place == total:
+        tail = f"all {plural(total, 'layer')} are in place in target material {sample_id}"
+    else:
+        verb = "is" if in_place == 1 else "are"
+        tail = f"the other {in_place} {verb} in place in target material {sample_id}"
+    return "; ".join([*parts, tail])
+
+
+_MAX_REASONS = 5
+
+
+def _positions(positions: Sequence[int]) -> str:
+    """L4, L30 or L4-L41 (a run of consecutive positions), at most 8 named."""
+    runs: list[list[int]] = []
+    for position in positions:
+        if runs and position == runs[-1][-1] + 1:
+            runs[-1].append(position)
+        else:
+            runs.append([position])
+    names = [f"L{run[0]}" if len(run) == 1 else f"L{run[0]}-L{run[-1]}" for run in runs]
+    return ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+
+
+def _log_statuses(
+    layers: Sequence[Layer], status: Mapping[int, str], reasons: Mapping[int, str]
+) -> None:
+    """One line per layer of a stack that was not finished; the summary follows."""
+    logger = get_run_logger()
+    for layer in layers:
+        what = " ".join(filter(None, [layer.composition_string, layer.orientation]))
+        state = status[layer.layer_id]
+        if state in IN_PLACE:
+            logger.info("L%s %s: record %s, %s.", layer.layer_id, what, layer.id, state)
+        else:
+            logger.warning("L%s %s: %s: %s.", layer.layer_id, what, state, reasons[layer.layer_id])
 
 
 def _log_layers(material: TargetMaterial, written: list[Layer], existing: ExistingStack) -> None:
@@ -306,12 +447,22 @@ def stack_from_file(path: str, credentials: Credentials) -> StackOutcome:
         ```
     """
     logger = get_run_logger()
-    spec = load_stack_file(path)  # a bad file fails here, before any request
-    logger.info(
-        "%s: %r on %s, %s layers.", path, spec.name, spec.substrate, len(spec.layer_specs())
-    )
-    [existing] = find_existing_stacks(credentials, [spec])
-    return _create(credentials, spec, existing, path)
+    try:
+        spec = load_stack_file(path)  # a bad file fails here, before any request
+        logger.info(
+            "%s: %r on %s, %s.",
+            path,
+            spec.name,
+            spec.substrate,
+            plural(len(spec.layer_specs()), "layer"),
+        )
+        [existing] = find_existing_stacks(credentials, [spec])
+        return _create(credentials, spec, existing, path)
+    except Exception as exc:
+        # Readable first: Prefect's own line ("Encountered exception ...") shows the
+        # exception's repr, with a multi-line message as one line of literal \n.
+        logger.error("%s", exc)
+        raise
 
 
 def stack_files(folder: str | Path) -> list[Path]:
