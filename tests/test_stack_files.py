@@ -542,7 +542,7 @@ def test_a_folder_run_creates_new_files_reports_bad_ones_and_skips_created_ones(
     state = stacks_from_folder(str(folder), block, return_state=True)
     assert state.is_failed()
     assert "1 of 4 stack files" in (state.message or "")
-    assert "typo.yaml (invalid)" in (state.message or "")
+    assert "typo.yaml (invalid: layer L1 (line 4), field 'composition'" in (state.message or "")
     names = {row["sample_name"] for row in sandbox.target_materials(organisation="lab-a")}
     assert {f"{unique}-{index}" for index in range(3)} <= names
     # Each new target material is sent with its whole stack, in one request each.
@@ -566,7 +566,7 @@ def test_two_files_naming_the_same_target_material_are_both_refused(
     shutil.copy(tmp_path / FILM.name, tmp_path / "copy.csv")
     state = stacks_from_folder(str(tmp_path), block, return_state=True)
     assert state.is_failed()
-    assert "bto_film_on_sto.csv (invalid); copy.csv (invalid)" in (state.message or "")
+    assert "bto_film_on_sto.csv, copy.csv (invalid: 2 files describe" in (state.message or "")
     assert sandbox.stats.requests == 0
 
 

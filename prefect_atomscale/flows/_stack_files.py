@@ -20,13 +20,15 @@ each layer.
 import copy
 import re
 from collections.abc import Mapping, Sequence
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Annotated, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
+from prefect.settings import PREFECT_UI_URL
 from pydantic import BaseModel, GetJsonSchemaHandler
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema
@@ -67,6 +69,13 @@ __all__ = [
 DEFAULT_FOLDER = "flows/examples"
 
 
+# Set by `stacks_from_folder` around each subflow it starts: the file's spec and what
+# the folder's listing found for it, so the subflow does not list the account again.
+_PARENT_LISTING: ContextVar[dict[str, tuple[StackSpec, ExistingStack]] | None] = ContextVar(
+    "prefect_atomscale_parent_listing", default=None
+)
+
+
 class _SavedBlock:
     """Parameter schema of a block parameter that a deployment can give as a reference.
 
@@ -89,7 +98,9 @@ class _SavedBlock:
 
 Credentials = Annotated[AtomscaleCredentials, _SavedBlock()]
 
-Status = Literal["created", "completed", "already created", "invalid", "conflict", "failed"]
+Status = Literal[
+    "created", "completed", "already created", "invalid", "conflict", "failed", "not attempted"
+]
 
 
 class StackOutcome(BaseModel):
@@ -100,12 +111,14 @@ class StackOutcome(BaseModel):
         status: `created` (target material and layers written now), `completed` (the
             missing layers of an earlier, partial run added), `already created`
             (nothing written), `invalid` (the file has problems; nothing sent),
-            `conflict` (its name is taken by a different stack; nothing sent) or
-            `failed` (its flow run failed).
+            `conflict` (its name is taken by a different stack; nothing sent),
+            `failed` (its flow run failed) or `not attempted` (not run: the service
+            proved unreachable on an earlier file).
         name: The target material's name, if the file could be read.
         sample_id: The target material's id, when it exists.
         layers: How many layers it has, when it exists.
         message: What was done, or what is wrong.
+        flow_run_id: The file's `stack-from-file` run, when the folder flow ran one.
 
     Example:
         ```python
@@ -123,13 +136,16 @@ class StackOutcome(BaseModel):
     sample_id: int | None = None
     layers: int | None = None
     message: str = ""
+    flow_run_id: str | None = None
 
 
 class StackFolderError(Exception):
-    """Some stack files of a folder could not be created; the message names them.
+    """Some stack files of a folder could not be created; the message names them and why.
 
     `stacks_from_folder` raises it at the end of its run, after every other file was
-    created, so one bad file never holds back the rest.
+    created, so one bad file never holds back the rest. The message groups the files
+    by reason, e.g. `2 of 9 stack files in stacks were not created: a.yaml (failed:
+    ...); b.yaml (not attempted: service unreachable: ...)`.
 
     Example:
         ```python
@@ -148,7 +164,7 @@ class StackFolderError(Exception):
         try:
             stacks_from_folder("stacks", AtomscaleCredentials.load("atomscale"))
         except StackFolderError as exc:
-            print(exc)  # 1 of 1 stack files in stacks were not created: typo.yaml (invalid). ...
+            print(exc)  # 1 of 1 stack files in stacks were not created: typo.yaml (invalid: ...
         ```
     """
 
@@ -229,10 +245,11 @@ def _create(
             )
         except AtomscaleError as exc:
             message = (
-                f"{path}: target material {spec.name!r} was not created, so none of its "
-                f"{plural(len(layers), 'layer')} were written: {exc}"
+                f"{path}: target material {spec.name!r} not created (none of its "
+                f"{plural(len(layers), 'layer')} written): {exc}"
             )
-            raise _retyped(exc, message) from exc
+            short = f"target material not created: {_short_reason(str(exc))}"
+            raise _retyped(exc, message, short) from exc
         status = "created"
         summary = f"{len(wanted)} created now"
     # One listing of the account: adopts what is there, writes what is still missing.
@@ -262,12 +279,21 @@ def _create(
     )
 
 
-def _retyped(error: AtomscaleError, message: str) -> AtomscaleError:
-    """The same error, same type and attributes (`transient`, ...), saying `message`."""
+# The attribute of a stack run's error that holds its reason in a few words, for the
+# folder run's table and message.
+_SHORT = "_short_reason"
+
+
+def _retyped(error: AtomscaleError, message: str, short: str) -> AtomscaleError:
+    """The same error, same type and attributes (`transient`, ...), saying `message`.
+
+    `short` is the reason in a few words, which a folder run shows for the file.
+    """
     copied = copy.copy(error)
     copied.message = message
     copied.args = (message,)
     vars(copied).pop(LAYER_OUTCOMES, None)
+    vars(copied)[_SHORT] = short
     return copied
 
 
@@ -276,7 +302,7 @@ def _short_reason(message: str, limit: int = 140) -> str:
 
     What the service said, or the first sentence, cut to `limit` characters.
     """
-    said = re.match(r"Atomscale answered (\d+) to .+? while .+?: (.+?)\.(?:\s|$)", message)
+    said = re.search(r"Atomscale answered (\d+) to .+? while .+?: (.+?)\.(?:\s|$)", message)
     if said:
         text = f"{said[2]} ({said[1]})"
     else:
@@ -324,7 +350,7 @@ def _stack_failed(
     summary = _stack_summary(material.sample_id, status, reasons)
     _log_statuses(layers, status, reasons)
     publish_stack_artifacts(material, layers, summary=summary, source=path, status=status)
-    return _retyped(error, f"{path}: {summary}")
+    return _retyped(error, f"{path}: {summary}", summary)
 
 
 def _stack_summary(sample_id: int, status: Mapping[int, str], reasons: Mapping[int, str]) -> str:
@@ -456,7 +482,11 @@ def stack_from_file(path: str, credentials: Credentials) -> StackOutcome:
             spec.substrate,
             plural(len(spec.layer_specs()), "layer"),
         )
-        [existing] = find_existing_stacks(credentials, [spec])
+        known = (_PARENT_LISTING.get() or {}).get(path)
+        if known is not None and known[0] == spec:
+            existing = known[1]  # the folder run just listed the account
+        else:
+            [existing] = find_existing_stacks(credentials, [spec])
         return _create(credentials, spec, existing, path)
     except Exception as exc:
         # Readable first: Prefect's own line ("Encountered exception ...") shows the
@@ -485,8 +515,15 @@ def stacks_from_folder(folder: str, credentials: Credentials) -> list[StackOutco
     on. One `GET /target-materials/` tells which files are already created (skipped,
     no flow run), partly created (missing layers added) or in conflict with what
     exists (reported, nothing sent). Each file to create runs as its own
-    `stack-from-file` subflow, with its own artifacts. The run fails at the end, naming
-    the files, if any file was invalid, in conflict or failed.
+    `stack-from-file` subflow, with its own artifacts; it uses this run's listing
+    rather than asking again. Once a transient fault outlived its retries (in the
+    listing or in a subflow), the service is taken as unreachable and the files left
+    are `not attempted`, so an outage fails the run at once instead of file by file.
+    Each file that is not created gets one ERROR line in this run's log, with its
+    reason; the table artifact `stack-folder-<folder>` has each file's status, reason
+    and links to its subflow run and that run's artifacts. The run fails at the end,
+    naming the files and why, if any file was invalid, in conflict, failed or not
+    attempted.
 
     Args:
         folder: Folder of stack files (.yaml, .yml, .json, .csv), relative to the
@@ -529,59 +566,24 @@ def stacks_from_folder(folder: str, credentials: Credentials) -> list[StackOutco
         try:
             specs[str(file)] = load_stack_file(file)
         except InvalidStackFileError as exc:
-            logger.error("%s", exc)
-            outcomes[str(file)] = StackOutcome(path=str(file), status="invalid", message=str(exc))
+            outcomes[str(file)] = _problem(str(file), "invalid", _invalid_reason(exc))
     by_name: dict[str, list[str]] = {}
     for path, spec in specs.items():
         by_name.setdefault(spec.name, []).append(path)
     for name, paths in by_name.items():
         if len(paths) > 1:
-            message = (
-                f"{len(paths)} files describe {name!r}: {', '.join(paths)}; rename all but one"
-            )
-            logger.error("%s", message)
+            names = ", ".join(Path(path).name for path in paths)
+            reason = f"{len(paths)} files describe {name!r} ({names}); rename all but one"
             for path in paths:
                 del specs[path]
-                outcomes[path] = StackOutcome(
-                    path=path, status="invalid", name=name, message=message
-                )
+                outcomes[path] = _problem(path, "invalid", reason, name=name)
     logger.info("%s stack files in %s, %s valid.", len(outcomes) + len(specs), folder, len(specs))
     if specs:
-        found = find_existing_stacks(credentials, list(specs.values()))
-        for (path, spec), existing in zip(specs.items(), found, strict=True):
-            if existing.status == "complete" and existing.material is not None:
-                logger.info(
-                    "%s: already created as target material %s; skipped.",
-                    path,
-                    existing.material.sample_id,
-                )
-                outcomes[path] = StackOutcome(
-                    path=path,
-                    status="already created",
-                    name=spec.name,
-                    sample_id=existing.material.sample_id,
-                    layers=len(existing.layers),
-                    message="skipped",
-                )
-            elif existing.status == "conflict":
-                message = str(StackConflictError(path, spec.name, existing.problems))
-                logger.error("%s", message)
-                outcomes[path] = StackOutcome(
-                    path=path, status="conflict", name=spec.name, message=message
-                )
-            else:
-                state = stack_from_file(path, credentials, return_state=True)
-                if state.is_completed():
-                    outcomes[path] = state.result()
-                else:
-                    outcomes[path] = StackOutcome(
-                        path=path, status="failed", name=spec.name, message=state.message or ""
-                    )
+        for path, outcome in _create_all(credentials, specs).items():
+            outcomes[path] = outcome
     results = [outcomes[path] for path in sorted(outcomes)]
     _publish_folder_summary(folder, results)
-    problems = [
-        outcome for outcome in results if outcome.status in ("invalid", "conflict", "failed")
-    ]
+    problems = [outcome for outcome in results if outcome.status in PROBLEMS]
     counts = {status: sum(o.status == status for o in results) for status in get_args(Status)}
     logger.info(
         "Folder %s: %s.",
@@ -589,12 +591,128 @@ def stacks_from_folder(folder: str, credentials: Credentials) -> list[StackOutco
         ", ".join(f"{count} {status}" for status, count in counts.items() if count) or "no files",
     )
     if problems:
-        raise StackFolderError(
+        message = (
             f"{len(problems)} of {len(results)} stack files in {folder} were not created: "
-            + "; ".join(f"{Path(o.path).name} ({o.status})" for o in problems)
-            + ". The log has the reasons."
+            + _grouped(problems)
+            + ". The table artifact links each file's run."
         )
+        logger.error("%s", message)
+        raise StackFolderError(message)
     return results
+
+
+# Statuses of a file that was not created.
+PROBLEMS = ("invalid", "conflict", "failed", "not attempted")
+
+
+def _problem(path: str, status: Status, reason: str, **fields: Any) -> StackOutcome:
+    """A file that was not created: its reason logged in this run, one ERROR line."""
+    get_run_logger().error("%s: %s: %s", Path(path).name, status, reason)
+    return StackOutcome(path=path, status=status, message=reason, **fields)
+
+
+def _invalid_reason(exc: InvalidStackFileError) -> str:
+    first = exc.problems[0].describe().splitlines()[0] if exc.problems else str(exc)
+    more = len(exc.problems) - 1
+    return first + (f" (and {more} more {'problem' if more == 1 else 'problems'})" if more else "")
+
+
+def _reason_of(path: str, message: str) -> str:
+    """The gist of an error about `path`, without the path it starts with."""
+    for prefix in (f"{path}: ", f"{path} "):
+        if message.startswith(prefix):
+            message = message[len(prefix) :]
+    return _short_reason(message)
+
+
+def _grouped(problems: Sequence[StackOutcome]) -> str:
+    """The files not created, with why; files that share a reason are named together.
+
+    E.g. `a.yaml (failed: ...); b.yaml, c.yaml (not attempted: ...)`.
+    """
+    groups: dict[tuple[str, str], list[str]] = {}
+    for outcome in problems:
+        groups.setdefault((outcome.status, outcome.message), []).append(Path(outcome.path).name)
+    return "; ".join(
+        f"{', '.join(names)} ({status}: {_short_reason(reason, 100)})"
+        for (status, reason), names in groups.items()
+    )
+
+
+def _create_all(
+    credentials: AtomscaleCredentials, specs: dict[str, StackSpec]
+) -> dict[str, StackOutcome]:
+    """Look up every file in one listing, then run a subflow for each file to create.
+
+    Once a transient fault outlived its retries (the listing's, or a subflow's), the
+    service is taken as unreachable: the files left are not run, and say so.
+    """
+    logger = get_run_logger()
+    outcomes: dict[str, StackOutcome] = {}
+    try:
+        found = find_existing_stacks(credentials, list(specs.values()))
+    except AtomscaleError as exc:
+        reason = _unreachable(exc) or _short_reason(str(exc))
+        status: Status = "not attempted"
+        return {
+            path: _problem(path, status, reason, name=spec.name) for path, spec in specs.items()
+        }
+    unreachable: str | None = None
+    for (path, spec), existing in zip(specs.items(), found, strict=True):
+        if existing.status == "complete" and existing.material is not None:
+            logger.info(
+                "%s: already created as target material %s; skipped.",
+                path,
+                existing.material.sample_id,
+            )
+            outcomes[path] = StackOutcome(
+                path=path,
+                status="already created",
+                name=spec.name,
+                sample_id=existing.material.sample_id,
+                layers=len(existing.layers),
+                message="skipped",
+            )
+        elif existing.status == "conflict":
+            message = str(StackConflictError(path, spec.name, existing.problems))
+            outcomes[path] = _problem(path, "conflict", _reason_of(path, message), name=spec.name)
+        elif unreachable is not None:
+            outcomes[path] = _problem(path, "not attempted", unreachable, name=spec.name)
+        else:
+            # The subflow takes this run's listing instead of asking again.
+            token = _PARENT_LISTING.set({path: (spec, existing)})
+            try:
+                state = stack_from_file(path, credentials, return_state=True)
+            finally:
+                _PARENT_LISTING.reset(token)
+            run_id = str(state.state_details.flow_run_id or "") or None
+            if state.is_completed():
+                outcomes[path] = state.result().model_copy(update={"flow_run_id": run_id})
+                continue
+            error = state.result(raise_on_failure=False)
+            reason = (
+                vars(error).get(_SHORT) or _reason_of(path, str(error))
+                if isinstance(error, BaseException)
+                else state.message or "no reason given"
+            )
+            outcomes[path] = _problem(path, "failed", reason, name=spec.name, flow_run_id=run_id)
+            if isinstance(error, AtomscaleError):
+                unreachable = _unreachable(error)
+    return outcomes
+
+
+def _unreachable(error: AtomscaleError) -> str | None:
+    """`service unreachable: <cause>` if `error` is a transient fault.
+
+    A transient error that reaches the flow outlived its retries. None for an error
+    that says nothing about the service's health.
+    """
+    if not error.transient:
+        return None
+    cause = str(error)
+    # A stack summary names the layers first; the cause is what the service did.
+    said = re.search(r"(Could not connect to .*|No reply from .*|Atomscale answered .*)", cause)
+    return f"service unreachable: {_short_reason(said[1] if said else cause, 120)}"
 
 
 def _publish_folder_summary(folder: str, results: list[StackOutcome]) -> None:
@@ -604,12 +722,25 @@ def _publish_folder_summary(folder: str, results: list[StackOutcome]) -> None:
             {
                 "file": Path(outcome.path).name,
                 "status": outcome.status,
+                "reason": outcome.message if outcome.status in PROBLEMS else "\u2014",
                 "target material": outcome.name or "\u2014",
                 "sample id": outcome.sample_id if outcome.sample_id is not None else "\u2014",
                 "layers": outcome.layers if outcome.layers is not None else "\u2014",
+                "run": _run_links(outcome.flow_run_id),
             }
             for outcome in results
         ],
         key=f"stack-folder-{slug.strip('-') or 'stacks'}",
         description=f"Stack files in {folder} and what this run did with each.",
     )
+
+
+def _run_links(flow_run_id: str | None) -> str:
+    """Markdown links to a file's subflow run and its artifacts; the bare id without a UI."""
+    if flow_run_id is None:
+        return "\u2014"
+    ui = PREFECT_UI_URL.value()
+    if not ui:
+        return flow_run_id
+    run = f"{str(ui).rstrip('/')}/runs/flow-run/{flow_run_id}"
+    return f"[run]({run}) \u00b7 [artifacts]({run}?tab=Artifacts)"
