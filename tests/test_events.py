@@ -50,7 +50,7 @@ from prefect.events.worker import EventsWorker
 from prefect.exceptions import ObjectAlreadyExists
 from prefect.settings import PREFECT_API_URL
 
-from atomscale_sandbox import SandboxHandle
+from atomscale_sandbox import SandboxConfig, SandboxHandle, run_sandbox
 from prefect_atomscale import (
     AtomscaleCredentials,
     acreate_layers,
@@ -288,6 +288,28 @@ def test_a_stack_written_in_one_request_is_an_event_per_layer(
         event.payload["layer_id"] for event in events if event.event == "atomscale.layer.created"
     ]
     assert sorted(created) == [1, 2, 3]
+
+
+@flow
+def _one_each(accounts: list[AtomscaleCredentials], name: str) -> list[int]:
+    return [create_target_material(each, name, "SrTiO3").sample_id for each in accounts]
+
+
+def test_the_same_sample_id_on_two_services_is_two_resources(unique: str) -> None:
+    config = SandboxConfig(api_keys={KEY_A: "lab-a"})
+    with run_sandbox(config) as first, run_sandbox(config) as second:
+        accounts = [AtomscaleCredentials(api_key=KEY_A, base_url=s.url) for s in (first, second)]
+        state = _one_each(accounts, unique, return_state=True)
+        flow_run_id = _run_id(state)
+        ids = state.result()
+    assert ids[0] == ids[1]  # two new services: the same first sample_id
+    _settled(flow_run_id)
+    events = _of_run(flow_run_id)
+    assert _names(events) == ["atomscale.target-material.created"] * 2
+    assert sorted(e.resource.id for e in events) == sorted(
+        f"atomscale.target-material.{_host(each)}.{ids[0]}" for each in accounts
+    )
+    assert {e.resource["atomscale.sample-id"] for e in events} == {str(ids[0])}
 
 
 def test_an_event_that_cannot_be_sent_never_fails_the_flow(
