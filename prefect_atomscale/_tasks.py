@@ -427,7 +427,9 @@ def create_target_material(
     instead of creating another; a colleague's material of the same name is never
     taken. The list shows target materials once they have layers: pass `layers` to
     create both in one request. Cached by account and arguments: calling it again with
-    the same arguments returns the same target material without a request.
+    the same arguments returns the same target material without a request. Emits the
+    Prefect event `atomscale.target-material.created` when it creates one (not when it
+    adopts one; see the events guide).
 
     Args:
         credentials: The Atomscale account to create it in.
@@ -538,7 +540,8 @@ def create_layer(
     material): an equal one is adopted, so a lost reply, a killed run or two runs at
     once never create the layer twice; a different one is handled as `if_exists` says.
     Cached by account and request: calling it again with the same arguments returns
-    the layer without a request.
+    the layer without a request. Emits the Prefect event `atomscale.layer.created` when
+    it creates the layer (not when it adopts or updates one; see the events guide).
 
     Args:
         credentials: The Atomscale account.
