@@ -15,7 +15,8 @@ written twice. How they write:
   different ones follow `if_exists`, as in `create_layer`.
 
 The whole write holds the target material's lock, so no `create_layer` of this machine
-writes into the stack meanwhile. If some layers fail with transient faults, the task is
+writes into the stack meanwhile. Each layer created and the completed stack are Prefect
+events (see `_events`). If some layers fail with transient faults, the task is
 retried; the retry lets late writes settle, reads the stack again and writes only what
 is still missing.
 """
@@ -264,6 +265,10 @@ def create_layers(
     max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
 ) -> list[Layer]:
     """Write a whole layer stack of one target material inside one task.
+
+    Emits the Prefect event `atomscale.layer.created` for each layer it creates (none
+    for layers it adopts or updates) and, once every layer is in place,
+    `atomscale.stack.completed` with the counts (see the events guide).
 
     Args:
         credentials: The Atomscale account.
