@@ -29,6 +29,7 @@ from prefect_atomscale._stacks import (
     parse_stack,
 )
 from prefect_atomscale.flows import stack_from_file, stacks_from_folder
+from prefect_atomscale.flows._stack_files import _generated, stack_files
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "flows" / "examples"
@@ -615,3 +616,41 @@ def test_a_stack_whose_layers_were_deleted_at_the_service_is_written_again(
     assert again.sample_id is not None
     stored = sandbox.layer_rows(organisation="lab-a", sample_id=again.sample_id)
     assert sorted(row["layer_id"] for row in stored) == [1, 2, 3, 4, 5]
+
+
+# --------------------------------------------------------------------------- small things
+
+
+def test_a_missing_relative_path_names_the_folder_it_was_resolved_against(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InvalidStackFileError) as caught:
+        load_stack_file("stacks/missing.yaml")
+    assert f"(resolved against the working directory {tmp_path}: " in str(caught.value)
+    assert str(tmp_path / "stacks" / "missing.yaml") in str(caught.value)
+    with pytest.raises(FileNotFoundError) as folder:
+        stack_files("stacks")
+    assert str(folder.value) == (
+        "The stack folder 'stacks' does not exist (resolved against the working directory "
+        f"{tmp_path}: {tmp_path / 'stacks'})."
+    )
+    # An absolute path needs no such note.
+    with pytest.raises(FileNotFoundError) as absolute:
+        stack_files(tmp_path / "nowhere")
+    assert "working directory" not in str(absolute.value)
+
+
+def test_only_names_prefect_made_up_are_replaced_by_ours() -> None:
+    from prefect.utilities.names import generate_slug
+
+    assert all(_generated(generate_slug(2)) for _ in range(500))
+    assert _generated(None) and _generated("")
+    for typed in (
+        "Custom run",
+        "rerun-after-the-fix",
+        "bto-2026-12-01",
+        "stack-from-file-sl.yaml",  # ours, from an earlier attempt: kept too
+        "Ada's HEMT",
+    ):
+        assert not _generated(typed), typed

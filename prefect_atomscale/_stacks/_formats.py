@@ -280,6 +280,11 @@ def load_stack_file(path: str | Path) -> StackSpec:
         text = file.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        if not file.is_absolute():
+            # A relative path is read from the working directory, which a worker or a
+            # deployment's pull step chooses: say which one it was.
+            cwd = Path.cwd()
+            reason += f" (resolved against the working directory {cwd}: {cwd / file})"
         raise InvalidStackFileError(
             source, [StackFileProblem(where="", field=None, message=f"cannot read it: {reason}")]
         ) from None

@@ -18,6 +18,7 @@ each layer.
 # model of its signature, and a served run could not resolve the string "Credentials"
 # ("`Stacks_From_FolderModel` is not fully defined").
 import copy
+import functools
 import re
 from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
@@ -187,11 +188,57 @@ def find_existing_stacks(
     return [compare_with_existing(spec, rows, owner_token(account, spec.name)) for spec in specs]
 
 
+@functools.cache
+def _slug_words() -> frozenset[str]:
+    """The words of Prefect's generated run names (`generate_slug(2)`, from coolname)."""
+    try:
+        import coolname
+        from coolname.loader import load_config
+
+        config = load_config(Path(coolname.__file__).parent / "data")
+    except Exception:  # coolname changed: fall back on the names' shape alone
+        return frozenset()
+    words: set[str] = set()
+    for spec in config.values():
+        listed = spec.get("words") if spec.get("type") == "words" else None
+        if isinstance(listed, list):
+            words.update(str(word) for word in listed)
+    return frozenset(words)
+
+
+def _generated(name: str | None) -> bool:
+    """Whether a run's name is one Prefect made up (`adjective-animal`), not one typed.
+
+    A run started from a deployment without a name, or as a subflow, gets a name from
+    `prefect.utilities.names.generate_slug(2)`: two words of coolname's lists joined by
+    a hyphen. A name typed in the UI's run form, or given to `run_deployment`, is kept:
+    anything else (capitals, spaces, digits, or words not in those lists).
+    """
+    if not name:
+        return True
+    if not re.fullmatch(r"[a-z]+(?:-[a-z]+)+", name):
+        return False
+    words = _slug_words()
+    if not words:
+        return name.count("-") == 1
+    parts = name.split("-")
+    return any(
+        "-".join(parts[:cut]) in words and "-".join(parts[cut:]) in words
+        for cut in range(1, len(parts))
+    )
+
+
 def _run_name() -> str:
+    current = flow_run.get_name()
+    if not _generated(current):
+        return str(current)  # typed by a person: keep it
     return f"stack-from-file-{Path(str(flow_run.parameters.get('path', ''))).name}"
 
 
 def _folder_run_name() -> str:
+    current = flow_run.get_name()
+    if not _generated(current):
+        return str(current)
     folder = Path(str(flow_run.parameters.get("folder", DEFAULT_FOLDER))).resolve()
     return f"stacks-from-folder-{folder.name}"
 
@@ -499,7 +546,12 @@ def stack_files(folder: str | Path) -> list[Path]:
     """The stack files directly in `folder`, by name."""
     directory = Path(folder)
     if not directory.is_dir():
-        raise FileNotFoundError(f"The stack folder {str(folder)!r} does not exist.")
+        where = (
+            ""
+            if directory.is_absolute()
+            else f" (resolved against the working directory {Path.cwd()}: {Path.cwd() / directory})"
+        )
+        raise FileNotFoundError(f"The stack folder {str(folder)!r} does not exist{where}.")
     return sorted(
         path
         for path in directory.iterdir()
@@ -709,7 +761,8 @@ def _unreachable(error: AtomscaleError) -> str | None:
     """
     if not error.transient:
         return None
-    cause = str(error)
+    # Which request it was is in the run's log; the summary needs what happened.
+    cause = re.sub(r" \((?:GET|POST|PATCH|PUT|DELETE) [^)]*\)", "", str(error))
     # A stack summary names the layers first; the cause is what the service did.
     said = re.search(r"(Could not connect to .*|No reply from .*|Atomscale answered .*)", cause)
     return f"service unreachable: {_short_reason(said[1] if said else cause, 120)}"
