@@ -305,7 +305,7 @@ def _deploy_and_run(
             client.pause_deployment(deployment.id)
 
     with api(prefect_server):
-        run_and_wait("stacks-from-folder/nightly", {"folder": str(folder)}, worker_log)
+        first = run_and_wait("stacks-from-folder/nightly", {"folder": str(folder)}, worker_log)
         assert stacks_at(e2e_sandbox) == EXPECTED
         # Each new stack goes with its target material, in one request.
         assert requests_to(e2e_sandbox, "POST", TARGET_MATERIALS) == len(EXPECTED)
@@ -329,6 +329,31 @@ def _deploy_and_run(
     }
     assert [picture.type for picture in pictures] == ["markdown"]
     assert "Traceback" not in _tail(worker_log, 400)
+    _typed_names_are_kept(prefect_server, folder, first.id, worker_log)
+
+
+def _typed_names_are_kept(
+    prefect_server: PrefectServer, folder: Path, generated: Any, worker_log: Path
+) -> None:
+    """A run named by Prefect gets ours; a name typed for the run (the UI's run form,
+    `run_deployment(flow_run_name=...)`) is kept. The block goes by id here."""
+    typed = "Custom run: HEMT #8 for Ada"
+    with api(prefect_server), get_client(sync_client=True) as client:
+        assert client.read_flow_run(generated).name == f"stacks-from-folder-{folder.name}"
+        block_id = client.read_block_document_by_name("atomscale", "atomscale-credentials").id
+        example = folder / "gan_hemt_on_sapphire.json"  # created already: nothing to write
+        run = run_deployment(
+            "stack-from-file/on-demand",
+            parameters={
+                "path": str(example),
+                "credentials": {"$ref": {"block_document_id": str(block_id)}},
+            },
+            flow_run_name=typed,
+            timeout=RUN_SECONDS,
+            poll_interval=1,
+        )
+        assert run.state is not None and run.state.is_completed(), _tail(worker_log)
+        assert client.read_flow_run(run.id).name == typed
 
 
 def test_serve_py_serves_the_same_flow(
