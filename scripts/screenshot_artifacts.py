@@ -9,6 +9,17 @@ by default), then opens the run's pages in headless Chromium and saves screensho
     <out>-layers.png   the layer table (table artifact)
     <out>-block.png    the credentials block's page: description, docs link, masked key
     <out>-block-edit.png   its edit form, with a description under every field
+    <out>-failed.png           a failed stack run's Artifacts tab (2 of 42 layers refused)
+    <out>-failed-stack.png     its picture: failed layers hatched red, a legend
+    <out>-failed-layers.png    its layer table, with a status per layer
+    <out>-folder.png           a failed folder run's table: status, reason, run id per file
+    <out>-folder-runs.png      the same as markdown, with links to each file's run
+
+The failed stack: the superlattice's target material made first with its first two
+layers, then the whole file with two layers the service refuses (a space group longer
+than its 32 characters; the sandbox answers 422, as the service does). The folder: a
+good file, that failed stack under another name (one request, refused whole), and a
+file with a typo.
 
     python scripts/screenshot_artifacts.py --out /tmp/shots/artifacts.png
 
@@ -29,6 +40,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import cast
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_EXAMPLE = ROOT / "flows" / "examples" / "bto_sto_superlattice.yaml"
@@ -84,6 +96,33 @@ def _screenshot(chromium: str, url: str, out: Path, profile: Path) -> None:
     print(f"Saved {out}  ({url})")
 
 
+def _superlattice(path: Path, name: str, upto: int | None = None) -> Path:
+    """The 42-layer superlattice written out, L4 and L30 refused by the service.
+
+    Their space group is longer than the service stores. With `upto`, only the first
+    `upto` layers (both fine).
+    """
+    formulas = ["SrRuO3", *["BaTiO3", "SrTiO3"] * 20, "SrRuO3"][:upto]
+    lines = [f"name: {name}", "substrate: SrTiO3", "layers:"]
+    for position, formula in enumerate(formulas, start=1):
+        refused = f", space_group: {'P4mm' * 10}" if position in (4, 30) else ""
+        lines.append(f"  - {{composition: {formula}, orientation: '001'{refused}}}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _artifacts(flow_run_id: object) -> dict[str, object]:
+    """A flow run's artifacts by type (table, markdown): their ids."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
+    return {str(artifact.type): artifact.id for artifact in artifacts}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Start a server, run the flow, save the screenshots; return 0 on success."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -132,28 +171,42 @@ def main(argv: list[str] | None = None) -> int:
             PREFECT_SERVER_ANALYTICS_ENABLED="false",
         )
         from prefect.client.orchestration import get_client
-        from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
         from atomscale_sandbox import run_sandbox
         from prefect_atomscale import AtomscaleCredentials
-        from prefect_atomscale.flows import stack_from_file
+        from prefect_atomscale.flows import stack_from_file, stacks_from_folder
 
         with run_sandbox() as sandbox:
             block = "atomscale"
             AtomscaleCredentials(api_key=sandbox.api_key, base_url=sandbox.url).save(block)
-            state = stack_from_file(
-                str(args.example), AtomscaleCredentials.load(block), return_state=True
-            )
+            credentials = cast(AtomscaleCredentials, AtomscaleCredentials.load(block))
+            state = stack_from_file(str(args.example), credentials, return_state=True)
             print(f"The flow run finished {state.name}: {state.result()}")
-        flow_run_id = state.state_details.flow_run_id
-        with get_client(sync_client=True) as client:
-            artifacts = client.read_artifacts(
-                artifact_filter=ArtifactFilter(
-                    flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])
-                )
+            # A stack two of whose layers the service refuses, on a target material
+            # that already has its first two layers.
+            _superlattice(work / "partial.yaml", "Refused layers demo", upto=2)
+            stack_from_file(str(work / "partial.yaml"), credentials)
+            failed = stack_from_file(
+                str(_superlattice(work / "sl_refused.yaml", "Refused layers demo")),
+                credentials,
+                return_state=True,
             )
+            print(f"The failed run finished {failed.name}: {failed.message}")
+            folder = work / "stacks"
+            folder.mkdir()
+            shutil.copy(ROOT / "flows" / "examples" / "bto_film_on_sto.csv", folder)
+            _superlattice(folder / "sl_refused.yaml", "Refused layers, new material")
+            (folder / "typo.yaml").write_text(
+                "name: BTO film with a typo\nsubstrate: SrTiO3\nlayers:\n  - composition: BaTiO4x\n"
+            )
+            folder_run = stacks_from_folder(str(folder), credentials, return_state=True)
+            print(f"The folder run finished {folder_run.name}: {folder_run.message}")
+        with get_client(sync_client=True) as client:
             document = client.read_block_document_by_name(block, "atomscale-credentials")
-        by_type = {artifact.type: artifact.id for artifact in artifacts}
+        by_type = _artifacts(state.state_details.flow_run_id)
+        failed_by_type = _artifacts(failed.state_details.flow_run_id)
+        folder_by_type = _artifacts(folder_run.state_details.flow_run_id)
+        flow_run_id = state.state_details.flow_run_id
 
         args.out.parent.mkdir(parents=True, exist_ok=True)
         stem = args.out.with_suffix("")
@@ -164,6 +217,23 @@ def main(argv: list[str] | None = None) -> int:
             (Path(f"{stem}-layers.png"), f"{base}/v2/artifacts/artifact/{by_type['table']}"),
             (Path(f"{stem}-block.png"), f"{base}/v2/blocks/block/{document.id}"),
             (Path(f"{stem}-block-edit.png"), f"{base}/v2/blocks/block/{document.id}/edit"),
+            (
+                Path(f"{stem}-failed.png"),
+                f"{base}/v2/runs/flow-run/{failed.state_details.flow_run_id}?tab=Artifacts",
+            ),
+            (
+                Path(f"{stem}-failed-stack.png"),
+                f"{base}/v2/artifacts/artifact/{failed_by_type['markdown']}",
+            ),
+            (
+                Path(f"{stem}-failed-layers.png"),
+                f"{base}/v2/artifacts/artifact/{failed_by_type['table']}",
+            ),
+            (Path(f"{stem}-folder.png"), f"{base}/v2/artifacts/artifact/{folder_by_type['table']}"),
+            (
+                Path(f"{stem}-folder-runs.png"),
+                f"{base}/v2/artifacts/artifact/{folder_by_type['markdown']}",
+            ),
         ]
         for path, url in pages:
             _screenshot(chromium, url, path, profile)

@@ -60,15 +60,22 @@ def subflows_of(flow_run_id: UUID) -> list[FlowRun]:
         )
 
 
-def folder_table(flow_run_id: UUID) -> list[dict[str, Any]]:
+def folder_artifacts(flow_run_id: UUID) -> tuple[list[dict[str, Any]], str]:
+    """The folder run's table (rows) and its markdown twin with the links."""
     with get_client(sync_client=True) as client:
-        [table] = client.read_artifacts(
+        found = client.read_artifacts(
             artifact_filter=ArtifactFilter(
                 flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]),
                 key={"like_": "stack-folder-"},
             )
         )
-    return cast(list[dict[str, Any]], json.loads(cast(str, table.data)))
+    by_type = {artifact.type: artifact for artifact in found}
+    rows = cast(list[dict[str, Any]], json.loads(cast(str, by_type["table"].data)))
+    return rows, cast(str, by_type["markdown"].data)
+
+
+def folder_table(flow_run_id: UUID) -> list[dict[str, Any]]:
+    return folder_artifacts(flow_run_id)[0]
 
 
 def parent_errors(flow_run_id: UUID) -> list[str]:
@@ -116,16 +123,22 @@ def test_a_failed_folder_run_says_why_for_each_file_and_links_its_run(
     assert errors[2].startswith("2 of 3 stack files"), errors
 
     [good_run, bad_run] = sorted(subflows_of(parent), key=lambda run: run.name)
-    rows = {row["file"]: row for row in folder_table(parent)}
+    table, markdown = folder_artifacts(parent)
+    rows = {row["file"]: row for row in table}
     assert rows["a_good.yaml"]["status"] == "created"
     assert rows["a_good.yaml"]["reason"] == "—"
     assert rows["b_bad_layer.yaml"]["status"] == "failed"
     assert refused in rows["b_bad_layer.yaml"]["reason"]
     assert rows["c_typo.yaml"]["reason"].startswith("layer L1 (line 4), field 'composition'")
-    assert rows["c_typo.yaml"]["run"] == "—"  # no subflow: nothing sent
+    assert rows["c_typo.yaml"]["run id"] == "—"  # no subflow: nothing sent
+    # Prefect's UI shows table cells as text: the links are in the markdown artifact.
     for file, run in (("a_good.yaml", good_run), ("b_bad_layer.yaml", bad_run)):
+        assert rows[file]["run id"] == str(run.id)
         link = f"{UI}/runs/flow-run/{run.id}"
-        assert rows[file]["run"] == f"[run]({link}) · [artifacts]({link}?tab=Artifacts)"
+        line = next(line for line in markdown.splitlines() if line.startswith(f"| {file[0]}"))
+        assert line.endswith(f"| [run]({link}) · [artifacts]({link}?tab=Artifacts) |"), line
+    assert "| c\\_typo.yaml | invalid | layer L1 (line 4), field 'composition'" in markdown
+    assert "**1 created**, **1 invalid**, **1 failed**" in markdown
 
 
 def test_without_a_ui_url_the_table_shows_the_run_id(
@@ -138,8 +151,9 @@ def test_without_a_ui_url_the_table_shows_the_run_id(
     assert state.is_completed()
     parent = cast(UUID, state.state_details.flow_run_id)
     [run] = subflows_of(parent)
-    [row] = folder_table(parent)
-    assert row["run"] == str(run.id)
+    [row], markdown = folder_artifacts(parent)
+    assert row["run id"] == str(run.id)
+    assert markdown.splitlines()[-1] == f"| one.yaml | created | — | `{run.id}` |"
 
 
 def test_subflows_use_the_folder_runs_listing(

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.settings import PREFECT_UI_URL
@@ -769,23 +769,60 @@ def _unreachable(error: AtomscaleError) -> str | None:
 
 
 def _publish_folder_summary(folder: str, results: list[StackOutcome]) -> None:
+    """A table of the files (searchable, paged) and the same as markdown, with links.
+
+    Prefect's UI shows a table artifact's cells as plain text, so the links to each
+    file's run and its artifacts are in the markdown artifact, where they are links.
+    """
     slug = "".join(c if c.isalnum() else "-" for c in Path(folder).resolve().name.lower())
+    key = f"stack-folder-{slug.strip('-') or 'stacks'}"
     create_table_artifact(
         table=[
             {
                 "file": Path(outcome.path).name,
                 "status": outcome.status,
-                "reason": outcome.message if outcome.status in PROBLEMS else "\u2014",
+                "reason": _reason_cell(outcome),
                 "target material": outcome.name or "\u2014",
                 "sample id": outcome.sample_id if outcome.sample_id is not None else "\u2014",
                 "layers": outcome.layers if outcome.layers is not None else "\u2014",
-                "run": _run_links(outcome.flow_run_id),
+                "run id": outcome.flow_run_id or "\u2014",
             }
             for outcome in results
         ],
-        key=f"stack-folder-{slug.strip('-') or 'stacks'}",
+        key=key,
         description=f"Stack files in {folder} and what this run did with each.",
     )
+    counts = {status: sum(o.status == status for o in results) for status in get_args(Status)}
+    rows = [
+        "| file | status | reason | run |",
+        "|---|---|---|---|",
+        *(
+            f"| {_cell(Path(o.path).name)} | {o.status} | {_cell(_reason_cell(o))} | "
+            f"{_run_links(o.flow_run_id)} |"
+            for o in results
+        ),
+    ]
+    create_markdown_artifact(
+        markdown="\n\n".join(
+            [
+                f"### Stack files in `{folder.replace('`', '')}`",
+                ", ".join(f"**{n} {status}**" for status, n in counts.items() if n)
+                or "No stack files.",
+                "\n".join(rows),
+            ]
+        ),
+        key=f"{key}-runs",
+        description=f"Stack files in {folder}: status, reason, and links to each file's run.",
+    )
+
+
+def _reason_cell(outcome: StackOutcome) -> str:
+    return _short_reason(outcome.message, 120) if outcome.status in PROBLEMS else "\u2014"
+
+
+def _cell(text: str) -> str:
+    """Text for a markdown table cell: no line breaks, pipes and markup escaped."""
+    return re.sub(r"([\\`*_\[\]<>|])", r"\\\1", " ".join(text.split()))
 
 
 def _run_links(flow_run_id: str | None) -> str:
@@ -794,6 +831,6 @@ def _run_links(flow_run_id: str | None) -> str:
         return "\u2014"
     ui = PREFECT_UI_URL.value()
     if not ui:
-        return flow_run_id
+        return f"`{flow_run_id}`"
     run = f"{str(ui).rstrip('/')}/runs/flow-run/{flow_run_id}"
     return f"[run]({run}) \u00b7 [artifacts]({run}?tab=Artifacts)"
