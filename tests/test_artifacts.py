@@ -32,6 +32,7 @@ from atomscale_sandbox import SandboxHandle
 from flows.build_stack import LayerSpec, build_stack
 from prefect_atomscale import AtomscaleCredentials, AtomscaleValidationError, Layer, TargetMaterial
 from prefect_atomscale._artifacts import (
+    _artifact_content,
     artifact_key,
     collapse_repeats,
     describe_stack,
@@ -493,3 +494,10 @@ def test_every_formula_in_a_picture_has_a_colour_of_its_own() -> None:
     again = ET.fromstring(stack_svg("SrTiO3", layers("GaN", "AlN", "GaN")))
     fills = [r.get("fill") for r in again.iter(f"{SVG}rect") if r.get("height") == "32"]
     assert fills[0] == fills[2] != fills[1]
+
+
+def test_one_layer_is_one_layer_not_one_layers() -> None:
+    material = TargetMaterial(sample_id=7, sample_name="TiO2 film", substrate="MgO")
+    _, table, markdown = _artifact_content(material, layers("TiO2"), None, None, None)
+    assert "TiO2 film (target material 7) on MgO: 1 layer, L1" in table["description"]
+    assert " · 1 layer" in markdown["markdown"] and "1 layers" not in markdown["markdown"]

@@ -256,10 +256,10 @@ def _create(
         ordered = [existing.layers[position] for position in sorted(existing.layers)]
         summary = "already created, nothing written"
         logger.info(
-            "%s: already created as target material %s with all %s layers; nothing to do.",
+            "%s: already created as target material %s with all its %s; nothing to do.",
             path,
             material.sample_id,
-            len(ordered),
+            plural(len(ordered), "layer"),
         )
         publish_stack_artifacts(material, ordered, summary=summary, source=path)
         return StackOutcome(
@@ -276,11 +276,11 @@ def _create(
     if existing.status == "partial" and existing.material is not None:
         material = existing.material
         logger.info(
-            "%s: target material %s has %s of %s layers; adding %s.",
+            "%s: target material %s has %s of %s; adding %s.",
             path,
             material.sample_id,
             len(existing.layers),
-            len(layers),
+            plural(len(layers), "layer"),
             _positions(existing.missing),
         )
         status: Status = "completed"
@@ -308,11 +308,11 @@ def _create(
         raise _stack_failed(spec, existing, material, path, exc) from exc
     _log_layers(material, written, existing)
     logger.info(
-        "Target material %s %r on %s has %s layers: %s.",
+        "Target material %s %r on %s has %s: %s.",
         material.sample_id,
         material.sample_name,
         material.substrate,
-        len(written),
+        plural(len(written), "layer"),
         summary,
     )
     publish_stack_artifacts(material, written, summary=summary, source=path)
