@@ -77,6 +77,16 @@ _PARENT_LISTING: ContextVar[dict[str, tuple[StackSpec, ExistingStack]] | None] =
 )
 
 
+def _listed_by_parent(path: str, spec: StackSpec) -> ExistingStack | None:
+    """What the folder run that started this subflow found for `path`, if it did.
+
+    A function of its own, so that the flow's code refers to no ContextVar: Dask and
+    other pickling of the flow by value cannot pickle one.
+    """
+    known = (_PARENT_LISTING.get() or {}).get(path)
+    return known[1] if known is not None and known[0] == spec else None
+
+
 class _SavedBlock:
     """Parameter schema of a block parameter that a deployment can give as a reference.
 
@@ -529,10 +539,8 @@ def stack_from_file(path: str, credentials: Credentials) -> StackOutcome:
             spec.substrate,
             plural(len(spec.layer_specs()), "layer"),
         )
-        known = (_PARENT_LISTING.get() or {}).get(path)
-        if known is not None and known[0] == spec:
-            existing = known[1]  # the folder run just listed the account
-        else:
+        existing = _listed_by_parent(path, spec)  # the folder run just listed the account
+        if existing is None:
             [existing] = find_existing_stacks(credentials, [spec])
         return _create(credentials, spec, existing, path)
     except Exception as exc:
