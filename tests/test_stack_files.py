@@ -646,6 +646,8 @@ def test_only_names_prefect_made_up_are_replaced_by_ours() -> None:
 
     assert all(_generated(generate_slug(2)) for _ in range(500))
     assert _generated(None) and _generated("")
+    # What the UI's run form proposes, left as it is (seen in Prefect 3.9.1's two UIs).
+    assert _generated("Small-Jacana") and _generated("xi309-emila-manifold")
     for typed in (
         "Custom run",
         "rerun-after-the-fix",

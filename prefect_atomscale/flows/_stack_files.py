@@ -216,15 +216,31 @@ def _slug_words() -> frozenset[str]:
     return frozenset(words)
 
 
+# The first word of the names the classic UI's run form proposes, e.g. `xi309-emila-manifold`.
+_GREEK = (
+    "alpha|beta|gamma|delta|epsilon|zeta|eta|theta|iota|kappa|lambda|mu|nu|xi|omicron|pi|rho"
+    "|sigma|tau|upsilon|phi|chi|psi|omega"
+)
+
+
 def _generated(name: str | None) -> bool:
-    """Whether a run's name is one Prefect made up (`adjective-animal`), not one typed.
+    """Whether a run's name was made up by Prefect or its UI, not typed by a person.
 
     A run started from a deployment without a name, or as a subflow, gets a name from
     `prefect.utilities.names.generate_slug(2)`: two words of coolname's lists joined by
-    a hyphen. A name typed in the UI's run form, or given to `run_deployment`, is kept:
-    anything else (capitals, spaces, digits, or words not in those lists).
+    a hyphen (`smart-dugong`). The UI's run form proposes one too, which a person may
+    leave as it is: an adjective and an animal of its own lists, capitalised
+    (`Small-Jacana`), or, in the classic UI, a Greek letter with digits, a star and
+    maybe a cosmic noun (`xi309-emila-manifold`). Names of those shapes are replaced;
+    any other name was typed (in the form, or given to `run_deployment`) and is kept.
+    A person who types exactly such a shape loses it: the price of not reading the UI's
+    word lists.
     """
     if not name:
+        return True
+    if re.fullmatch(rf"(?:{_GREEK})\d*(?:-[a-z]+)+", name):  # the classic UI's
+        return True
+    if re.fullmatch(r"[A-Z][a-z]+-[A-Z][a-z]+", name):  # the new UI's
         return True
     if not re.fullmatch(r"[a-z]+(?:-[a-z]+)+", name):
         return False
