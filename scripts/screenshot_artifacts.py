@@ -9,6 +9,8 @@ by default), then opens the run's pages in headless Chromium and saves screensho
     <out>-layers.png   the layer table (table artifact)
     <out>-block.png    the credentials block's page: description, docs link, masked key
     <out>-block-edit.png   its edit form, with a description under every field
+    <out>-block-new.png    the form for a new block: plain key and URL inputs, the logo
+    <out>-block-catalog.png    the block catalog, with the logo
     <out>-failed.png           a failed stack run's Artifacts tab (2 of 42 layers refused)
     <out>-failed-stack.png     its picture: failed layers hatched red, a legend
     <out>-failed-layers.png    its layer table, with a status per layer
@@ -69,7 +71,9 @@ def _wait_healthy(url: str, server: subprocess.Popen[bytes], log: Path) -> None:
     sys.exit(f"The Prefect server at {url} did not start within 120 s; see {log}.")
 
 
-def _screenshot(chromium: str, url: str, out: Path, profile: Path) -> None:
+def _screenshot(
+    chromium: str, url: str, out: Path, profile: Path, flags: list[str] | None = None
+) -> None:
     """One page, rendered with 10 s of virtual time so the app's requests finish."""
     shutil.rmtree(profile, ignore_errors=True)
     subprocess.run(
@@ -87,6 +91,7 @@ def _screenshot(chromium: str, url: str, out: Path, profile: Path) -> None:
             "--window-size=1400,1000",
             "--virtual-time-budget=10000",
             f"--screenshot={out}",
+            *(flags or []),
             url,
         ],
         check=True,
@@ -170,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
             PREFECT_HOME=str(work / "client"),
             PREFECT_SERVER_ANALYTICS_ENABLED="false",
         )
+        from offline_logo import serve_logo  # scripts/ beside this file; imports Prefect
         from prefect.client.orchestration import get_client
 
         from atomscale_sandbox import run_sandbox
@@ -218,6 +224,11 @@ def main(argv: list[str] | None = None) -> int:
             (Path(f"{stem}-block.png"), f"{base}/v2/blocks/block/{document.id}"),
             (Path(f"{stem}-block-edit.png"), f"{base}/v2/blocks/block/{document.id}/edit"),
             (
+                Path(f"{stem}-block-new.png"),
+                f"{base}/v2/blocks/catalog/atomscale-credentials/create",
+            ),
+            (Path(f"{stem}-block-catalog.png"), f"{base}/v2/blocks/catalog"),
+            (
                 Path(f"{stem}-failed.png"),
                 f"{base}/v2/runs/flow-run/{failed.state_details.flow_run_id}?tab=Artifacts",
             ),
@@ -235,8 +246,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"{base}/v2/artifacts/artifact/{folder_by_type['markdown']}",
             ),
         ]
-        for path, url in pages:
-            _screenshot(chromium, url, path, profile)
+        # The block type's logo URL is on GitHub; serve the shipped SVG in its place.
+        with serve_logo() as logo_flags:
+            for path, url in pages:
+                _screenshot(chromium, url, path, profile, logo_flags)
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         try:
