@@ -34,6 +34,7 @@ __all__ = [
     "AtomscaleRequestCache",
     "invalidate_position",
     "invalidate_target_materials",
+    "require_target_material_epoch",
 ]
 
 _EPOCHS = Generations("epochs")
@@ -62,6 +63,16 @@ def invalidate_target_materials(account: str) -> None:
     The next run of each asks the service again, which costs one listing.
     """
     _EPOCHS.bump(file_of(_materials_key(account)))
+
+
+def require_target_material_epoch(credentials: AtomscaleCredentials) -> None:
+    """Read the account's target-material epoch, raising if the lock server is down.
+
+    Why: when the key cannot read its epoch, Prefect runs `create_target_material`
+    without a key and so without its cache lock, the one lock it has across machines;
+    the task body calls this first, so it fails before any request instead of writing.
+    """
+    _EPOCHS.read(file_of(_materials_key(credentials.account_fingerprint())))
 
 
 def _materials_key(account: str) -> str:

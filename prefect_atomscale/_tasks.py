@@ -28,6 +28,7 @@ from prefect_atomscale._caching import (
     DEFAULT_CACHE_EXPIRATION,
     AtomscaleRequestCache,
     invalidate_position,
+    require_target_material_epoch,
 )
 from prefect_atomscale._client import AsyncAtomscaleClient, AtomscaleClient
 from prefect_atomscale._credentials import AtomscaleCredentials
@@ -473,6 +474,7 @@ def create_target_material(
         ```
     """
     request = _owned_request(credentials, sample_name, substrate, sample_metadata, layers)
+    require_target_material_epoch(credentials)  # a lock server down fails here, unwritten
     client = request_client(credentials, request)
     time.sleep(settle_delay(*_material_key(request)))
     if found := client.find_target_materials(request):
@@ -505,6 +507,7 @@ async def acreate_target_material(
 ) -> TargetMaterial:
     """Async twin of `create_target_material`: same arguments, result and errors."""
     request = _owned_request(credentials, sample_name, substrate, sample_metadata, layers)
+    require_target_material_epoch(credentials)  # a lock server down fails here, unwritten
     client = async_request_client(credentials, request)
     await asyncio.sleep(settle_delay(*_material_key(request)))
     if found := await client.find_target_materials(request):
