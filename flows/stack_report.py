@@ -1,4 +1,4 @@
-"""Report a finished stack: the flow that `prefect.yaml`'s `stack-report` deployment runs.
+"""Report a finished stack: the flow that `prefect.yaml`'s `on-stack-completed` deployment runs.
 
 An Automation-style trigger in `prefect.yaml` starts it whenever a flow emits
 `atomscale.stack.completed` (`create_layers` does, once every layer of a stack is in
@@ -26,6 +26,10 @@ from prefect_atomscale import (
 __all__ = ["main", "stack_report"]
 
 
+def _layers(count: int) -> str:
+    return f"{count} layer" if count == 1 else f"{count} layers"
+
+
 @flow(name="stack-report", log_prints=True)
 def stack_report(credentials: AtomscaleCredentials, sample_id: int) -> int:
     """Read one target material's stack and publish it as artifacts.
@@ -41,9 +45,9 @@ def stack_report(credentials: AtomscaleCredentials, sample_id: int) -> int:
     publish_stack_artifacts(
         TargetMaterial(sample_id=sample_id),
         layers,
-        summary=f"{len(layers)} layers, reported when the stack was completed",
+        summary=f"{_layers(len(layers))}, reported when the stack was completed",
     )
-    print(f"Target material {sample_id}: {len(layers)} layers.")
+    print(f"Target material {sample_id}: {_layers(len(layers))}.")
     return len(layers)
 
 
