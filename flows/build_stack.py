@@ -232,7 +232,8 @@ def format_stack(stack: BuiltStack) -> str:
     widths = [max((len(row[i]) for row in rows), default=0) for i in range(6)]
     lines = [
         f"Target material {material.sample_id}: {material.sample_name!r} on {material.substrate}"
-        f" ({len(stack.layers)} layers, {stack.reused} reused from cache)",
+        f" ({len(stack.layers)} layer{'' if len(stack.layers) == 1 else 's'},"
+        f" {stack.reused} reused from cache)",
     ]
     lines += [
         "  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()

@@ -395,7 +395,8 @@ def _created_material(
         material_views.created(
             material_views.key(credentials.account_fingerprint(), material.sample_id)
         )
-    with_layers = f" with {len(request.layers)} layers" if request.layers else ""
+    count = len(request.layers)
+    with_layers = f" with {count} layer{'' if count == 1 else 's'}" if count else ""
     get_run_logger().info(
         "Created %s%s as sample_id %s.", request.describe(), with_layers, material.sample_id
     )
