@@ -422,6 +422,7 @@ def create_app(config: SandboxConfig | None = None) -> SandboxApp:
                 body.sample.substrate,
                 body.sample.sample_metadata,
                 layers,
+                user_id=grant.user_id,
             )
         except LayerIdTakenError as exc:
             raise id_taken(exc) from exc

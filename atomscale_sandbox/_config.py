@@ -13,6 +13,7 @@ from pathlib import Path
 
 from atomscale_sandbox._connections import HttpParser, resolve_http_parser
 from atomscale_sandbox._faults import FaultConfig
+from atomscale_sandbox._store import organisation_user_id
 
 __all__ = ["DEFAULT_ORGANISATION", "ApiKeyGrant", "SandboxConfig"]
 
@@ -31,11 +32,14 @@ Example:
 
 @dataclass(frozen=True)
 class ApiKeyGrant:
-    """What one API key may do: act for an organisation, possibly only reading.
+    """What one API key may do: act for a person of an organisation, possibly only reading.
 
     Attributes:
         organisation: The organisation whose records the key reads and writes.
         read_only: If true, every write with this key is refused with 403.
+        user: The person the key belongs to, within the organisation. Two keys with the
+            same user (a rotated key, a second key) are one person: the records they
+            create carry the same `user_id`. `None` is the organisation's default user.
 
     Example:
         ```python
@@ -48,6 +52,12 @@ class ApiKeyGrant:
 
     organisation: str
     read_only: bool = False
+    user: str | None = None
+
+    @property
+    def user_id(self) -> str:
+        """The `user_id` the records this key creates carry (see `organisation_user_id`)."""
+        return organisation_user_id(self.organisation, self.user)
 
 
 def _one_generated_key() -> dict[str, ApiKeyGrant | str]:

@@ -172,16 +172,18 @@ class LayerValues:
     id: int | None = None
 
 
-def organisation_user_id(organisation: str) -> str:
-    """The stable `user_id` shown on an organisation's records.
+def organisation_user_id(organisation: str, user: str | None = None) -> str:
+    """The stable `user_id` shown on the records a person of an organisation creates.
 
     Args:
         organisation: Organisation name.
+        user: The person within it; `None` for the organisation's default user.
 
     Returns:
-        A UUID string, the same for the same name in every run.
+        A UUID string, the same for the same names in every run.
     """
-    return str(uuid.uuid5(_USER_ID_NAMESPACE, organisation))
+    name = organisation if user is None else f"{organisation}\0{user}"
+    return str(uuid.uuid5(_USER_ID_NAMESPACE, name))
 
 
 def _now() -> str:
@@ -268,11 +270,13 @@ class SandboxStore:
         substrate: str,
         sample_metadata: Mapping[str, Any] | None,
         layers: Sequence[LayerValues],
+        user_id: str | None = None,
     ) -> dict[str, Any]:
         """Store a new target material and its layers, all or nothing.
 
         Args:
             organisation: Owner.
+            user_id: The creator's `user_id`; `None` for the organisation's default user.
             sample_name: Name.
             substrate: Substrate.
             sample_metadata: Free-form JSON object.
@@ -290,7 +294,7 @@ class SandboxStore:
                 " sample_metadata, version, last_updated) VALUES (?, ?, ?, ?, ?, 1, ?)",
                 (
                     organisation,
-                    organisation_user_id(organisation),
+                    user_id or organisation_user_id(organisation),
                     sample_name,
                     substrate,
                     _dump(sample_metadata),
