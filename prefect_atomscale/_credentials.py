@@ -246,6 +246,15 @@ grow_film()
         ),
         examples=[DEFAULT_BASE_URL],
     )
+    user_id: str = Field(
+        default="",
+        title="Your Atomscale user id",
+        description=(
+            "The user id Atomscale shows on the records you create. Names you, not the "
+            "key, as their owner: a rotated key or your second key then finds and reuses "
+            "what you made. Leave empty to learn it from the service's replies."
+        ),
+    )
     timeout: float = Field(
         default=30.0,
         gt=0,
@@ -277,7 +286,7 @@ grow_film()
         ),
     )
 
-    @field_validator("api_key", "base_url", mode="before")
+    @field_validator("api_key", "base_url", "user_id", mode="before")
     @classmethod
     def _none_means_empty(cls, value: Any) -> Any:
         # Documents saved under the earlier schema hold nulls, and callers may pass None.
