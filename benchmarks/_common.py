@@ -69,6 +69,8 @@ def _isolate_prefect() -> Path:
     home = Path(tempfile.mkdtemp(prefix="prefect-atomscale-bench-"))
     atexit.register(shutil.rmtree, home, ignore_errors=True)
     os.environ["PREFECT_HOME"] = str(home)
+    # The machine-wide lock directory too, so a run starts from an empty lock store.
+    os.environ.setdefault("PREFECT_ATOMSCALE_LOCK_DIR", str(home / "atomscale-locks"))
     os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
     os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
     for name in ("AS_API_KEY", "ATOMSCALE_API_KEY", "AS_API_ENDPOINT", "PREFECT_API_URL"):

@@ -4,21 +4,17 @@ One task per layer costs Prefect's per-task overhead per layer; for campaigns an
 back-fills of thousands of layers, these tasks write a whole stack at once with the
 same guarantees as `create_layer`: local validation of every layer before any request,
 retries of transient faults only, caching by account and request, and no layer
-written twice. How they write:
+written twice. The whole write is one write section of `_protocol` holding the target
+material exclusively (docs/design/write-protocol.md, section L): the stack is known from
+this process's view (one `GET /target-materials/` the first time, none for a material
+this process just created), then each missing layer is posted, fenced, at most
+`max_concurrency` at a time on the shared pool; equal layers are adopted and different
+ones follow `if_exists`, as in `create_layer`. The replace-stack endpoint, which deletes
+what a stack holds, is never used: a colleague's layer is never ours to delete.
 
-- a target material this process just created, with nothing written to it since (by
-  this process or any other on this machine), gets its stack in one request to the
-  replace-stack endpoint (`POST /target-materials/{sample_id}/layers`), which is atomic;
-- any other target material is known from this process's view of it (see `_views`:
-  one `GET /target-materials/` the first time), then each missing layer is posted, at
-  most `max_concurrency` at a time on the shared pool; equal layers are adopted and
-  different ones follow `if_exists`, as in `create_layer`.
-
-The whole write holds the target material's lock, so no `create_layer` of this machine
-writes into the stack meanwhile. Each layer created and the completed stack are Prefect
-events (see `_events`). If some layers fail with transient faults, the task is
-retried; the retry lets late writes settle, reads the stack again and writes only what
-is still missing.
+Each layer created and the completed stack are Prefect events (see `_events`). If some
+layers fail with transient faults, the failed writes settle under the lock, the task is
+retried, and the retry lists the stack again and writes only what is still missing.
 """
 
 from __future__ import annotations
@@ -33,15 +29,17 @@ from prefect import task
 from prefect.logging import get_run_logger
 from prefect.runtime import task_run as current_task_run
 
-from prefect_atomscale import _events, _reconcile
-from prefect_atomscale._caching import invalidate_position
+from prefect_atomscale import _events
+from prefect_atomscale._caching import ainvalidate_position, invalidate_position
 from prefect_atomscale._client import AsyncAtomscaleClient, AtomscaleClient
 from prefect_atomscale._credentials import AtomscaleCredentials
 from prefect_atomscale._exceptions import (
     AtomscaleError,
 )
 from prefect_atomscale._models import Layer
+from prefect_atomscale._ownership import Owner, aowner_of, owner_of
 from prefect_atomscale._payloads import LayerRequest, StackRequest
+from prefect_atomscale._protocol import SETTLE_SECONDS, Section, astack_section, stack_section
 from prefect_atomscale._reconcile import (
     Adopt,
     Create,
@@ -49,19 +47,17 @@ from prefect_atomscale._reconcile import (
     Update,
     check_if_exists,
     decide_layer,
-    mark_unsettled,
 )
 from prefect_atomscale._retries import aretry_if_transient, retry_if_transient
 from prefect_atomscale._tasks import (
     async_request_client,
-    aunsettled_on_failure,
-    pending,
+    fresh_look,
+    refuse_foreign_update,
     request_client,
-    settle_if_retry,
+    stack_from_rows,
     task_options,
-    unsettled_on_failure,
 )
-from prefect_atomscale._views import material_views
+from prefect_atomscale._views import StackView
 
 __all__ = ["DEFAULT_MAX_CONCURRENCY", "acreate_layers", "create_layers", "layer_outcomes"]
 
@@ -98,15 +94,24 @@ def _run_name() -> str:
 
 
 def _plan(
-    stack: StackRequest, existing: list[Layer], if_exists: IfExists
+    stack: StackRequest, view: StackView, if_exists: IfExists
 ) -> list[tuple[LayerRequest, Adopt | Update | Create]]:
-    at: dict[int, list[Layer]] = {}
-    for layer in existing:
-        at.setdefault(layer.layer_id, []).append(layer)
     return [
-        (request, decide_layer(request, at.get(request.layer_id, []), if_exists))
+        (request, decide_layer(request, view.at.get(request.layer_id, []), if_exists))
         for request in stack.requests
     ]
+
+
+def _refuse_foreign_updates(
+    owner: Owner, view: StackView, plan: list[tuple[LayerRequest, Adopt | Update | Create]]
+) -> None:
+    for request, decision in plan:
+        if isinstance(decision, Update):
+            refuse_foreign_update(owner, view, request)
+
+
+def _updates(plan: list[tuple[LayerRequest, Adopt | Update | Create]]) -> bool:
+    return any(isinstance(decision, Update) for _, decision in plan)
 
 
 def _written(
@@ -140,13 +145,9 @@ def _counts(plan: list[tuple[LayerRequest, Any]]) -> dict[str, int]:
     return counts
 
 
-def _report(stack: StackRequest, plan: list[tuple[LayerRequest, Any]], replaced: bool) -> None:
-    logger = get_run_logger()
-    if replaced:
-        logger.info("Wrote %s in one replace-stack request.", stack.describe())
-        return
+def _report(stack: StackRequest, plan: list[tuple[LayerRequest, Any]]) -> None:
     counts = _counts(plan)
-    logger.info(
+    get_run_logger().info(
         "Wrote %s: %s created, %s already there, %s updated.",
         stack.describe(),
         counts["created"],
@@ -155,20 +156,8 @@ def _report(stack: StackRequest, plan: list[tuple[LayerRequest, Any]], replaced:
     )
 
 
-def _writing(stack: StackRequest) -> str:
-    return f"writing {stack.describe()}"
-
-
 def _reading(stack: StackRequest) -> str:
     return f"reading {stack.describe()}"
-
-
-def _replaced(key: str, stack: StackRequest, listed: list[Layer]) -> list[Layer]:
-    """After a replace: the material's view is what the service now lists."""
-    material_views.writing(key)
-    material_views.load(key, listed)
-    _report(stack, [], replaced=True)
-    return stack.in_order(listed)
 
 
 def _emit_created(
@@ -199,41 +188,28 @@ def _emit_completed(
     )
 
 
-def _replaced_events(
-    credentials: AtomscaleCredentials, stack: StackRequest, written: list[Layer]
-) -> list[Layer]:
-    """The replace-stack request created every layer of the stack."""
-    _events.layers_created(credentials, stack.sample_id, written)
-    _events.stack_completed(
-        credentials, stack.sample_id, created=len(written), already_there=0, updated=0
-    )
-    return written
-
-
-def _record(
-    key: str,
-    unsettled: tuple[str, int, int],
+def _of_kind(
     plan: list[tuple[LayerRequest, Adopt | Update | Create]],
     outcomes: Sequence[Layer | AtomscaleError],
-) -> bool:
-    """Put what was written into the material's view; after a failure, forget the view.
+    kind: type[Create | Update],
+) -> list[Layer]:
+    return [
+        o
+        for (_, d), o in zip(plan, outcomes, strict=True)
+        if isinstance(d, kind) and isinstance(o, Layer)
+    ]
 
-    Returns:
-        Whether a failed write may still land, so the caller lets it settle, locks held.
-    """
-    created = [o for (_, d), o in zip(plan, outcomes, strict=True) if isinstance(d, Create)]
-    updated = [o for (_, d), o in zip(plan, outcomes, strict=True) if isinstance(d, Update)]
-    material_views.wrote(key, [o for o in created if isinstance(o, Layer)])
-    material_views.wrote(key, [o for o in updated if isinstance(o, Layer)], replaced=True)
-    for layer in updated:
-        if isinstance(layer, Layer):
-            invalidate_position(unsettled[0], layer.sample_id, layer.layer_id)
-    errors = [o for o in outcomes if isinstance(o, AtomscaleError)]
-    if errors:
-        material_views.forget(key)
-    if any(error.transient for error in errors):
-        mark_unsettled(*unsettled)
-    return any(pending(error) for error in errors)
+
+def _settle(held: Section, outcomes: Sequence[Layer | AtomscaleError], plan: Any) -> bool:
+    """L5/L6 after the writes: record them; whether a failed one may still land."""
+    held.end(_of_kind(plan, outcomes, Create), _of_kind(plan, outcomes, Update))
+    return held.failed([o for o in outcomes if isinstance(o, AtomscaleError)])
+
+
+async def _asettle(held: Section, outcomes: Sequence[Layer | AtomscaleError], plan: Any) -> bool:
+    """Async `_settle`."""
+    await held.aend(_of_kind(plan, outcomes, Create), _of_kind(plan, outcomes, Update))
+    return held.failed([o for o in outcomes if isinstance(o, AtomscaleError)])
 
 
 def _write_one(
@@ -312,34 +288,33 @@ def create_layers(
     policy = check_if_exists(if_exists)
     client = request_client(credentials, stack)
     account = credentials.account_fingerprint()
-    if settle := settle_if_retry((account, stack.sample_id, 0)):
-        time.sleep(settle)
-    with material_views.stack_write(account, stack.sample_id) as key:
-        view = material_views.current(key)
-        if view is not None and view.created_here:
-            material_views.writing(key)
-            with unsettled_on_failure(key, account, stack.sample_id, 0):
-                client.replace_layers(stack.sample_id, stack.requests, _writing(stack))
-            listed = client.layers_of(stack.sample_id, f"reading back {stack.describe()}")
-            return _replaced_events(credentials, stack, _replaced(key, stack, listed))
-        if view is None:
-            view = material_views.load(key, client.layers_of(stack.sample_id, _reading(stack)))
-        plan = _plan(stack, view.layers(), policy)
+    fresh_look(account, stack.sample_id)
+    with stack_section(account, stack.sample_id) as held:
+        view = held.view() or held.load(
+            *stack_from_rows(client.rows_of(stack.sample_id, _reading(stack)))
+        )
+        plan = _plan(stack, view, policy)
+        if _updates(plan):  # whose it is matters only to a change
+            _refuse_foreign_updates(owner_of(credentials), view, plan)
 
         def write(step: tuple[LayerRequest, Adopt | Update | Create]) -> Layer | AtomscaleError:
             try:
+                if not isinstance(step[1], Adopt):
+                    held.fence()
                 return _write_one(client, *step)
             except AtomscaleError as exc:
                 return exc
 
-        material_views.writing(key)
+        held.begin()
         with ThreadPoolExecutor(max_workers=max(1, max_concurrency)) as pool:
             outcomes = list(pool.map(write, plan))
         _emit_created(credentials, stack, plan, outcomes)
-        if _record(key, (account, stack.sample_id, 0), plan, outcomes):
-            time.sleep(_reconcile.SETTLE_SECONDS)
+        if _settle(held, outcomes, plan):
+            time.sleep(SETTLE_SECONDS)
+    for layer in _of_kind(plan, outcomes, Update):
+        invalidate_position(layer.sample_id, layer.layer_id)
     written = _written(plan, outcomes)
-    _report(stack, plan, replaced=False)
+    _report(stack, plan)
     _emit_completed(credentials, stack, plan)
     return written
 
@@ -357,20 +332,14 @@ async def acreate_layers(
     policy = check_if_exists(if_exists)
     client = async_request_client(credentials, stack)
     account = credentials.account_fingerprint()
-    if settle := settle_if_retry((account, stack.sample_id, 0)):
-        await asyncio.sleep(settle)
-    async with material_views.astack_write(account, stack.sample_id) as key:
-        view = material_views.current(key)
-        if view is not None and view.created_here:
-            material_views.writing(key)
-            async with aunsettled_on_failure(key, account, stack.sample_id, 0):
-                await client.replace_layers(stack.sample_id, stack.requests, _writing(stack))
-            listed = await client.layers_of(stack.sample_id, f"reading back {stack.describe()}")
-            return _replaced_events(credentials, stack, _replaced(key, stack, listed))
-        if view is None:
-            listed = await client.layers_of(stack.sample_id, _reading(stack))
-            view = material_views.load(key, listed)
-        plan = _plan(stack, view.layers(), policy)
+    fresh_look(account, stack.sample_id)
+    async with astack_section(account, stack.sample_id) as held:
+        view = await held.aview() or held.load(
+            *stack_from_rows(await client.rows_of(stack.sample_id, _reading(stack)))
+        )
+        plan = _plan(stack, view, policy)
+        if _updates(plan):  # whose it is matters only to a change
+            _refuse_foreign_updates(await aowner_of(credentials), view, plan)
         slots = asyncio.Semaphore(max(1, max_concurrency))
 
         async def write(
@@ -378,16 +347,20 @@ async def acreate_layers(
         ) -> Layer | AtomscaleError:
             async with slots:
                 try:
+                    if not isinstance(step[1], Adopt):
+                        await held.afence()
                     return await _awrite_one(client, *step)
                 except AtomscaleError as exc:
                     return exc
 
-        material_views.writing(key)
+        await held.abegin()
         outcomes = await asyncio.gather(*(write(step) for step in plan))
         _emit_created(credentials, stack, plan, outcomes)
-        if _record(key, (account, stack.sample_id, 0), plan, outcomes):
-            await asyncio.sleep(_reconcile.SETTLE_SECONDS)
+        if await _asettle(held, outcomes, plan):
+            await asyncio.sleep(SETTLE_SECONDS)
+    for layer in _of_kind(plan, outcomes, Update):
+        await ainvalidate_position(layer.sample_id, layer.layer_id)
     written = _written(plan, outcomes)
-    _report(stack, plan, replaced=False)
+    _report(stack, plan)
     _emit_completed(credentials, stack, plan)
     return written

@@ -5,13 +5,19 @@ That goes wrong twice: the block hashes with its secret masked, so two accounts 
 share entries, and a block loaded by name hashes differently from the same block built
 in memory. `AtomscaleRequestCache` therefore keys on the account fingerprint (a hash of
 base URL and API key, never the key), the canonical request body, `if_exists`, a
-version, and the epoch of the record's position. An update (PATCH) bumps that epoch, so
-every entry that still holds the record as it was stops answering: the next run asks
-the service instead of returning a layer that no longer exists as cached; an update
-of a target material bumps the account's target-material epoch the same way. Epochs live in
-a small table shared by the processes of this Prefect home (`_locking.Generations`).
-Task inputs that fail validation get no key: the task raises its own
-clear error, without Prefect's "Error computing cache key" traceback first.
+version, and the *epoch* of the record's position. An update (PATCH) bumps that epoch,
+so every entry that still holds the record as it was stops answering: the next run asks
+the service instead of returning a layer that no longer exists as cached; an update of
+a target material bumps the target-material epoch the same way.
+
+Epochs are counters of the lock store (`_locks`: this machine's, or the lock server's),
+keyed by what they describe on the service, not by how it is reached, and each carries
+the store's incarnation: a lock server that restarted empty, or a lock URL switched on,
+is a new incarnation, so no entry made before can answer. Prefect computes cache keys
+synchronously, also for async tasks: with a lock server that is one round trip on the
+event loop, the one sync call of an async task (Prefect's `CachePolicy` API is sync).
+Task inputs that fail validation get no key: the task raises its own clear error,
+without Prefect's "Error computing cache key" traceback first.
 """
 
 from __future__ import annotations
@@ -27,65 +33,77 @@ from prefect.context import TaskRunContext
 
 from prefect_atomscale._credentials import AtomscaleCredentials
 from prefect_atomscale._exceptions import AtomscaleError
-from prefect_atomscale._locking import Generations, file_of
+from prefect_atomscale._locks import domain, slot_of
 
 __all__ = [
     "DEFAULT_CACHE_EXPIRATION",
     "AtomscaleRequestCache",
+    "ainvalidate_position",
     "invalidate_position",
     "invalidate_target_materials",
     "require_target_material_epoch",
 ]
 
-_EPOCHS = Generations("epochs")
+
+def _position_key(sample_id: int, layer_id: int | None) -> str:
+    return f"stack/{sample_id}" if layer_id is None else f"position/{sample_id}/{layer_id}"
 
 
-def _position_key(account: str, sample_id: int, layer_id: int | None) -> str:
-    return f"{account}/{sample_id}" if layer_id is None else f"{account}/{sample_id}/{layer_id}"
+_MATERIALS_KEY = "target-materials"
 
 
-def invalidate_position(account: str, sample_id: int, layer_id: int) -> None:
+def _read_epoch(key: str) -> str:
+    locks = domain()
+    incarnation, count = locks.run(locks.epochs.read_with_incarnation, slot_of(key))
+    return f"{incarnation}:{count}"
+
+
+def invalidate_position(sample_id: int, layer_id: int) -> None:
     """Retire every cache entry of a layer position and of its target material's stack.
 
     Called after an update changed the record there: entries made before no longer
     describe it. (Positions share 1,024 epochs, so a few others miss once too and ask
     the service, which answers with what they cached.)
     """
-    _EPOCHS.bump(file_of(_position_key(account, sample_id, layer_id)))
-    _EPOCHS.bump(file_of(_position_key(account, sample_id, None)))
+    locks = domain()
+    locks.run(locks.epochs.bump, slot_of(_position_key(sample_id, layer_id)))
+    locks.run(locks.epochs.bump, slot_of(_position_key(sample_id, None)))
 
 
-def invalidate_target_materials(account: str) -> None:
-    """Retire every cache entry of the account's `create_target_material` runs.
+async def ainvalidate_position(sample_id: int, layer_id: int) -> None:
+    """Async `invalidate_position`."""
+    locks = domain()
+    await locks.arun(locks.epochs.bump, slot_of(_position_key(sample_id, layer_id)))
+    await locks.arun(locks.epochs.bump, slot_of(_position_key(sample_id, None)))
+
+
+def invalidate_target_materials() -> None:
+    """Retire every cache entry of `create_target_material` runs on this lock store.
 
     Called after an update changed a target material (its name, substrate or metadata):
     an entry made before may hold it as it was, or name it by a name it no longer has.
     The next run of each asks the service again, which costs one listing.
     """
-    _EPOCHS.bump(file_of(_materials_key(account)))
+    locks = domain()
+    locks.run(locks.epochs.bump, slot_of(_MATERIALS_KEY))
 
 
-def require_target_material_epoch(credentials: AtomscaleCredentials) -> None:
-    """Read the account's target-material epoch, raising if the lock server is down.
+def require_target_material_epoch() -> None:
+    """Read the target-material epoch, raising if the lock server is down.
 
     Why: when the key cannot read its epoch, Prefect runs `create_target_material`
-    without a key and so without its cache lock, the one lock it has across machines;
-    the task body calls this first, so it fails before any request instead of writing.
+    without a key and so without its cache lock; the task body calls this first, so it
+    fails before any request instead of writing.
     """
-    _EPOCHS.read(file_of(_materials_key(credentials.account_fingerprint())))
+    _read_epoch(_MATERIALS_KEY)
 
 
-def _materials_key(account: str) -> str:
-    return f"{account}/target-materials"
-
-
-def _epoch(account: str, request: Any) -> int:
+def _epoch(request: Any) -> str:
     sample_id = getattr(request, "sample_id", None)
     if not isinstance(sample_id, int) or not sample_id:
         # A target material: changed only by `update_target_material`, which bumps this.
-        return _EPOCHS.read(file_of(_materials_key(account)))
-    layer_id = getattr(request, "layer_id", None)
-    return _EPOCHS.read(file_of(_position_key(account, sample_id, layer_id)))
+        return _read_epoch(_MATERIALS_KEY)
+    return _read_epoch(_position_key(sample_id, getattr(request, "layer_id", None)))
 
 
 # A re-run within this time reuses the record created before instead of posting again.
@@ -138,7 +156,7 @@ class AtomscaleRequestCache(CachePolicy):
             request = self.build_request(inputs)
             fingerprint = credentials.account_fingerprint()
             # An unreachable lock server fails here too: the task body then says so.
-            epoch = str(_epoch(fingerprint, request))
+            epoch = _epoch(request)
         except AtomscaleError:
             return None
         # What to do about a different record (`if_exists`) changes the outcome, so a

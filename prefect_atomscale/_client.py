@@ -167,14 +167,15 @@ def target_material_changes(
     sample_name: Any = None,
     substrate: Any = None,
     sample_metadata: Any = None,
-    owner: str | None = None,
+    owner: Mapping[str, Any] | str | None = None,
 ) -> dict[str, Any]:
     """Check an update of a target material and return the PATCH body: given fields only.
 
     The same rules as creating one (`TargetMaterialRequest.build`): a non-empty name and
     substrate of at most 256 characters, metadata that is a JSON object without the
     reserved key `prefect_atomscale`; and at least one field. `owner`, with
-    `sample_metadata`, is the ownership token to keep under that key.
+    `sample_metadata`, is the ownership mark to keep under that key (a token alone, or
+    the whole mark).
 
     Raises:
         AtomscaleValidationError: For anything that cannot be sent.
@@ -201,7 +202,7 @@ def target_material_changes(
     return changes
 
 
-def _metadata(value: Any, where: str, owner: str | None) -> dict[str, Any]:
+def _metadata(value: Any, where: str, owner: Mapping[str, Any] | str | None) -> dict[str, Any]:
     if not isinstance(value, Mapping):
         raise AtomscaleValidationError(
             f"{where}: sample_metadata must be a mapping (a JSON object), got "
@@ -218,7 +219,10 @@ def _metadata(value: Any, where: str, owner: str | None) -> dict[str, Any]:
                 f"{where}: sample_metadata may not have the key {OWNER_KEY!r}; "
                 "prefect-atomscale keeps its ownership token there. Rename that key."
             )
-        return metadata if owner is None else {**metadata, OWNER_KEY: {"owner": owner}}
+        if owner is None:
+            return metadata
+        mark = {"owner": owner} if isinstance(owner, str) else dict(owner)
+        return {**metadata, OWNER_KEY: mark}
     raise AtomscaleValidationError(
         f"{where}: sample_metadata cannot be sent as JSON ({problem}). Use only strings, "
         "numbers, booleans, None, lists and dicts."
@@ -801,7 +805,7 @@ class AtomscaleClient(_Base):
         sample_name: str | None = None,
         substrate: str | None = None,
         sample_metadata: Mapping[str, Any] | None = None,
-        owner: str | None = None,
+        owner: Mapping[str, Any] | str | None = None,
     ) -> TargetMaterial:
         """Change a target material's name, substrate or metadata (`PATCH /target-materials/{id}`).
 
@@ -814,8 +818,8 @@ class AtomscaleClient(_Base):
             sample_name: Its new name.
             substrate: Its new substrate.
             sample_metadata: Its new metadata, a JSON object.
-            owner: With `sample_metadata`: an ownership token to keep in the metadata
-                (the tasks pass the one `create_target_material` wrote); None for none.
+            owner: With `sample_metadata`: the ownership mark to keep in the metadata
+                (the tasks pass the one `create_target_material` writes); None for none.
 
         Returns:
             The target material as changed.
@@ -1016,7 +1020,7 @@ class AsyncAtomscaleClient(_Base):
         sample_name: str | None = None,
         substrate: str | None = None,
         sample_metadata: Mapping[str, Any] | None = None,
-        owner: str | None = None,
+        owner: Mapping[str, Any] | str | None = None,
     ) -> TargetMaterial:
         """Async twin of `AtomscaleClient.update_target_material`: same arguments, result and errors."""  # noqa: E501
         changes = target_material_changes(

@@ -12,7 +12,8 @@ AtomscaleError                      base: .status_code, .detail, .transient
 ├── AtomscaleAuthError              401/403: the key is wrong, expired or lacks the scope
 ├── AtomscaleNotFoundError          404: e.g. a sample_id that does not exist for this key
 ├── AtomscaleConflictError          409, or a different record where one would be written
-│   └── StackConflictError          a stack file's name is taken by another stack
+│   ├── StackConflictError          a stack file's name is taken by another stack
+│   └── AtomscaleLockLostError      a lock's lease ran out before a write (transient)
 ├── AtomscaleRateLimitError         429: too many requests (transient; .retry_after)
 ├── AtomscaleServerError            408/5xx: the service failed (transient)
 ├── AtomscaleConnectionError        no reply: refused, dropped connection (transient)
@@ -41,6 +42,7 @@ __all__ = [
     "AtomscaleConflictError",
     "AtomscaleConnectionError",
     "AtomscaleError",
+    "AtomscaleLockLostError",
     "AtomscaleNotFoundError",
     "AtomscaleProtocolError",
     "AtomscaleRateLimitError",
@@ -246,6 +248,25 @@ class AtomscaleConflictError(AtomscaleError):
             print(exc.transient)  # False: pass if_exists="update" or "reuse", or another layer_id
         ```
     """
+
+
+class AtomscaleLockLostError(AtomscaleConflictError):
+    """A lease on the lock server ran out while this run held it: another run may write now.
+
+    Raised right before a write (nothing is sent) or when the lock is given back after
+    one; transient, so the task is retried, and the retry lists the service again
+    before it writes. Seen only with `PREFECT_ATOMSCALE_LOCK_URL`, when a run was paused
+    (or cut off from the lock server) for longer than the lease.
+
+    Example:
+        ```python
+        from prefect_atomscale import AtomscaleLockLostError
+
+        print(AtomscaleLockLostError.transient)  # True: the task looks again, then writes
+        ```
+    """
+
+    transient = True
 
 
 class AtomscaleRateLimitError(AtomscaleError):

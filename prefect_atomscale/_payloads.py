@@ -40,11 +40,12 @@ __all__ = [
 OWNER_KEY = "prefect_atomscale"
 """The key in `sample_metadata` under which the tasks write their ownership token.
 
-A target material the tasks create carries `{"prefect_atomscale": {"owner": TOKEN}}` in
-its metadata, where TOKEN is `owner_token(account, sample_name)`. Only a material that
-carries the caller's token is ever adopted instead of created, so a colleague's
-material of the same name (made in the web app, or with another API key) is never
-taken, extended or changed. User metadata may not use this key."""
+A target material the tasks create carries `{"prefect_atomscale": {"owner": TOKEN,
+"user_id": ID}}` in its metadata, where TOKEN is `owner_token(account, sample_name)` and
+ID the creator's user id when known. The mark says "made by prefect-atomscale"; whose it
+is, is the service's `user_id` (see `_ownership` and docs/design/write-protocol.md, rule
+O), so a colleague's material of the same name is never taken, extended or changed, and
+a copied mark transfers nothing. User metadata may not use this key."""
 
 # Limits the sandbox enforces too; checking here turns a 422 round trip into a local error.
 MAX_TEXT = 256
@@ -453,14 +454,15 @@ class TargetMaterialRequest:
         body = {"sample": {"sample_name": name, "substrate": base, "sample_metadata": metadata}}
         return cls(sample_name=name, substrate=base, body=body, metadata=metadata)
 
-    def owned_by(self, account: str) -> TargetMaterialRequest:
-        """Return this request with the account's ownership token in its metadata.
+    def owned_by(self, account: str, user_id: str | None = None) -> TargetMaterialRequest:
+        """Return this request with the ownership mark in its metadata.
 
         Args:
             account: The key fingerprint (`AtomscaleCredentials.key_fingerprint()`).
+            user_id: The creator's user id, recorded in the mark when known.
 
         Returns:
-            The same request, marked as the account's (see `OWNER_KEY`).
+            The same request, marked (see `OWNER_KEY`).
 
         Example:
             ```python
@@ -471,7 +473,10 @@ class TargetMaterialRequest:
             ```
         """
         owner = owner_token(account, self.sample_name)
-        metadata = {**self.metadata, OWNER_KEY: {"owner": owner}}
+        mark: dict[str, Any] = {"owner": owner}
+        if user_id is not None:
+            mark["user_id"] = user_id
+        metadata = {**self.metadata, OWNER_KEY: mark}
         sample = {**self.body["sample"], "sample_metadata": metadata}
         return replace(self, owner=owner, body={**self.body, "sample": sample})
 
@@ -520,14 +525,14 @@ class TargetMaterialRequest:
     def matches(self, material: TargetMaterial) -> bool:
         """Tell whether an existing target material is the one this request would create.
 
-        Metadata is compared without the ownership token; the token itself must be this
-        request's, when it has one.
+        Metadata is compared without the ownership mark. Whose the material is, is a
+        separate question (rule O of the write protocol), which this does not answer.
 
         Args:
             material: A target material read back from the service.
 
         Returns:
-            True if name, substrate and metadata are all equal (and the owner, if set).
+            True if name, substrate and metadata are all equal.
 
         Example:
             ```python
@@ -545,7 +550,6 @@ class TargetMaterialRequest:
             (material.sample_name or "").strip() == self.sample_name
             and (material.substrate or "").strip() == self.substrate
             and stored == self.metadata
-            and (self.owner is None or token_of(material.sample_metadata) == self.owner)
         )
 
     def complete(self, material: TargetMaterial) -> TargetMaterial:

@@ -10,12 +10,12 @@ None of them is cached (`NO_CACHE`): a read must see the service as it is now, a
 update must reach it. They retry transient faults exactly as the create tasks do (see
 `_retries`), and check their input before any request.
 
-An update keeps the create tasks right. It retires the cached `create_target_material`
-results of the account (see `_caching.invalidate_target_materials`), which may hold the
-material as it was, and it keeps the material's ownership token (see `_payloads`) true to
-its new name: a material this account created stays adoptable by the name it now has,
-and only by that. The process's views of stacks (`_views`) hold layers only, which an
-update does not change.
+An update keeps the create tasks right (step U of docs/design/write-protocol.md). It
+holds the material's lock, retires the cached `create_target_material` results (see
+`_caching.invalidate_target_materials`), which may hold the material as it was, and it
+keeps the ownership mark (see `_ownership`) in new metadata: a material the person
+created stays theirs, and is adopted by the name it has now. The process's views of
+stacks (`_views`) hold layers only, which an update does not change.
 """
 
 from __future__ import annotations
@@ -36,9 +36,12 @@ from prefect_atomscale._client import (
 )
 from prefect_atomscale._credentials import AtomscaleCredentials
 from prefect_atomscale._exceptions import AtomscaleConfigurationError, AtomscaleNotFoundError
+from prefect_atomscale._locks import domain
 from prefect_atomscale._models import Layer, TargetMaterial, TargetMaterialRow
-from prefect_atomscale._payloads import OWNER_KEY, _positive_int, _text, owner_token, token_of
+from prefect_atomscale._ownership import Owner, aowner_of, owner_of
+from prefect_atomscale._payloads import OWNER_KEY, _positive_int, _text
 from prefect_atomscale._pool import async_client_for, client_for
+from prefect_atomscale._protocol import astack_section, stack_section
 from prefect_atomscale._retries import (
     DEFAULT_RETRIES,
     DEFAULT_RETRY_DELAYS,
@@ -295,31 +298,35 @@ def _reading_mark(sample_id: int) -> str:
 
 
 def _marked(
-    account: str,
+    owner: Owner,
     current: TargetMaterial | None,
     sample_name: str | None,
     sample_metadata: Mapping[str, Any] | None,
-) -> tuple[Mapping[str, Any] | None, str | None]:
-    """The metadata to send and the ownership token to keep in it.
+) -> tuple[Mapping[str, Any] | None, Mapping[str, Any] | None]:
+    """The metadata to send and the ownership mark to keep in it (rule O).
 
-    A material this account created carries the token of its name: after a rename it
-    gets the token of the new name (so `create_target_material` adopts it by that name,
-    and no longer by the old one), which means sending its metadata too. Another mark
-    (a colleague's) is kept as it is. A material the listing does not show (no layers)
-    shows no mark: the given fields are sent as they are.
+    A listed material that is the person's gets the mark of its (new) name, which means
+    sending its metadata too on a rename. A colleague's mark is kept as it is. A material
+    the listing does not show (no layers) gets the person's mark with new metadata when
+    the person's user id is known: the mark records that id, so on a colleague's
+    material it would name nobody but its creator.
     """
-    token = token_of(current.sample_metadata) if current is not None else None
-    if current is None or token is None:
+    name = (sample_name or "").strip()
+    if current is None:
+        if sample_metadata is None or owner.person is None:
+            return sample_metadata, None
+        return sample_metadata, owner.mark(name) if name else {"user_id": owner.person}
+    mark = (current.sample_metadata or {}).get(OWNER_KEY)
+    if not isinstance(mark, Mapping):
         return sample_metadata, None
-    stored_name = (current.sample_name or "").strip()
-    if token != owner_token(account, stored_name):
-        return sample_metadata, token
-    new_token = owner_token(account, sample_name.strip() if sample_name else stored_name)
-    if sample_metadata is None and new_token == token:
-        return None, None  # same name, metadata untouched: the mark stays as it is
+    if not owner.owns_material(current):
+        return sample_metadata, (mark if sample_metadata is not None else None)
+    new_mark = owner.mark(name or (current.sample_name or "").strip())
+    if sample_metadata is None and dict(mark) == new_mark:
+        return None, None  # the mark stays as it is
     stored = dict(current.sample_metadata or {})
     stored.pop(OWNER_KEY, None)
-    return (stored if sample_metadata is None else sample_metadata), new_token
+    return (stored if sample_metadata is None else sample_metadata), new_mark
 
 
 def _current(rows: list[TargetMaterialRow]) -> TargetMaterial | None:
@@ -350,14 +357,12 @@ def update_target_material(
     in the create tasks: a PATCH sets fields to given values, so repeating it after a
     reply that never came changes nothing more.
 
-    The create tasks stay right afterwards: cached `create_target_material` results of
-    this account are retired (their next run asks the service), and a target material
-    that `create_target_material` made with this account keeps its ownership mark (the
-    `prefect_atomscale` key of its metadata), moved to its new name on a rename, so that
-    `create_target_material` adopts it by the name it has now, never by the old one.
-    Reading the mark costs one listing when `sample_name` or `sample_metadata` is given;
-    a target material without layers is not listed, so its mark cannot be moved, and a
-    later `create_target_material` of its new name creates another.
+    The create tasks stay right afterwards: cached `create_target_material` results are
+    retired (their next run asks the service), and a target material that
+    `create_target_material` made for you keeps its ownership mark (the
+    `prefect_atomscale` key of its metadata), so that `create_target_material` adopts
+    it by the name and metadata it has now. Reading the mark costs one listing when
+    `sample_name` or `sample_metadata` is given.
 
     Args:
         credentials: The Atomscale account (its key must be allowed to write).
@@ -400,23 +405,28 @@ def update_target_material(
     changes = target_material_changes(
         sample_id, sample_name=sample_name, substrate=substrate, sample_metadata=sample_metadata
     )
-    account = _account(credentials, _updating(sample_id))
+    _account(credentials, _updating(sample_id))
     client = _client(credentials, _updating(sample_id))
-    metadata: Mapping[str, Any] | None = sample_metadata
-    owner = None
-    if sample_name is not None or sample_metadata is not None:
-        rows = client.rows_of(sample_id, _reading_mark(sample_id))
-        metadata, owner = _marked(account, _current(rows), sample_name, sample_metadata)
-    try:
-        material = client.update_target_material(
-            sample_id,
-            sample_name=sample_name,
-            substrate=substrate,
-            sample_metadata=metadata,
-            owner=owner,
-        )
-    finally:  # also when the outcome is unknown: the PATCH may have landed
-        invalidate_target_materials(credentials.account_fingerprint())
+    owner = owner_of(credentials)
+    with stack_section(None, sample_id) as held:
+        metadata: Mapping[str, Any] | None = sample_metadata
+        mark = None
+        if sample_name is not None or sample_metadata is not None:
+            rows = client.rows_of(sample_id, _reading_mark(sample_id))
+            metadata, mark = _marked(owner, _current(rows), sample_name, sample_metadata)
+        try:
+            material = held.write(
+                lambda: client.update_target_material(
+                    sample_id,
+                    sample_name=sample_name,
+                    substrate=substrate,
+                    sample_metadata=metadata,
+                    owner=mark,
+                )
+            )
+        finally:  # also when the outcome is unknown: the PATCH may have landed
+            invalidate_target_materials()
+        held.end()
     return _log_update(material, changes)
 
 
@@ -433,21 +443,26 @@ async def aupdate_target_material(
     changes = target_material_changes(
         sample_id, sample_name=sample_name, substrate=substrate, sample_metadata=sample_metadata
     )
-    account = _account(credentials, _updating(sample_id))
+    _account(credentials, _updating(sample_id))
     client = _async_client(credentials, _updating(sample_id))
-    metadata: Mapping[str, Any] | None = sample_metadata
-    owner = None
-    if sample_name is not None or sample_metadata is not None:
-        rows = await client.rows_of(sample_id, _reading_mark(sample_id))
-        metadata, owner = _marked(account, _current(rows), sample_name, sample_metadata)
-    try:
-        material = await client.update_target_material(
-            sample_id,
-            sample_name=sample_name,
-            substrate=substrate,
-            sample_metadata=metadata,
-            owner=owner,
-        )
-    finally:  # also when the outcome is unknown: the PATCH may have landed
-        invalidate_target_materials(credentials.account_fingerprint())
+    owner = await aowner_of(credentials)
+    async with astack_section(None, sample_id) as held:
+        metadata: Mapping[str, Any] | None = sample_metadata
+        mark = None
+        if sample_name is not None or sample_metadata is not None:
+            rows = await client.rows_of(sample_id, _reading_mark(sample_id))
+            metadata, mark = _marked(owner, _current(rows), sample_name, sample_metadata)
+        try:
+            material = await held.awrite(
+                lambda: client.update_target_material(
+                    sample_id,
+                    sample_name=sample_name,
+                    substrate=substrate,
+                    sample_metadata=metadata,
+                    owner=mark,
+                )
+            )
+        finally:  # also when the outcome is unknown: the PATCH may have landed
+            await domain().arun(invalidate_target_materials)
+        await held.aend()
     return _log_update(material, changes)

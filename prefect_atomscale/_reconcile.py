@@ -1,28 +1,19 @@
 """Decide what a create task does when its record may already exist: adopt, update, create.
 
 The API's answer to a second POST of the same layer position is unknown; assume it
-stores a second row. So a task always knows what a position holds before it writes:
-from this process's view of the target material (see `_views`: one listing per target
-material, kept true across the processes of this machine), listed anew on every retry,
-since the earlier attempt's reply may have been lost after the write landed.
-What it finds decides:
+stores a second row. So a task always knows what a position holds before it writes
+(step L3 of docs/design/write-protocol.md, in `_protocol`), and what it finds decides:
 
 - a layer equal to the request: adopt it, write nothing (exactly-once);
 - a different layer at that position: `if_exists` says what to do: `"error"` (the
   default) refuses, `"update"` changes it with PATCH, `"reuse"` keeps it as it is;
 - nothing: create it.
 
-A write whose reply never came (a timeout, a dropped connection, a 5xx) may still be
-committed by the service later, after the client gave up. Its retry therefore lets the
-write settle first: it looks only once `SETTLE_SECONDS` have passed since the client
-gave up (`mark_unsettled` / `settle_delay`), so a write that lands within that window is
-found and adopted, not written again.
+Pure decisions: no I/O, no locks.
 """
 
 from __future__ import annotations
 
-import threading
-import time
 from dataclasses import dataclass
 from typing import Literal, get_args
 
@@ -31,49 +22,13 @@ from prefect_atomscale._models import Layer
 from prefect_atomscale._payloads import LayerRequest
 
 __all__ = [
-    "SETTLE_SECONDS",
     "Adopt",
     "Create",
     "IfExists",
     "Update",
     "check_if_exists",
     "decide_layer",
-    "mark_unsettled",
-    "settle_delay",
 ]
-
-SETTLE_SECONDS = 3.0
-"""How long a write whose reply never came settles, locks held, before anyone looks again.
-
-Long enough for a service that commits a queued write a moment after the client's
-timeout; a write committed later than this can still be duplicated (see
-docs/guides/exactly-once.md)."""
-
-# Writes whose outcome is unknown, by what they write, with when the client gave up.
-_UNSETTLED_LIMIT = 10_000
-_unsettled: dict[tuple[object, ...], float] = {}
-_unsettled_lock = threading.Lock()
-
-
-def mark_unsettled(*what: object) -> None:
-    """Record that a write of `what` failed without an answer: it may still land."""
-    with _unsettled_lock:
-        _unsettled[what] = time.monotonic()
-        if len(_unsettled) > _UNSETTLED_LIMIT:  # bounded, oldest first
-            del _unsettled[next(iter(_unsettled))]
-
-
-def settle_delay(*what: object) -> float:
-    """Seconds still to wait before looking for the outcome of an unsettled write of `what`.
-
-    The mark is used up: the look that follows the wait is the one that decides.
-    """
-    with _unsettled_lock:
-        since = _unsettled.pop(what, None)
-    if since is None:
-        return 0.0
-    return max(0.0, since + SETTLE_SECONDS - time.monotonic())
-
 
 IfExists = Literal["error", "update", "reuse"]
 """What `create_layer` does when a different layer already sits at its position.

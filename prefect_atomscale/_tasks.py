@@ -4,17 +4,15 @@
 `acreate_layer` check their input locally (no request for a mistake that is knowable
 here), retry transient faults with Prefect's retry machinery (see `_retries`), and cache
 their result by account and request (see `_caching`), so re-running a finished flow
-sends nothing. They never create a record twice: before writing they look for one that
-may already exist (see `_reconcile`), and runs of the same request take turns through
-the cache lock, also across processes (see `_locking`).
+sends nothing. Every write happens inside a write section of `_protocol`, which follows
+docs/design/write-protocol.md: look under the lock, decide (`_reconcile`), fence, write;
+whose a target material is, is `_ownership`'s rule.
 """
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from contextlib import asynccontextmanager, contextmanager
+import json
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from prefect import task
@@ -23,10 +21,11 @@ from prefect.logging import get_run_logger
 from prefect.runtime import task_run as current_task_run
 from prefect.settings import PREFECT_TASKS_REFRESH_CACHE
 
-from prefect_atomscale import _events, _reconcile
+from prefect_atomscale import _events
 from prefect_atomscale._caching import (
     DEFAULT_CACHE_EXPIRATION,
     AtomscaleRequestCache,
+    ainvalidate_position,
     invalidate_position,
     require_target_material_epoch,
 )
@@ -34,14 +33,25 @@ from prefect_atomscale._client import AsyncAtomscaleClient, AtomscaleClient
 from prefect_atomscale._credentials import AtomscaleCredentials
 from prefect_atomscale._exceptions import (
     AtomscaleConfigurationError,
-    AtomscaleError,
-    AtomscaleRateLimitError,
+    AtomscaleConflictError,
     AtomscaleValidationError,
 )
-from prefect_atomscale._locking import CacheLockManager
-from prefect_atomscale._models import Layer, TargetMaterial
+from prefect_atomscale._locks import domain
+from prefect_atomscale._locks._prefect import CacheLockManager
+from prefect_atomscale._models import Layer, TargetMaterial, TargetMaterialRow
+from prefect_atomscale._ownership import Owner, alearn, aowner_of, learn, owner_of
 from prefect_atomscale._payloads import LayerRequest, StackRequest, TargetMaterialRequest
 from prefect_atomscale._pool import async_client_for, client_for
+from prefect_atomscale._protocol import (
+    Section,
+    acreated_empty,
+    aidentity_section,
+    alayer_section,
+    created_empty,
+    identity_key,
+    identity_section,
+    layer_section,
+)
 from prefect_atomscale._reconcile import (
     Adopt,
     Create,
@@ -49,8 +59,6 @@ from prefect_atomscale._reconcile import (
     Update,
     check_if_exists,
     decide_layer,
-    mark_unsettled,
-    settle_delay,
 )
 from prefect_atomscale._retries import (
     DEFAULT_RETRIES,
@@ -66,15 +74,14 @@ __all__ = [
     "acreate_layer",
     "acreate_target_material",
     "async_request_client",
-    "aunsettled_on_failure",
     "create_layer",
     "create_target_material",
+    "fresh_look",
     "is_retry",
-    "pending",
+    "refuse_foreign_update",
     "request_client",
-    "settle_if_retry",
+    "stack_from_rows",
     "task_options",
-    "unsettled_on_failure",
 ]
 
 # Part of every cache key: bump when what a task sends or returns changes meaning.
@@ -147,7 +154,7 @@ def task_options(
         serializable: Make runs of one request take turns through the cache lock, so
             the second finds the first's record in the cache. Only target materials need
             it (one created empty is invisible to the listing); layer writes are ordered
-            by position locks inside the task (see `_views`), so a cache hit takes no lock.
+            by their write sections (`_protocol`), so a cache hit takes no lock.
 
     Returns:
         Keyword arguments for `prefect.task`.
@@ -171,8 +178,8 @@ def _cache_policy(name: str, build: Any, serializable: bool) -> AtomscaleRequest
     )
     if not serializable:
         return policy
-    # Runs of one request take turns, in this process and, through lock files, in
-    # every process on this Prefect home; the second finds the first's record cached.
+    # Runs of one request take turns, through the one lock layer (`_locks`); the
+    # second finds the first's record cached (protocol step M1).
     return policy.configure(isolation_level="SERIALIZABLE", lock_manager=CacheLockManager())
 
 
@@ -220,54 +227,6 @@ def async_request_client(
         raise AtomscaleConfigurationError(f"Cannot send {request.describe()}: {exc}") from None
 
 
-def _position(credentials: AtomscaleCredentials, request: LayerRequest) -> tuple[str, int, int]:
-    return (credentials.account_fingerprint(), request.sample_id, request.layer_id)
-
-
-def _material_key(request: TargetMaterialRequest) -> tuple[str, str]:
-    return ("material", request.canonical_json())
-
-
-def pending(exc: AtomscaleError) -> bool:
-    """Whether a failed write may still land at the service (a 429 was refused outright)."""
-    return exc.transient and not isinstance(exc, AtomscaleRateLimitError)
-
-
-@contextmanager
-def unsettled_on_failure(view_key: str | None, *what: object) -> Iterator[None]:
-    """On a failed write, forget the material's view; let a pending one settle, locks held.
-
-    The wait happens before the locks are given back, so that no other writer (another
-    task, process or machine) lists the material before a write the service may still
-    commit has landed.
-    """
-    try:
-        yield
-    except AtomscaleError as exc:
-        if exc.transient:
-            mark_unsettled(*what)
-        if view_key is not None:
-            material_views.forget(view_key)
-        if pending(exc):
-            time.sleep(_reconcile.SETTLE_SECONDS)
-        raise
-
-
-@asynccontextmanager
-async def aunsettled_on_failure(view_key: str | None, *what: object) -> AsyncIterator[None]:
-    """Async `unsettled_on_failure`: waits without blocking the event loop."""
-    try:
-        yield
-    except AtomscaleError as exc:
-        if exc.transient:
-            mark_unsettled(*what)
-        if view_key is not None:
-            material_views.forget(view_key)
-        if pending(exc):
-            await asyncio.sleep(_reconcile.SETTLE_SECONDS)
-        raise
-
-
 def _refreshing() -> bool:
     # As Prefect decides it: the task's option, else the PREFECT_TASKS_REFRESH_CACHE setting.
     context = TaskRunContext.get()
@@ -277,18 +236,45 @@ def _refreshing() -> bool:
     return bool(PREFECT_TASKS_REFRESH_CACHE.value() if option is None else option)
 
 
-def settle_if_retry(position: tuple[str, int, int]) -> float:
-    """On a retry or a refresh, forget the material's view; return how long to settle."""
-    if not (is_retry() or _refreshing()):
-        return 0.0
-    material_views.forget(material_views.key(position[0], position[1]))
-    return settle_delay(*position)
+def fresh_look(account: str, sample_id: int) -> None:
+    """On a retry or a refresh, forget the material's view: the write lists again.
+
+    Why: an earlier attempt may have failed after its write landed, and `refresh_cache`
+    is how a user says the service changed behind the cache (a record deleted in the
+    web app).
+    """
+    if is_retry() or _refreshing():
+        material_views.forget(material_views.key(account, sample_id))
 
 
-def _layer_decision(
-    request: LayerRequest, view: StackView, policy: IfExists
-) -> Adopt | Update | Create:
-    return decide_layer(request, view.at.get(request.layer_id, []), policy)
+def stack_from_rows(rows: list[TargetMaterialRow]) -> tuple[list[Layer], str | None]:
+    """The layers of one material's listed rows, oldest first, and its creator's user id."""
+    layers = sorted(
+        (layer for row in rows for layer in [row.as_layer()] if layer is not None),
+        key=lambda layer: layer.id,
+    )
+    creators = {str(row.user_id) for row in rows if row.user_id is not None}
+    return layers, (creators.pop() if len(creators) == 1 else None)
+
+
+def refuse_foreign_update(owner: Owner, view: StackView, request: LayerRequest) -> None:
+    """Rule O: `if_exists="update"` changes layers only in a material known to be the person's.
+
+    Raises:
+        AtomscaleConflictError: The material's creator is someone else, or either id is
+            unknown (nothing tells that the material is the person's).
+    """
+    if owner.person is not None and view.creator == owner.person:
+        return
+    if owner.person is not None and view.creator is not None:
+        whose = f"belongs to another user ({view.creator})"
+    else:
+        whose = "is not known to be yours (set user_id on the credentials block)"
+    raise AtomscaleConflictError(
+        f"Cannot update {request.describe()}: target material {request.sample_id} {whose}, "
+        "and if_exists='update' changes layers only in your own target materials. Ask "
+        "its owner, or use if_exists='reuse'."
+    )
 
 
 def _looking(request: LayerRequest) -> str:
@@ -332,14 +318,14 @@ def _finish_layer(request: LayerRequest, decision: Adopt | Update | Create, laye
     return request.complete(layer)
 
 
-def _owned_request(
+def _checked_request(
     credentials: AtomscaleCredentials,
     sample_name: Any,
     substrate: Any,
     sample_metadata: Any,
     layers: Any,
 ) -> TargetMaterialRequest:
-    """The checked request, marked with the account's ownership token (see `_payloads`)."""
+    """The checked request, before it is marked (the mark needs the owner)."""
     request = _target_material_request(
         {
             "sample_name": sample_name,
@@ -349,10 +335,15 @@ def _owned_request(
         }
     )
     try:
-        account = credentials.key_fingerprint()
+        credentials.key_fingerprint()
     except AtomscaleConfigurationError as exc:
         raise AtomscaleConfigurationError(f"Cannot send {request.describe()}: {exc}") from None
-    return request.owned_by(account)
+    return request
+
+
+def _identity(request: TargetMaterialRequest) -> str:
+    metadata = json.dumps(request.metadata, sort_keys=True, separators=(",", ":"))
+    return identity_key(request.sample_name, request.substrate, metadata)
 
 
 def _name_refused_layers(
@@ -375,10 +366,15 @@ def _name_refused_layers(
     )
 
 
+def _persons(owner: Owner, found: list[TargetMaterial]) -> TargetMaterial | None:
+    """M3: the lowest-numbered listed material equal to the request and the person's."""
+    mine = [material for material in found if owner.owns_material(material)]
+    return mine[0] if mine else None
+
+
 def _adopted_material(
-    credentials: AtomscaleCredentials, request: TargetMaterialRequest, found: list[TargetMaterial]
+    credentials: AtomscaleCredentials, request: TargetMaterialRequest, material: TargetMaterial
 ) -> TargetMaterial:
-    material = found[0]
     _events.target_material_known(credentials, material)  # its name, for layer events
     get_run_logger().info(
         "Found %s already created (sample_id %s); using it instead of creating another.",
@@ -391,10 +387,6 @@ def _adopted_material(
 def _created_material(
     credentials: AtomscaleCredentials, request: TargetMaterialRequest, material: TargetMaterial
 ) -> TargetMaterial:
-    if not request.layers:  # created empty: its layers need no listing (see `_views`)
-        material_views.created(
-            material_views.key(credentials.account_fingerprint(), material.sample_id)
-        )
     count = len(request.layers)
     with_layers = f" with {count} layer{'' if count == 1 else 's'}" if count else ""
     get_run_logger().info(
@@ -402,6 +394,27 @@ def _created_material(
     )
     _events.target_material_created(credentials, material, len(request.layers))
     return material
+
+
+def _create(
+    section: Section, client: AtomscaleClient, request: TargetMaterialRequest
+) -> TargetMaterial:
+    """M3's write: fenced, settled on an unknown outcome; a refusal names its layers."""
+    try:
+        return section.write(lambda: client.create_target_material(request))
+    except AtomscaleValidationError as exc:
+        refused = _name_refused_layers(request, exc)
+    raise refused  # outside the except block: no request in its __context__
+
+
+async def _acreate(
+    section: Section, client: AsyncAtomscaleClient, request: TargetMaterialRequest
+) -> TargetMaterial:
+    try:
+        return await section.awrite(lambda: client.create_target_material(request))
+    except AtomscaleValidationError as exc:
+        refused = _name_refused_layers(request, exc)
+    raise refused
 
 
 @task(
@@ -474,20 +487,19 @@ def create_target_material(
         print(first == again)  # True: the second run finds the first one's target material
         ```
     """
-    request = _owned_request(credentials, sample_name, substrate, sample_metadata, layers)
-    require_target_material_epoch(credentials)  # a lock server down fails here, unwritten
-    client = request_client(credentials, request)
-    time.sleep(settle_delay(*_material_key(request)))
-    if found := client.find_target_materials(request):
-        return _adopted_material(credentials, request, found)
-    try:
-        with unsettled_on_failure(None, *_material_key(request)):
-            material = client.create_target_material(request)
-    except AtomscaleValidationError as exc:
-        refused = _name_refused_layers(request, exc)
-    else:
-        return _created_material(credentials, request, material)
-    raise refused  # outside the except block: no request in its __context__
+    checked = _checked_request(credentials, sample_name, substrate, sample_metadata, layers)
+    require_target_material_epoch()  # a lock server down fails here, unwritten
+    client = request_client(credentials, checked)
+    with identity_section(_identity(checked), checked.describe()) as section:
+        owner = owner_of(credentials)
+        request = checked.owned_by(owner.key, owner.person)
+        if found := _persons(owner, client.find_target_materials(request)):
+            return _adopted_material(credentials, request, found)
+        material = _create(section, client, request)
+    learn(credentials, material)
+    if not request.layers:  # created empty: its stack needs no listing (see `_views`)
+        created_empty(credentials.account_fingerprint(), material.sample_id, material.user_id)
+    return _created_material(credentials, request, material)
 
 
 @task(
@@ -507,20 +519,20 @@ async def acreate_target_material(
     layers: Sequence[Mapping[str, Any]] | None = None,
 ) -> TargetMaterial:
     """Async twin of `create_target_material`: same arguments, result and errors."""
-    request = _owned_request(credentials, sample_name, substrate, sample_metadata, layers)
-    require_target_material_epoch(credentials)  # a lock server down fails here, unwritten
-    client = async_request_client(credentials, request)
-    await asyncio.sleep(settle_delay(*_material_key(request)))
-    if found := await client.find_target_materials(request):
-        return _adopted_material(credentials, request, found)
-    try:
-        async with aunsettled_on_failure(None, *_material_key(request)):
-            material = await client.create_target_material(request)
-    except AtomscaleValidationError as exc:
-        refused = _name_refused_layers(request, exc)
-    else:
-        return _created_material(credentials, request, material)
-    raise refused  # outside the except block: no request in its __context__
+    checked = _checked_request(credentials, sample_name, substrate, sample_metadata, layers)
+    await domain().arun(require_target_material_epoch)
+    client = async_request_client(credentials, checked)
+    async with aidentity_section(_identity(checked), checked.describe()) as section:
+        owner = await aowner_of(credentials)
+        request = checked.owned_by(owner.key, owner.person)
+        if found := _persons(owner, await client.find_target_materials(request)):
+            return _adopted_material(credentials, request, found)
+        material = await _acreate(section, client, request)
+    await alearn(credentials, material)
+    if not request.layers:
+        account = credentials.account_fingerprint()
+        await acreated_empty(account, material.sample_id, material.user_id)
+    return _created_material(credentials, request, material)
 
 
 @task(**task_options("create_layer", _layer_request, retry_if_transient, _layer_run_name))
@@ -605,25 +617,25 @@ def create_layer(
     )
     policy = check_if_exists(if_exists)
     client = request_client(credentials, request)
-    position = _position(credentials, request)
-    if settle := settle_if_retry(position):
-        time.sleep(settle)
-    with material_views.layer_write(*position, request.describe()) as key:
-        view = material_views.current(key) or material_views.load(
-            key, client.layers_of(request.sample_id, _looking(request))
+    account = credentials.account_fingerprint()
+    fresh_look(account, request.sample_id)
+    with layer_section(account, request.sample_id, request.layer_id, request.describe()) as held:
+        view = held.view() or held.load(
+            *stack_from_rows(client.rows_of(request.sample_id, _looking(request)))
         )
-        decision = _layer_decision(request, view, policy)
+        decision = decide_layer(request, view.at.get(request.layer_id, []), policy)
+        if isinstance(decision, Update):  # whose it is matters only to a change
+            refuse_foreign_update(owner_of(credentials), view, request)
         if isinstance(decision, Adopt):
             return _finish_layer(request, decision, decision.layer)
-        material_views.writing(key)
-        with unsettled_on_failure(key, *position):
-            if isinstance(decision, Update):
-                layer = client.update_layer(request)
-            else:
-                layer = client.create_layer(request)
-        material_views.wrote(key, [layer], replaced=isinstance(decision, Update))
+        if isinstance(decision, Update):
+            layer = held.write(lambda: client.update_layer(request))
+            held.end(updated=[layer])
+        else:
+            layer = held.write(lambda: client.create_layer(request))
+            held.end(created=[layer])
     if isinstance(decision, Update):
-        invalidate_position(*position)
+        invalidate_position(request.sample_id, request.layer_id)
     finished = _finish_layer(request, decision, layer)
     if isinstance(decision, Create):
         _events.layers_created(credentials, request.sample_id, [finished])
@@ -654,25 +666,26 @@ async def acreate_layer(
     )
     policy = check_if_exists(if_exists)
     client = async_request_client(credentials, request)
-    position = _position(credentials, request)
-    if settle := settle_if_retry(position):
-        await asyncio.sleep(settle)
-    async with material_views.alayer_write(*position, request.describe()) as key:
-        view = material_views.current(key) or material_views.load(
-            key, await client.layers_of(request.sample_id, _looking(request))
+    account = credentials.account_fingerprint()
+    fresh_look(account, request.sample_id)
+    where = request.describe()
+    async with alayer_section(account, request.sample_id, request.layer_id, where) as held:
+        view = await held.aview() or held.load(
+            *stack_from_rows(await client.rows_of(request.sample_id, _looking(request)))
         )
-        decision = _layer_decision(request, view, policy)
+        decision = decide_layer(request, view.at.get(request.layer_id, []), policy)
+        if isinstance(decision, Update):  # whose it is matters only to a change
+            refuse_foreign_update(await aowner_of(credentials), view, request)
         if isinstance(decision, Adopt):
             return _finish_layer(request, decision, decision.layer)
-        material_views.writing(key)
-        async with aunsettled_on_failure(key, *position):
-            if isinstance(decision, Update):
-                layer = await client.update_layer(request)
-            else:
-                layer = await client.create_layer(request)
-        material_views.wrote(key, [layer], replaced=isinstance(decision, Update))
+        if isinstance(decision, Update):
+            layer = await held.awrite(lambda: client.update_layer(request))
+            await held.aend(updated=[layer])
+        else:
+            layer = await held.awrite(lambda: client.create_layer(request))
+            await held.aend(created=[layer])
     if isinstance(decision, Update):
-        invalidate_position(*position)
+        await ainvalidate_position(request.sample_id, request.layer_id)
     finished = _finish_layer(request, decision, layer)
     if isinstance(decision, Create):
         _events.layers_created(credentials, request.sample_id, [finished])

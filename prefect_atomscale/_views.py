@@ -1,23 +1,16 @@
 """What this process knows of each target material's stack, so a write lists the account once.
 
-The API's only read lists every layer of the organisation, so looking before every write
+The API's only read lists every layer of the organisation, so listing before every write
 would make a layer's cost grow with the organisation. Instead each process keeps a view
-of the target materials it writes: built from one listing (or known empty when this
+of the target materials it writes: made from one listing (or known empty when this
 process created the material), then kept up to date with the process's own writes.
 
-A view is trusted only while nothing else on this machine can have written its target
-material: every write bumps the shared counter of the material's lock file
-(`_locking.Generations`) before and after it, while holding that file. A process that
-finds the counter changed since its view was made lists the account again. That covers
-other flow runs, local Dask workers and a worker that died after its write landed.
-A write whose reply never came drops the view (the write may land late), and so do a
-retry and `refresh_cache`. A view is also listed again once it is `VIEW_TTL_SECONDS`
-old: colleagues, and writers on other machines that share no lock server
-(`PREFECT_ATOMSCALE_LOCK_URL`), are seen at the next listing, within that time (see
-docs/guides/exactly-once.md, "Against other writers").
-
-Locks, always taken in this order: the target material's (shared by the layer writes
-of one process, exclusive for a whole-stack write), then the layer position's.
+A view is stamped with the version of its material's slot (`_locks`) read *before* the
+listing was sent, and trusted only while the slot's version is still that number and the
+view is younger than `VIEW_TTL_SECONDS`. Every write bumps the version before and after
+it (see `_protocol`), so a view made before another writer's write, or while it was in
+flight, is never trusted after it. Only this process's own writes move its views forward.
+The rules are in docs/design/write-protocol.md (step L3).
 """
 
 from __future__ import annotations
@@ -25,12 +18,10 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from prefect_atomscale._locking import Generations, KeyLocks, file_of
 from prefect_atomscale._models import Layer
 
 __all__ = ["VIEW_TTL_SECONDS", "StackView", "material_views"]
@@ -49,14 +40,16 @@ class StackView:
 
     Attributes:
         at: Layers by position, oldest first.
-        generation: The material file's counter when the view was last known complete.
-        created_here: This process created the material empty and nothing wrote it since.
+        slot: The material's lock slot, whose version stamps the view.
+        version: The slot's version the view is complete at.
+        creator: The user id of the material's creator, if known (rule O).
         made_at: When the view was made (`time.monotonic()`).
     """
 
     at: dict[int, list[Layer]] = field(default_factory=dict)
-    generation: int = -1
-    created_here: bool = False
+    slot: int = -1
+    version: int = -1
+    creator: str | None = None
     made_at: float = field(default_factory=time.monotonic)
 
     def size(self) -> int:
@@ -66,11 +59,14 @@ class StackView:
     def add(self, layer: Layer, *, replaced: bool) -> int:
         """Put a written layer in; return how many layers the view gained (0 or 1)."""
         found = self.at.setdefault(layer.layer_id, [])
+        for index, old in enumerate(found):
+            if old.id == layer.id:  # already listed, or updated in place
+                found[index] = layer
+                return 0
         if replaced:
-            for index, old in enumerate(found):
-                if old.id == layer.id:
-                    found[index] = layer
-                    return 0
+            found.clear()
+            found.append(layer)
+            return 0
         found.append(layer)
         return 1
 
@@ -91,7 +87,7 @@ def _by_position(layers: Iterable[Layer]) -> dict[int, list[Layer]]:
 
 
 class _MaterialViews:
-    """The views of this process, with the locks and counters that keep them true."""
+    """The views of this process, by account and target material."""
 
     def __reduce__(self) -> tuple[Any, tuple[()]]:
         # A task pickled by value (cloudpickle, for Dask) refers to this process-wide
@@ -99,66 +95,20 @@ class _MaterialViews:
         return (_views, ())
 
     def __init__(self) -> None:
-        self.materials = KeyLocks("materials")
-        # In-process only: a writer holds its material's lock, which already keeps every
-        # other process of this machine out of the whole material.
-        self.positions = KeyLocks("positions", across_processes=False)
-        self._generations = Generations("materials")
         self._views: OrderedDict[str, StackView] = OrderedDict()
         self._held = 0  # layers in all views, kept as they change (see _trim)
         self._mutex = threading.Lock()
 
     @staticmethod
     def key(account: str, sample_id: int) -> str:
-        """The lock key of a target material."""
+        """The key of a view: the account (base URL and key) and the target material."""
         return f"{account}/{sample_id}"
 
-    # --- locks -------------------------------------------------------------------------
-
-    @contextmanager
-    def layer_write(self, account: str, sample_id: int, layer_id: int, what: str) -> Iterator[str]:
-        """Hold a target material (shared) and one of its positions (exclusive)."""
-        key = self.key(account, sample_id)
-        with (
-            self.materials.hold(key, shared=True, what=f"target material {sample_id}"),
-            self.positions.hold(f"{key}/{layer_id}", what=what),
-        ):
-            yield key
-
-    @asynccontextmanager
-    async def alayer_write(
-        self, account: str, sample_id: int, layer_id: int, what: str
-    ) -> AsyncIterator[str]:
-        """Async `layer_write`."""
-        key = self.key(account, sample_id)
-        async with (
-            self.materials.ahold(key, shared=True, what=f"target material {sample_id}"),
-            self.positions.ahold(f"{key}/{layer_id}", what=what),
-        ):
-            yield key
-
-    @contextmanager
-    def stack_write(self, account: str, sample_id: int) -> Iterator[str]:
-        """Hold a target material exclusively, for a whole-stack write."""
-        key = self.key(account, sample_id)
-        with self.materials.hold(key, what=f"the stack of target material {sample_id}"):
-            yield key
-
-    @asynccontextmanager
-    async def astack_write(self, account: str, sample_id: int) -> AsyncIterator[str]:
-        """Async `stack_write`."""
-        key = self.key(account, sample_id)
-        async with self.materials.ahold(key, what=f"the stack of target material {sample_id}"):
-            yield key
-
-    # --- views, used while holding the material's lock ------------------------------------
-
-    def current(self, key: str) -> StackView | None:
-        """The view of a held material, or None if it must be listed (missing or stale)."""
-        generation = self._generations.read(file_of(key))
+    def current(self, key: str, version: int) -> StackView | None:
+        """The view if it is complete at `version` and young enough, else None (list)."""
         with self._mutex:
             view = self._views.get(key)
-            if view is None or view.generation != generation:
+            if view is None or view.version != version:
                 return None
             if time.monotonic() - view.made_at > VIEW_TTL_SECONDS:
                 self._drop(key)
@@ -166,17 +116,18 @@ class _MaterialViews:
             self._views.move_to_end(key)
             return view
 
-    def load(self, key: str, layers: Iterable[Layer]) -> StackView:
-        """Make the view of a held material from a listing of its layers."""
-        return self._store(key, StackView(at=_by_position(layers)))
+    def load(
+        self, key: str, slot: int, version: int, layers: Iterable[Layer], creator: str | None
+    ) -> StackView:
+        """Make a view from a listing sent after `version` was read under the lock."""
+        view = StackView(at=_by_position(layers), slot=slot, version=version, creator=creator)
+        return self._store(key, view)
 
-    def created(self, key: str) -> None:
-        """Remember that this process just created the material, with no layers."""
-        with self.materials.hold(key, what="a new target material"):
-            self._store(key, StackView(created_here=True))
+    def created(self, key: str, slot: int, version: int, creator: str | None) -> None:
+        """Remember a material this process just created with no layers."""
+        self._store(key, StackView(slot=slot, version=version, creator=creator))
 
     def _store(self, key: str, view: StackView) -> StackView:
-        view.generation = self._generations.read(file_of(key))
         with self._mutex:
             self._drop(key)
             self._views[key] = view
@@ -196,20 +147,38 @@ class _MaterialViews:
         while self._held > _LAYER_LIMIT and len(self._views) > 1:
             self._drop(next(iter(self._views)))
 
-    def writing(self, key: str) -> None:
-        """Announce a write to a held material: other processes' views of it go stale."""
-        self._bump(key)
-
-    def wrote(self, key: str, layers: Iterable[Layer], *, replaced: bool = False) -> None:
-        """Record layers this process wrote to a held material (updated in place if `replaced`)."""
-        self._bump(key)
+    def advance(self, slot: int, before: int, after: int) -> None:
+        """This process moved `slot` from `before` to `after`: its views there stay true."""
         with self._mutex:
+            self._advance(slot, before, after)
+
+    def _advance(self, slot: int, before: int, after: int) -> None:
+        # With the mutex held.
+        for view in self._views.values():
+            if view.slot == slot and view.version == before:
+                view.version = after
+
+    def wrote(
+        self,
+        key: str,
+        moved: tuple[int, int, int],
+        created: Iterable[Layer],
+        updated: Iterable[Layer] = (),
+    ) -> None:
+        """This process wrote layers and moved its slot `(slot, before, after)`.
+
+        One step under the mutex, so no other task of this process sees the new version
+        on a view that lacks the layers.
+        """
+        with self._mutex:
+            self._advance(*moved)
             view = self._views.get(key)
             if view is None:
                 return
-            view.created_here = False
-            for layer in layers:
-                self._held += view.add(layer, replaced=replaced)
+            for layer in created:
+                self._held += view.add(layer, replaced=False)
+            for layer in updated:
+                self._held += view.add(layer, replaced=True)
             self._views.move_to_end(key)
             self._trim()
 
@@ -218,22 +187,9 @@ class _MaterialViews:
         with self._mutex:
             self._drop(key)
 
-    def _bump(self, key: str) -> None:
-        # Only this process holds the file now; a view that was complete stays so.
-        index = file_of(key)
-        with self._mutex:
-            # Nobody else bumps this file now (this process holds it, and the mutex keeps
-            # this process's threads out), so the value before is one less: one round
-            # trip fewer when the counters live on a lock server.
-            after = self._generations.bump(index)
-            before = after - 1
-            for view_key, view in self._views.items():
-                if view.generation == before and file_of(view_key) == index:
-                    view.generation = after
-
 
 material_views = _MaterialViews()
-"""This process's views, with the locks that order its writes."""
+"""This process's views."""
 
 
 def _views() -> _MaterialViews:

@@ -20,6 +20,8 @@ from pathlib import Path
 PREFECT_HOME = Path(tempfile.mkdtemp(prefix="prefect-atomscale-tests-"))
 atexit.register(shutil.rmtree, PREFECT_HOME, ignore_errors=True)
 os.environ["PREFECT_HOME"] = str(PREFECT_HOME)
+# The machine-wide lock directory, per test session (processes the tests start inherit it).
+os.environ["PREFECT_ATOMSCALE_LOCK_DIR"] = str(PREFECT_HOME / "atomscale-locks")
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 for _name in ("AS_API_KEY", "ATOMSCALE_API_KEY", "AS_API_ENDPOINT"):
     os.environ.pop(_name, None)
@@ -53,11 +55,11 @@ def prefect_server() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def sandbox() -> Iterator[SandboxHandle]:
-    """One sandbox for the session: lab A (two keys, one read-only extra) and lab B."""
+    """One sandbox for the session: lab A (a key, a colleague's key, a read-only key), lab B."""
     config = SandboxConfig(
         api_keys={
             KEY_A: "lab-a",
-            KEY_A2: "lab-a",
+            KEY_A2: ApiKeyGrant("lab-a", user="a-colleague"),
             KEY_B: "lab-b",
             KEY_READ_ONLY: ApiKeyGrant("lab-a", read_only=True),
         }
@@ -181,6 +183,22 @@ def newcomer_run(
     marker = request.node.get_closest_marker(NEWCOMER_MARK)
     assert marker is not None, f"mark the test with @pytest.mark.{NEWCOMER_MARK}(path)"
     return newcomer_runs.result(str(marker.args[0]))
+
+
+@pytest.fixture(autouse=True)
+def _lock_directory_of_its_own_with_redis(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A test on a lock server runs as a machine of its own: a lock directory of its own.
+
+    A machine's processes must share one lock configuration (the configuration guard of
+    `_locks` refuses a writer whose settings differ from a live process that wrote in
+    the last lease): this test process wrote with local locks moments ago.
+    """
+    if "redis_server" in request.fixturenames:
+        monkeypatch.setenv("PREFECT_ATOMSCALE_LOCK_DIR", str(tmp_path_factory.mktemp("locks")))
 
 
 @pytest.fixture(scope="session")

@@ -31,13 +31,13 @@ LAYERS: dict[str, int] = {
     # 2 client: HTTP, no Prefect beyond the block it is built from
     "_client": 2,
     "_pool": 2,
-    # 3 task support: retries, caching, locks, views
+    # 3 task support: retries, caching, the lock layer, views, ownership, the write protocol
     "_retries": 3,
     "_caching": 3,
-    "_locking": 3,
+    "_locks": 3,
     "_views": 3,
-    "_shared_locks": 3,
-    "_redis_cache_lock": 3,
+    "_ownership": 3,
+    "_protocol": 3,
     "_events": 3,
     # 4 tasks and artifacts
     "_tasks": 4,

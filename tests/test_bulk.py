@@ -47,16 +47,19 @@ def new_stack(
     return stack()
 
 
-def test_a_new_target_material_gets_its_stack_in_one_request(
+def test_a_new_target_material_gets_its_stack_without_a_listing_or_a_replace(
     credentials: AtomscaleCredentials, sandbox: SandboxHandle, unique: str
 ) -> None:
+    """Created here, so known empty: no listing; and never the destructive replace-stack."""
+    sandbox.reset_stats()
     layers = new_stack(credentials, unique, PERIOD * 20)
     assert [layer.layer_id for layer in layers] == list(range(1, 41))
     assert [layer.composition_string for layer in layers] == ["BaTiO3", "SrTiO3"] * 20
     assert all(layer.orientation == "001" for layer in layers)
     assert layers[0].element_dict == {"Ba": 1, "Ti": 1, "O": 3}
-    assert requests_to(sandbox, "POST", REPLACE) == 1
-    assert requests_to(sandbox, "POST", LAYERS) == 0
+    assert requests_to(sandbox, "POST", REPLACE) == 0
+    assert requests_to(sandbox, "POST", LAYERS) == 40
+    assert requests_to(sandbox, "GET", "/target-materials/") == 1  # create_target_material's
     assert positions(sandbox, layers[0].sample_id) == Counter(range(1, 41))
 
     sandbox.reset_stats()
@@ -82,10 +85,10 @@ def test_an_existing_stack_is_read_once_and_completed(
 
 
 @pytest.mark.parametrize("fault", ["drop_after_commit", "500_after_commit", "503", "reset"])
-def test_a_failed_replace_is_retried_without_doubling(
+def test_a_failed_layer_write_of_a_new_stack_is_retried_without_doubling(
     credentials: AtomscaleCredentials, sandbox: SandboxHandle, unique: str, fault: str
 ) -> None:
-    sandbox.faults.set(paths=[REPLACE.replace("{sample_id}", "*")])
+    sandbox.faults.set(paths=[LAYERS])
     sandbox.faults.queue([fault])
     layers = new_stack(credentials, unique, PERIOD * 3, retry_delay_seconds=0)
     assert sandbox.stats.faults == {fault: 1}
@@ -168,7 +171,7 @@ def test_conflicts_follow_if_exists(
 
 
 @pytest.mark.anyio
-async def test_async_twin_replaces_then_completes(
+async def test_async_twin_writes_a_new_stack_then_completes_it(
     credentials: AtomscaleCredentials, sandbox: SandboxHandle, unique: str
 ) -> None:
     @flow
@@ -181,7 +184,7 @@ async def test_async_twin_replaces_then_completes(
     fresh, more = await stacks()
     assert [layer.layer_id for layer in more] == list(range(1, 31))
     assert [layer.id for layer in more[:20]] == [layer.id for layer in fresh]
-    assert requests_to(sandbox, "POST", REPLACE) == 1
-    assert requests_to(sandbox, "POST", LAYERS) == 10
+    assert requests_to(sandbox, "POST", REPLACE) == 0
+    assert requests_to(sandbox, "POST", LAYERS) == 30
     assert requests_to(sandbox, "POST", TARGET_MATERIALS) == 1
     assert positions(sandbox, fresh[0].sample_id) == Counter(range(1, 31))

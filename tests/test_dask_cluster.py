@@ -131,6 +131,7 @@ def dask_cluster(prefect_server: None, redis_server: RedisServer) -> Iterator[Cl
             env = dict(
                 base,
                 PREFECT_HOME=str(home),
+                PREFECT_ATOMSCALE_LOCK_DIR=str(home / "atomscale-locks"),
                 PREFECT_API_URL=str(PREFECT_API_URL.value()),
                 PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL="WARNING",
                 PYTHONPATH=str(ROOT),
@@ -193,9 +194,9 @@ def _assert_each_position_once(sandbox: SandboxHandle, sample_id: int) -> None:
 
 
 def _layer_writes(redis_server: RedisServer) -> int:
-    """All generation counters of the target-material locks: two per layer written."""
+    """All version counters of the target materials' slots: two per layer written."""
     client = redis_server.client()
-    keys = list(client.scan_iter("prefect-atomscale:materials:generation:*"))
+    keys = list(client.scan_iter("prefect-atomscale:versions:*"))
     return sum(int(value or 0) for value in client.mget(keys)) if keys else 0
 
 

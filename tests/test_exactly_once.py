@@ -35,7 +35,7 @@ from prefect_atomscale import (
     create_layers,
     create_target_material,
 )
-from prefect_atomscale import _locking as locking
+from prefect_atomscale._locks import _keys as lock_keys
 
 ROOT = Path(__file__).resolve().parent.parent
 ALL_FAULTS = [
@@ -212,7 +212,7 @@ def test_a_write_committed_after_the_client_gave_up_is_adopted_not_doubled(
     """The service commits a queued write 1.5 s after the client saw its connection drop.
 
     The retry looks before writing, but the write has not landed yet when it first
-    could look: it lets the write settle (`reconcile.SETTLE_SECONDS`) and adopts it.
+    could look: it lets the write settle (`_protocol.SETTLE_SECONDS`) and adopts it.
     """
     credentials = AtomscaleCredentials(api_key=KEY_A, base_url=sandbox.url, timeout=5.0)
 
@@ -289,10 +289,10 @@ def test_a_stack_inside_one_transaction_never_waits_for_itself(
 ) -> None:
     """Inside `with transaction():` a task's cache lock is held until the outer commit.
 
-    Keys that share a lock file must not wait for their own process. One lock file for
-    every key makes that certain (with 1,024, a 42-layer stack hit it about half the time).
+    Keys that share a lock slot must not wait for their own process. One slot for every
+    key makes that certain (with 1,024, a 42-layer stack hit it about half the time).
     """
-    monkeypatch.setattr(locking, "LOCK_FILES", 1)
+    monkeypatch.setattr(lock_keys, "SLOTS", 1)
     credentials = AtomscaleCredentials(api_key=KEY_A, base_url=sandbox.url, timeout=5.0)
 
     @task
@@ -446,13 +446,13 @@ def test_a_layer_written_by_a_worker_that_died_is_seen_by_the_creator(
     assert adopted.id == sandbox.layer_rows(sample_id=sample_id)[0]["id"]
 
 
-def test_a_whole_stack_committed_after_the_client_gave_up_is_adopted_not_rewritten(
+def test_a_stack_write_committed_after_the_client_gave_up_is_adopted_not_rewritten(
     sandbox: SandboxHandle, unique: str
 ) -> None:
-    """The replace-stack request of `create_layers` lands 1.5 s after the client gave up.
+    """One layer write of `create_layers` lands 1.5 s after the client gave up.
 
-    The retry lets it settle, then finds the stack: the layers it returns are the ones
-    stored (a retry that wrote again would return records the late replace then deleted).
+    The write settles under the lock, the retry lists and finds it: the layers it
+    returns are the ones stored, each position once.
     """
     credentials = AtomscaleCredentials(api_key=KEY_A, base_url=sandbox.url, timeout=5.0)
 

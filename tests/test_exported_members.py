@@ -27,6 +27,7 @@ DOCUMENTED = {
         "AtomscaleConnectionError",
         "AtomscaleCredentials",
         "AtomscaleError",
+        "AtomscaleLockLostError",
         "AtomscaleNotFoundError",
         "AtomscaleProtocolError",
         "AtomscaleRateLimitError",

@@ -2,12 +2,13 @@
 
 Two kinds of test:
 
-- each lock on its own (`FlockLockManager`, `CacheLockManager` on this machine's
-  flocks and on Redis, `KeyLocks` on both): a holder process takes a key, this process
-  cannot take it, the holder is SIGKILLed, and the key is free again: at once with
-  flocks (the kernel drops them with the process), within the lease with Redis;
+- each lock on its own (`CacheLockManager` and `KeyLocks`, on this machine's lock files
+  and on Redis): a holder process takes a key, this process cannot take it, the holder
+  is SIGKILLed, and the key is free again: at once with lock files (the OS drops them
+  with the process), within the lease with Redis;
 - two runs of one stack forced to overlap (on the session's Prefect server), with
-  this machine's flocks (one PREFECT_HOME) and with Redis (a PREFECT_HOME each): run
+  this machine's lock files and with Redis (a PREFECT_HOME and a lock directory each,
+  as two machines have): run
   A's write is held back by the sandbox (`slow_before_commit`), and run B starts while
   A is provably inside it (A's write has not landed when B's flow begins). Without the
   lock, B would look, find nothing and write a second record. Two runs merely started
@@ -46,26 +47,36 @@ from helpers import (
 
 from atomscale_sandbox import SandboxHandle
 from prefect_atomscale import AtomscaleConflictError
-from prefect_atomscale._locking import CacheLockManager, FlockLockManager, KeyLocks, file_of
-from prefect_atomscale._shared_locks import LEASE_ENV, LOCK_URL_ENV
+from prefect_atomscale._locks import (
+    LEASE_ENV,
+    LOCK_DIR_ENV,
+    LOCK_URL_ENV,
+    KeyLocks,
+    domain,
+    slot_of,
+)
+from prefect_atomscale._locks._prefect import CacheLockManager
 
 FAMILY = "lock-manager-tests"
 LEASE = 2.0
 
 _HOLDER = """
 import sys, time
-from prefect_atomscale import _locking
+from prefect_atomscale._locks import KeyLocks, domain
+from prefect_atomscale._locks._prefect import CacheLockManager
 
 kind, family, key = sys.argv[1:4]
-if kind == "FlockLockManager":
-    _locking.FlockLockManager(family).acquire_lock(key, "holder")
-elif kind == "CacheLockManager":
-    _locking.CacheLockManager().acquire_lock(key, "holder")
+if kind == "CacheLockManager":
+    CacheLockManager().acquire_lock(key, "holder")
 else:
-    _locking.KeyLocks(family).acquire(key)
+    KeyLocks(family, lambda: domain().slot_stores(family)).acquire(key)
 print("held", flush=True)
 time.sleep(600)
 """
+
+
+def _family(name: str) -> KeyLocks:
+    return KeyLocks(name, lambda: domain().slot_stores(name))
 
 
 class _Waiter:
@@ -76,35 +87,37 @@ class _Waiter:
         self.take: Callable[[float], object]
         self.give_back: Callable[[], None]
         if kind == "KeyLocks":
-            locks = KeyLocks(FAMILY)
+            locks = _family(FAMILY)
             self.take = lambda timeout: locks.acquire(key, timeout=timeout)
             self.give_back = lambda: locks.release(key)
             return
-        manager = FlockLockManager(FAMILY) if kind == "FlockLockManager" else CacheLockManager()
+        manager = CacheLockManager()
         self.take = lambda timeout: manager.acquire_lock(key, "waiter", acquire_timeout=timeout)
         self.give_back = lambda: manager.release_lock(key, "waiter")
 
 
 def _redis_name(kind: str, key: str) -> str:
-    """The Redis key that holds the lock (prefect-redis's for the cache; ours for slots)."""
-    if kind == "CacheLockManager":
-        return f"lock:{key}"
-    return f"prefect-atomscale:{FAMILY}:{file_of(key):04d}"
+    """The Redis key that holds the lock: the slot of the key in its family."""
+    family = "cache" if kind == "CacheLockManager" else FAMILY
+    return f"prefect-atomscale:{family}:{slot_of(key):04d}"
 
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize(
     ("kind", "backend"),
     [
-        ("FlockLockManager", "flock"),
-        ("CacheLockManager", "flock"),
-        ("KeyLocks", "flock"),
+        ("CacheLockManager", "files"),
+        ("KeyLocks", "files"),
         ("CacheLockManager", "redis"),
         ("KeyLocks", "redis"),
     ],
 )
 def test_a_second_process_waits_while_the_holder_lives_and_gets_the_lock_once_it_is_killed(
-    kind: str, backend: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+    kind: str,
+    backend: str,
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> None:
     key = f"lock-test-{uuid.uuid4().hex}"
     holder_env = {**os.environ, "PREFECT_HOME": str(PREFECT_HOME)}
@@ -112,8 +125,12 @@ def test_a_second_process_waits_while_the_holder_lives_and_gets_the_lock_once_it
     redis: RedisServer | None = None
     if backend == "redis":
         redis = request.getfixturevalue("redis_server")
+        # A machine of its own: this process used local locks moments ago.
+        directory = str(tmp_path / "locks")
         holder_env.update({LOCK_URL_ENV: redis.url, LEASE_ENV: f"{LEASE:g}"})
+        holder_env[LOCK_DIR_ENV] = directory
         monkeypatch.setenv(LOCK_URL_ENV, redis.url)
+        monkeypatch.setenv(LOCK_DIR_ENV, directory)
     else:
         monkeypatch.delenv(LOCK_URL_ENV, raising=False)
     holder = subprocess.Popen(
@@ -138,7 +155,7 @@ def test_a_second_process_waits_while_the_holder_lives_and_gets_the_lock_once_it
         holder.communicate(timeout=10)
 
     if redis is None:
-        waiter.take(0)  # the kernel dropped the flock with the process: free at once
+        waiter.take(0)  # the OS dropped the file lock with the process: free at once
     else:
         # Redis keeps a dead holder's lock until its lease ends, and not beyond.
         assert redis.client().exists(_redis_name(kind, key))
@@ -155,7 +172,8 @@ def test_a_cache_lock_held_past_its_lease_is_given_back_without_an_error(
     """A cache transaction that outlives the lease (a long `with transaction():`) still ends.
 
     Once the lease has run out the lock is free, and another run may hold it now: there
-    is nothing left to release, as `LeasedSlots.give_back` already treats it. Prefect
+    is nothing left to release: the cache lock only makes runs of one request take
+    turns, and every write was fenced by its own section. Prefect
     releases the lock as the transaction commits, after writing its records: an error
     here shows as "An error was encountered while committing transaction" with a
     traceback, in a run whose writes all landed.
@@ -182,16 +200,17 @@ def test_overlapping_holders_keep_a_busy_slot_leased_past_its_lease(
 ) -> None:
     """Writers of one target material that keep overlapping keep its slot: no gap, no expiry.
 
-    The first reader takes the slot; later ones join it. Were the lease only renewed by
-    a first reader, a busy material held longer than the lease would lose its slot while
+    The first reader takes the slot; later ones join it, and each one that leaves checks
+    and extends the lease (as every write's fencing does). Were the lease only set by a
+    first reader, a busy material held longer than the lease would lose its slot while
     this process still wrote, and another machine could take it.
     """
     monkeypatch.setenv(LOCK_URL_ENV, redis_server.url)
     monkeypatch.setenv(LEASE_ENV, "2")
     family = f"keep-alive-{uuid.uuid4().hex[:8]}"
-    locks = KeyLocks(family)
-    key = "account/1"
-    name = f"prefect-atomscale:{family}:{file_of(key):04d}"
+    locks = _family(family)
+    key = "material/1"
+    name = f"prefect-atomscale:{family}:{slot_of(key):04d}"
     locks.acquire(key, shared=True, holder="first")
     started = time.monotonic()
     while time.monotonic() - started < 4.0:  # twice the lease, always one reader or more
@@ -211,11 +230,13 @@ HELD_SECONDS = 5.0
 def _run_env(
     sandbox: SandboxHandle, home: Path, storage: Path, lock_url: str | None
 ) -> dict[str, str]:
-    """A run's environment: the session's Prefect server, `home`, one result folder."""
+    """A run's environment: the session's Prefect server, `home` (and its own lock
+    directory, as on a machine of its own), one result folder."""
     env = {
         **os.environ,
         "PREFECT_API_URL": str(prefect.settings.PREFECT_API_URL.value()),
         "PREFECT_HOME": str(home),
+        LOCK_DIR_ENV: str(home / "atomscale-locks"),
         "PREFECT_LOCAL_STORAGE_PATH": str(storage),
         "AS_API_KEY": KEY_A,
         "AS_API_ENDPOINT": sandbox.url,
@@ -236,7 +257,7 @@ def _wait_until(done: Callable[[], bool], runs: list[Started], what: str) -> Non
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("backend", ["flock", "redis"])
+@pytest.mark.parametrize("backend", ["files", "redis"])
 @pytest.mark.parametrize(
     "held",
     [
@@ -258,9 +279,10 @@ def test_a_run_started_while_another_is_inside_its_write_waits_and_writes_nothin
     waits, then finds A's cache record. A layer's write is ordered by the target
     material's lock (`KeyLocks`): B waits, then lists and adopts A's layer.
 
-    With flocks both runs share the session's PREFECT_HOME, as the processes of one
-    machine do. With Redis each run has a PREFECT_HOME of its own, so no flock can
-    order them: only the lock server can. Both keep their results in one folder.
+    With lock files both runs share the session's PREFECT_HOME and lock directory, as
+    the processes of one machine do. With Redis each run has a PREFECT_HOME and a lock
+    directory of its own, so no lock file can order them: only the lock server can.
+    Both keep their results in one folder.
     """
     storage = tmp_path / "storage"
     if backend == "redis":
@@ -313,3 +335,55 @@ def test_a_run_started_while_another_is_inside_its_write_waits_and_writes_nothin
     assert [line["id"] for line in b] == [line["id"] for line in a]
     if held == TARGET_MATERIALS:
         assert b[0]["state"] == "Cached"  # B waited for A's cache record, then used it
+
+
+@pytest.mark.timeout(30)
+def test_a_lease_lost_before_a_write_fails_the_write_as_transient_and_writes_nothing(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fencing (protocol step L5): the holder was paused past its lease and another run
+    took the slot; right before the write the holder finds out, and sends nothing."""
+    from prefect_atomscale import AtomscaleLockLostError
+    from prefect_atomscale._protocol import material_key, stack_section
+
+    monkeypatch.setenv(LOCK_URL_ENV, redis_server.url)
+    monkeypatch.setenv(LEASE_ENV, "1")
+    sample_id = 900_000 + uuid.uuid4().int % 100_000
+    name = f"prefect-atomscale:material:{slot_of(material_key(sample_id)):04d}"
+    sent: list[str] = []
+    with (
+        pytest.raises(AtomscaleLockLostError) as caught,
+        stack_section(None, sample_id) as held,
+    ):
+        deadline = time.monotonic() + 10
+        while redis_server.client().exists(name):  # the pause: the lease runs out
+            assert time.monotonic() < deadline, "the lease never ran out"
+            time.sleep(0.05)
+        redis_server.client().set(name, "another-run")  # and another run takes it
+        held.write(lambda: sent.append("POST"))
+    assert caught.value.transient  # retried: the retry lists again before it writes
+    assert sent == []
+    assert redis_server.client().get(name) == b"another-run"  # the other run's, untouched
+    redis_server.client().delete(name)
+
+
+@pytest.mark.timeout(30)
+def test_a_lease_lost_while_a_write_was_in_flight_fails_the_task_when_given_back(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Step L7: the write was fenced, but the lease ran out before the lock was given back:
+    the section fails as transient instead of ending as success on a stale belief."""
+    from prefect_atomscale import AtomscaleLockLostError
+    from prefect_atomscale._protocol import material_key, stack_section
+
+    monkeypatch.setenv(LOCK_URL_ENV, redis_server.url)
+    monkeypatch.setenv(LEASE_ENV, "1")
+    sample_id = 900_000 + uuid.uuid4().int % 100_000
+    name = f"prefect-atomscale:material:{slot_of(material_key(sample_id)):04d}"
+    with pytest.raises(AtomscaleLockLostError), stack_section(None, sample_id) as held:
+        held.write(lambda: None)
+        deadline = time.monotonic() + 10
+        while redis_server.client().exists(name):
+            assert time.monotonic() < deadline, "the lease never ran out"
+            time.sleep(0.05)
+        held.end()

@@ -68,6 +68,7 @@ class Machine:
         env = clean_environment()
         env.update(
             PREFECT_HOME=str(self.home),
+            PREFECT_ATOMSCALE_LOCK_DIR=str(self.home / "atomscale-locks"),
             PREFECT_API_URL=self.server.api_url,
             PREFECT_SERVER_ANALYTICS_ENABLED="false",
             PREFECT_LOCAL_STORAGE_PATH=str(self.storage),

@@ -529,22 +529,22 @@ def test_a_whole_new_stack_is_written_without_a_look_first(
 
     def refuse_the_write() -> None:
         sandbox.reset_stats()  # the material's own look-up is not the stack's
-        sandbox.faults.set(paths=[REPLACE.replace("{sample_id}", "*")])
-        sandbox.faults.queue(["503"])
+        sandbox.faults.set(paths=[LAYERS])
+        sandbox.faults.queue(["503", "503"])
 
-    # The write is the first request: it fails, and nothing was read before it.
+    # The writes are the first requests: they fail, and nothing was read before them.
     _, error = write_stack(writer, credentials, f"{unique}-refused", layers, refuse_the_write)
     assert isinstance(error, AtomscaleServerError), error
-    assert sandbox.stats.faults == {"503": 1}
-    assert requests_to(sandbox, "POST", REPLACE) == 1
+    assert sandbox.stats.faults == {"503": 2}
     assert requests_to(sandbox, "GET", TARGET_MATERIALS) == 0
 
     sandbox.faults.clear()
     _, stack = write_stack(writer, credentials, f"{unique}-written", layers, sandbox.reset_stats)
     assert [layer.layer_id for layer in stack] == [1, 2]
-    assert requests_to(sandbox, "POST", REPLACE) == 1
-    # Only the documented read-back of the records, after the write.
-    assert requests_to(sandbox, "GET", TARGET_MATERIALS) == 1
+    assert requests_to(sandbox, "POST", LAYERS) == 2
+    # The destructive replace-stack request is never sent, and nothing is read back.
+    assert requests_to(sandbox, "POST", REPLACE) == 0
+    assert requests_to(sandbox, "GET", TARGET_MATERIALS) == 0
 
 
 # --- Numbers: retries, timeouts, pool, concurrency --------------------------------------

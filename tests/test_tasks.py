@@ -89,9 +89,10 @@ def test_create_target_material_then_a_layer(
 ) -> None:
     material = make_material(credentials, unique)
     assert material.sample_name == unique and material.substrate == "SrTiO3"
-    # The user's metadata, and the ownership token the task adds under its own key.
+    # The user's metadata, and the ownership mark the task adds under its own key: a
+    # token of the key and name, and the creator's user id once the service told it.
     metadata = dict(material.sample_metadata or {})
-    assert set(metadata.pop("prefect_atomscale")) == {"owner"}
+    assert set(metadata.pop("prefect_atomscale")) <= {"owner", "user_id"}
     assert metadata == {"growth": "PLD"}
 
     state = run_layer(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Literal
+from typing import Any, Literal, Protocol
 
 from pydantic import (
     BaseModel,
@@ -12,7 +12,7 @@ from pydantic import (
 )
 
 from prefect_atomscale._models import Layer, TargetMaterial, TargetMaterialRow
-from prefect_atomscale._payloads import LayerRequest, token_of
+from prefect_atomscale._payloads import LayerRequest
 from prefect_atomscale._reconcile import Adopt, Create, decide_layer
 from prefect_atomscale._stacks._spec import StackLayer, StackSpec
 
@@ -41,14 +41,18 @@ class ExistingStack(BaseModel):
     problems: list[str] = Field(default_factory=list)
 
 
+class _Owner(Protocol):
+    def owns(self, sample_name: Any, metadata: Any, user_id: Any) -> bool: ...
+
+
 def compare_with_existing(
-    spec: StackSpec, rows: Iterable[TargetMaterialRow], owner: str | None = None
+    spec: StackSpec, rows: Iterable[TargetMaterialRow], owner: _Owner | None = None
 ) -> ExistingStack:
     """Tell whether a stack was already created, from the rows of `GET /target-materials/`.
 
     A target material counts as the file's when its name is the file's name and, when
-    `owner` is given, its metadata carries that ownership token (`_payloads.OWNER_KEY`):
-    a colleague's material of the same name is then not the file's at all. It is
+    `owner` is given, it is the owner's (`_ownership.Owner.owns`, rule O of the write
+    protocol): a colleague's material of the same name is then not the file's at all. It is
     complete when it sits on the file's substrate and every position holds a layer
     that matches the file (formula, orientation, and any field the file sets);
     partial when some positions are still empty and nothing differs. Several of the
@@ -58,8 +62,8 @@ def compare_with_existing(
     Args:
         spec: The stack file.
         rows: The account's rows, one per layer.
-        owner: The ownership token the file's target material must carry, from
-            `_payloads.owner_token(account, spec.name)`; None to match by name alone.
+        owner: Whose the file's target material must be (an `_ownership.Owner`); None
+            to match by name alone.
 
     Returns:
         What exists.
@@ -68,7 +72,7 @@ def compare_with_existing(
     for row in rows:
         if row.sample_id is None or (row.sample_name or "").strip() != spec.name:
             continue
-        if owner is None or token_of(row.sample_metadata) == owner:
+        if owner is None or owner.owns(row.sample_name, row.sample_metadata, row.user_id):
             candidates.setdefault(row.sample_id, []).append(row)
     if not candidates:
         return ExistingStack(status="absent")

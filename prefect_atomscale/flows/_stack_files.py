@@ -39,7 +39,7 @@ from prefect_atomscale._bulk import LAYER_OUTCOMES, create_layers, layer_outcome
 from prefect_atomscale._credentials import AtomscaleCredentials
 from prefect_atomscale._exceptions import AtomscaleError
 from prefect_atomscale._models import Layer, TargetMaterial
-from prefect_atomscale._payloads import owner_token
+from prefect_atomscale._ownership import owner_of
 from prefect_atomscale._pool import client_for
 from prefect_atomscale._retries import (
     DEFAULT_RETRIES,
@@ -194,8 +194,8 @@ def find_existing_stacks(
 ) -> list[ExistingStack]:
     """Compare stacks with what the account holds, with one `GET /target-materials/`."""
     rows = client_for(credentials).list_rows("looking up which stack files were created")
-    account = credentials.key_fingerprint()
-    return [compare_with_existing(spec, rows, owner_token(account, spec.name)) for spec in specs]
+    owner = owner_of(credentials)
+    return [compare_with_existing(spec, rows, owner) for spec in specs]
 
 
 @functools.cache

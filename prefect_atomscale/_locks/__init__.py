@@ -1,0 +1,145 @@
+"""The one lock layer: which store orders the writers, chosen in one place.
+
+Every lock is taken at two levels (see `_keys`): in this process, then for the process
+in the stores of the current settings (`_settings`): this machine's lock files always
+(`_files`), and the lock server's leases too when `PREFECT_ATOMSCALE_LOCK_URL` is set
+(`_redis`). Version counters, cache epochs and learned values live in the lock server
+when there is one, else in this machine's files. Before a process takes a slot, the
+configuration guard (`_guard`) checks that no other live process of this machine writes
+with other settings. The write sections built on it are in `_protocol`; the rules they
+follow are in docs/design/write-protocol.md.
+
+The families, always taken in this order (so no two runs wait for each other in a
+circle): `cache` (Prefect's cache transactions, see `_prefect`), `identity` (a target
+material being created), `material` (a target material's stack), `position` (one layer
+position, in this process only, always under `material`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from prefect_atomscale._locks._files import FileCounters, FileSlots, FileValues
+from prefect_atomscale._locks._guard import ConfigurationGuard
+from prefect_atomscale._locks._keys import DEFAULT_LOCK_TIMEOUT, KeyLocks, SlotStore, lost, slot_of
+from prefect_atomscale._locks._settings import (
+    DEFAULT_LEASE_SECONDS,
+    LEASE_ENV,
+    LOCK_DIR_ENV,
+    LOCK_URL_ENV,
+    LockSettings,
+    redacted,
+)
+
+__all__ = [
+    "CACHE",
+    "DEFAULT_LEASE_SECONDS",
+    "DEFAULT_LOCK_TIMEOUT",
+    "IDENTITY",
+    "LEASE_ENV",
+    "LOCK_DIR_ENV",
+    "LOCK_URL_ENV",
+    "MATERIAL",
+    "POSITION",
+    "KeyLocks",
+    "LockDomain",
+    "LockSettings",
+    "domain",
+    "lost",
+    "redacted",
+    "slot_of",
+]
+
+T = TypeVar("T")
+
+
+class LockDomain:
+    """The stores of one lock configuration, made on first use.
+
+    Args:
+        settings: Where the locks live.
+    """
+
+    def __init__(self, settings: LockSettings) -> None:
+        self.settings = settings
+        self.remote = settings.url is not None
+        directory = settings.directory
+        self._slots: dict[str, list[SlotStore]] = {}
+        self._mutex = threading.Lock()
+        if settings.url is None:
+            self.versions: Any = FileCounters(directory / "versions")
+            self.epochs: Any = FileCounters(directory / "epochs", locked_bumps=True)
+            self.values: Any = FileValues(directory / "values")
+        else:
+            from prefect_atomscale._locks._redis import (
+                RedisCounters,
+                RedisServer,
+                RedisValues,
+            )
+
+            self._server = RedisServer(settings.url)
+            self.versions = RedisCounters(self._server, "versions")
+            self.epochs = RedisCounters(self._server, "epochs")
+            self.values = RedisValues(self._server)
+
+    def slot_stores(self, family: str) -> list[SlotStore]:
+        """Where a process takes a slot of `family`: local files, then the lock server."""
+        _GUARD.check(self.settings)
+        with self._mutex:
+            stores = self._slots.get(family)
+            if stores is None:
+                stores = [FileSlots(self.settings.directory / family)]
+                if self.settings.url is not None:
+                    from prefect_atomscale._locks._redis import RedisSlots
+
+                    stores.append(RedisSlots(self._server, family, self.settings.lease))
+                self._slots[family] = stores
+            return stores
+
+    def run(self, action: Callable[..., T], *args: Any) -> T:
+        """Run a store call."""
+        return action(*args)
+
+    async def arun(self, action: Callable[..., T], *args: Any) -> T:
+        """Run a store call from async code: in a worker thread when it reaches the server."""
+        if self.remote:
+            return await asyncio.to_thread(action, *args)
+        return action(*args)
+
+
+_GUARD = ConfigurationGuard()
+
+
+@functools.lru_cache(maxsize=8)
+def _domain(settings: LockSettings) -> LockDomain:
+    return LockDomain(settings)
+
+
+def domain() -> LockDomain:
+    """The lock domain of the current settings (the environment, read now)."""
+    return _domain(LockSettings.current())
+
+
+def _family(name: str) -> KeyLocks:
+    return KeyLocks(
+        name,
+        lambda: domain().slot_stores(name),
+        lambda: domain().settings.describe(),
+    )
+
+
+CACHE = _family("cache")
+"""Prefect's cache transactions of `create_target_material`."""
+
+IDENTITY = _family("identity")
+"""A target material being created, by name, substrate and metadata."""
+
+MATERIAL = _family("material")
+"""A target material's stack: shared by one-layer writes, exclusive for a stack."""
+
+POSITION = KeyLocks("position", None)
+"""One layer position; in this process only, always taken under `MATERIAL`."""

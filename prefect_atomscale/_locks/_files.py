@@ -1,0 +1,184 @@
+"""This machine's lock store: file locks, a shared table of counters, and small values.
+
+Who else uses it: every process of this machine, whatever its `PREFECT_HOME`, since it
+lives in one machine-wide directory (`LockSettings.directory`).
+
+- `FileSlots`: a process's holds on the 1,024 lock files of a family, through
+  `filelock` (`flock` on POSIX, `msvcrt.locking` on Windows), which the OS releases
+  when the process dies, however it dies;
+- `FileCounters`: a table of 1,024 counters in one memory-mapped file, whose first
+  bytes are a random *incarnation*, made with the file: a table deleted and made again
+  (a temporary-file cleaner, a new lock directory) is a new incarnation, so cache
+  epochs made from the old one never match again;
+- `FileValues`: small named values (the user ids learned for keys), one file each.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import threading
+import uuid
+from pathlib import Path
+
+from filelock import FileLock, Timeout
+
+__all__ = ["SLOTS", "FileCounters", "FileSlots", "FileValues"]
+
+SLOTS = 1024
+"""How many lock files (and counters) the keys of one family are spread over."""
+
+_HEADER = 16  # the incarnation's bytes, then 8 bytes per counter
+
+
+def _directory(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+class FileSlots:
+    """A process's holds on the lock files of one family; the caller counts its holders.
+
+    Args:
+        directory: The family's folder.
+    """
+
+    remote = False
+
+    def __init__(self, directory: Path) -> None:
+        self._directory = directory
+        self._locks: dict[int, FileLock] = {}
+        self._mutex = threading.Lock()
+        os.register_at_fork(after_in_child=self.reset_after_fork)
+
+    def reset_after_fork(self) -> None:
+        # A forked child holds none of its parent's locks.
+        self._locks = {}
+        self._mutex = threading.Lock()
+
+    def _lock(self, index: int) -> FileLock:
+        with self._mutex:
+            lock = self._locks.get(index)
+            if lock is None:
+                _directory(self._directory)
+                # Not thread-local: the hold is the process's, shared by its holders.
+                lock = FileLock(self._directory / f"{index:04d}.lock", thread_local=False)
+                self._locks[index] = lock
+            return lock
+
+    def try_take(self, index: int) -> bool:
+        """Take file `index` for this process if no other process holds it."""
+        try:
+            self._lock(index).acquire(timeout=0)
+        except Timeout:
+            return False
+        return True
+
+    def fence(self, index: int) -> None:
+        """Nothing to check: a file lock lasts as long as its process."""
+
+    def give_back(self, index: int) -> bool:
+        """Release file `index`; always still held (True)."""
+        self._lock(index).release()
+        return True
+
+
+class FileCounters:
+    """A table of counters shared by every process of this machine, with an incarnation.
+
+    Args:
+        path: The table's file.
+        locked_bumps: Take a file lock around each bump. Needed when a counter's bumps
+            are not already ordered by its slot's lock (the cache epochs).
+    """
+
+    def __init__(self, path: Path, *, locked_bumps: bool = False) -> None:
+        self._path = path
+        self._bump_lock = FileLock(path.with_suffix(".bump.lock")) if locked_bumps else None
+        self._map: mmap.mmap | None = None
+        self._incarnation = ""
+        self._mutex = threading.Lock()
+        os.register_at_fork(after_in_child=self._reset_after_fork)
+
+    def _reset_after_fork(self) -> None:
+        self._mutex = threading.Lock()
+
+    def _table(self) -> mmap.mmap:
+        if self._map is None:
+            _directory(self._path.parent)
+            size = _HEADER + 8 * SLOTS
+            # Made under a lock, so that two processes never both write a header.
+            with FileLock(self._path.with_suffix(".init.lock")):
+                fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
+                try:
+                    if os.fstat(fd).st_size < size:
+                        os.ftruncate(fd, 0)
+                        os.ftruncate(fd, size)
+                        os.lseek(fd, 0, os.SEEK_SET)
+                        os.write(fd, uuid.uuid4().bytes)
+                    self._map = mmap.mmap(fd, size)
+                finally:
+                    os.close(fd)
+            self._incarnation = self._map[:_HEADER].hex()
+        return self._map
+
+    def incarnation(self) -> str:
+        """The table's random id, made with it."""
+        with self._mutex:
+            self._table()
+            return self._incarnation
+
+    def read(self, index: int) -> int:
+        """The counter `index`."""
+        at = _HEADER + 8 * (index % SLOTS)
+        with self._mutex:
+            return int.from_bytes(self._table()[at : at + 8], "little")
+
+    def read_with_incarnation(self, index: int) -> tuple[str, int]:
+        """The table's incarnation and the counter `index`, together."""
+        at = _HEADER + 8 * (index % SLOTS)
+        with self._mutex:
+            table = self._table()
+            return self._incarnation, int.from_bytes(table[at : at + 8], "little")
+
+    def bump(self, index: int) -> int:
+        """Add one to counter `index`; return it."""
+        with self._mutex:
+            self._table()  # makes the directory the bump lock lives in
+        if self._bump_lock is None:
+            return self._bump(index)
+        with self._bump_lock:
+            return self._bump(index)
+
+    def _bump(self, index: int) -> int:
+        at = _HEADER + 8 * (index % SLOTS)
+        with self._mutex:
+            table = self._table()
+            value = int.from_bytes(table[at : at + 8], "little") + 1
+            table[at : at + 8] = value.to_bytes(8, "little")
+            return value
+
+
+class FileValues:
+    """Small named values in files, readable by every process of this machine.
+
+    Args:
+        directory: Where the values live.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self._directory = directory
+
+    def get(self, name: str) -> str | None:
+        """The value of `name`, if set."""
+        try:
+            return (self._directory / name).read_text().strip() or None
+        except OSError:
+            return None
+
+    def set(self, name: str, value: str) -> None:
+        """Set `name` (written whole through a temporary file, then renamed)."""
+        _directory(self._directory)
+        temporary = self._directory / f".{name}.{uuid.uuid4().hex}"
+        temporary.write_text(value)
+        os.replace(temporary, self._directory / name)
