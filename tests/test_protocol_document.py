@@ -1,4 +1,4 @@
-"""The write protocol's document and the guide say the same: what is not guaranteed, line by line."""
+"""The write protocol's document and the guide agree on what is not guaranteed, row by row."""
 
 from __future__ import annotations
 
