@@ -128,15 +128,19 @@ class Section:
 
     def begin(self) -> None:
         """L5: fence, then bump the version: every other process's view goes stale."""
-        self.fence()
-        if self.versioned:
-            self._bumped(domain().run(domain().versions.bump, self.slot))
+        if not self.versioned:
+            self.fence()
+            return
+        locks = domain()
+        self._bumped(locks.run(locks.begin_write, self.locks, self.key, self.what))
 
     async def abegin(self) -> None:
         """Async `begin`."""
-        await self.afence()
-        if self.versioned:
-            self._bumped(await domain().arun(domain().versions.bump, self.slot))
+        if not self.versioned:
+            await self.afence()
+            return
+        locks = domain()
+        self._bumped(await locks.arun(locks.begin_write, self.locks, self.key, self.what))
 
     def _bumped(self, after: int) -> None:
         # Only this process bumps the slot while it holds it: the value before is one less.

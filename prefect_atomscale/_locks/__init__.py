@@ -100,6 +100,23 @@ class LockDomain:
                 self._slots[family] = stores
             return stores
 
+    def begin_write(self, locks: KeyLocks, key: str, what: str) -> int:
+        """Protocol step L5: fence `key`'s slot, then bump its version; the new version.
+
+        With a lock server, one round trip: the fencing check and the bump in one script.
+
+        Raises:
+            AtomscaleLockLostError: The lease ran out; nothing was bumped.
+        """
+        index = slot_of(key)
+        remote = locks.held_remotely(key)
+        if not remote:
+            return int(self.versions.bump(index))
+        after = remote[0].fence_and_bump(index, self.versions.key(index))  # type: ignore[attr-defined]
+        if after is None:
+            raise lost(what)
+        return int(after)
+
     def run(self, action: Callable[..., T], *args: Any) -> T:
         """Run a store call."""
         return action(*args)

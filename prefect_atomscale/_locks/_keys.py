@@ -175,6 +175,12 @@ class KeyLocks:
             if store.remote and not store.fence(index):
                 raise lost(what)
 
+    def held_remotely(self, key: str) -> list[SlotStore]:
+        """The lock-server stores this process holds `key`'s slot in (none without one)."""
+        with self._mutex:
+            hold = self._slots.get(slot_of(key))
+            return [store for store in hold.stores if store.remote] if hold is not None else []
+
     def remote(self) -> bool:
         """Whether taking a slot reaches the lock server (so an async caller uses a thread)."""
         return self._stores is not None and any(store.remote for store in self._stores())

@@ -46,6 +46,16 @@ end
 return 0
 """
 
+# Extend the lease and bump the slot's version if the token is still ours: the version,
+# else -1. One round trip for protocol step L5.
+_FENCE_AND_BUMP = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  redis.call('pexpire', KEYS[1], ARGV[2])
+  return redis.call('incr', KEYS[2])
+end
+return -1
+"""
+
 # Delete the slot's key if the token is still ours: 1, else 0.
 _RELEASE = """
 if redis.call('get', KEYS[1]) == ARGV[1] then
@@ -163,6 +173,16 @@ class RedisSlots:
         )
         return bool(kept)
 
+    def fence_and_bump(self, index: int, counter: str) -> int | None:
+        """`fence`, then add one to the counter named `counter`: its value, or None if lost."""
+        after = self._server.script(
+            "checking a lock",
+            _FENCE_AND_BUMP,
+            [self._name(index), counter],
+            [self._token, self._lease_ms],
+        )
+        return None if int(after) < 0 else int(after)
+
     def give_back(self, index: int) -> bool:
         """Release slot `index`; False if the lease had run out (someone may hold it)."""
         kept = self._server.script("releasing a lock", _RELEASE, [self._name(index)], [self._token])
@@ -181,12 +201,13 @@ class RedisCounters:
         self._server = server
         self._name = name
 
-    def _key(self, index: int) -> str:
+    def key(self, index: int) -> str:
+        """The Redis key of counter `index`."""
         return f"{_PREFIX}:{self._name}:{index:04d}"
 
     def read(self, index: int) -> int:
         """The counter `index`."""
-        value: Any = self._server.call("reading a counter", lambda c: c.get(self._key(index)))
+        value: Any = self._server.call("reading a counter", lambda c: c.get(self.key(index)))
         return int(value or 0)
 
     def read_with_incarnation(self, index: int) -> tuple[str, int]:
@@ -194,7 +215,7 @@ class RedisCounters:
         incarnation, value = self._server.script(
             "reading a counter",
             _READ,
-            [f"{_PREFIX}:incarnation", self._key(index)],
+            [f"{_PREFIX}:incarnation", self.key(index)],
             [uuid.uuid4().hex],
         )
         text = incarnation.decode() if isinstance(incarnation, bytes) else str(incarnation)
@@ -202,7 +223,7 @@ class RedisCounters:
 
     def bump(self, index: int) -> int:
         """Add one to counter `index`; return it."""
-        return int(self._server.call("writing a counter", lambda c: c.incr(self._key(index))))
+        return int(self._server.call("writing a counter", lambda c: c.incr(self.key(index))))
 
 
 class RedisValues:
