@@ -146,6 +146,7 @@ def _family(name: str) -> KeyLocks:
         name,
         lambda: domain().slot_stores(name),
         lambda: domain().settings.describe(),
+        lambda: domain().remote,
     )
 
 

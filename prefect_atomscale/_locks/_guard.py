@@ -46,7 +46,7 @@ class ConfigurationGuard:
     def _reset(self) -> None:
         self._token = uuid.uuid4().hex
         self._alive: FileLock | None = None
-        self._checked: dict[tuple[Path, str], float] = {}
+        self._checked: dict[LockSettings, float] = {}
 
     def check(self, settings: LockSettings) -> None:
         """Refuse to go on if a live process of this machine writes with other settings.
@@ -54,13 +54,13 @@ class ConfigurationGuard:
         Raises:
             AtomscaleConfigurationError: Naming both configurations, without passwords.
         """
-        signature = settings.signature()
-        directory = settings.directory / "configurations"
         now = time.monotonic()
+        if now - self._checked.get(settings, -_CHECK_EVERY) < _CHECK_EVERY:
+            return  # checked within the last second (read without the mutex: a hint)
+        signature = settings.signature
+        directory = settings.directory / "configurations"
         with self._mutex:
-            if now - self._checked.get((directory, signature), -_CHECK_EVERY) < _CHECK_EVERY:
-                return
-            self._checked[(directory, signature)] = now
+            self._checked[settings] = now
             directory.mkdir(parents=True, exist_ok=True)
             if self._alive is None:
                 self._alive = FileLock(directory / f"{self._token}.alive", thread_local=False)

@@ -100,6 +100,8 @@ class KeyLocks:
             when a process takes a slot; None for an in-process-only family (one always
             taken under another that already orders the processes).
         where: Says where the locks live, for the timeout message.
+        remote: Says whether taking a slot reaches a lock server now (for waits and
+            async callers), without preparing the stores.
     """
 
     def __init__(
@@ -107,10 +109,12 @@ class KeyLocks:
         family: str,
         stores: Callable[[], list[SlotStore]] | None,
         where: Callable[[], str] = lambda: "this process",
+        remote: Callable[[], bool] = lambda: False,
     ) -> None:
         self.family = family
         self._stores = stores
         self._where = where
+        self._remote = remote
         self._mutex = threading.Lock()
         self._keys: dict[str, _KeyState] = {}
         self._slots: dict[int, _SlotHold] = {}
@@ -183,7 +187,7 @@ class KeyLocks:
 
     def remote(self) -> bool:
         """Whether taking a slot reaches the lock server (so an async caller uses a thread)."""
-        return self._stores is not None and any(store.remote for store in self._stores())
+        return self._stores is not None and self._remote()
 
     # --- keys ------------------------------------------------------------------------
 
@@ -262,11 +266,10 @@ class KeyLocks:
             AtomscaleConflictError: The timeout (`DEFAULT_LOCK_TIMEOUT`) passed first.
         """
         waiter = self._waiter(key, shared, holder, what, timeout)
-        poll = self._poll()
         while not self._try(waiter):
             if time.monotonic() >= waiter.deadline:
                 raise self._timed_out(waiter)
-            time.sleep(poll)
+            time.sleep(self._poll())
         return waiter.holder
 
     async def aacquire(

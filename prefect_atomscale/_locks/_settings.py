@@ -87,6 +87,7 @@ class LockSettings:
         local = f"local locks in {self.directory}"
         return f"lock server {redacted(self.url)} and {local}" if self.url else local
 
+    @functools.cached_property
     def signature(self) -> str:
         """What must be equal in every process of one machine: the lock server and db."""
         if self.url is None:
