@@ -196,11 +196,24 @@ class _Check:
         )
 
     def writers_of(self, entry: dict[str, Any]) -> list[_OpRun]:
-        """The ops that wrote this insert: the one that returned it, else those running."""
+        """The ops of Ann's that may have made this insert.
+
+        Those running, and aimed at its material, when it was written (for a write
+        committed after its client gave up: when the client gave up); of those, the
+        ones that returned it, if any (an op that adopted it later is not its writer).
+        """
         kind, record_id = entry["kind"], entry["record_id"]
-        exact = [
+        moment = entry["gave_up_at"] or entry["at"]
+        running = [
             run
             for run in self.ops
+            if run.writer != "bob"
+            and run.start <= moment <= run.end + _SLACK
+            and self._aims_at(run, entry)
+        ]
+        returned = [
+            run
+            for run in running
             if run.status == "ok"
             and any(
                 (item.get("layer") and kind == "layer" and item.get("id") == record_id)
@@ -212,18 +225,8 @@ class _Check:
                 )
                 for item in _results(run.result)
             )
-            and run.writer != "bob"
         ]
-        if exact:
-            return exact
-        moment = entry["gave_up_at"] or entry["at"]
-        return [
-            run
-            for run in self.ops
-            if run.writer != "bob"
-            and run.start <= moment <= run.end + _SLACK
-            and self._aims_at(run, entry)
-        ]
+        return returned or running
 
     def _aims_at(self, run: _OpRun, entry: dict[str, Any]) -> bool:
         material = self.materials[entry["sample_id"]]

@@ -12,7 +12,8 @@ window, slow listings).
 
 What is never drawn, because no client can promise it (see `_checker` for what is
 excused instead): `refresh_cache=True` on a material created empty, or such a material
-created again by another key (the listing cannot show it); a kill in a phase whose
+created again by another key or through another spelling of the URL (the listing
+cannot show it, and the cache entry is the first one's); a kill in a phase whose
 faults delay commits (a dead writer cannot tell its successor to wait for its write);
 a pause without Redis (a paused holder of a local lock just makes the others wait).
 """
@@ -199,7 +200,7 @@ class _Generator:
         if self.processes():
             menu += [self.processes_race, self.kill_and_rerun, self.kill_and_rerun]
             if schedule.redis:
-                menu.append(self.pause_past_lease)
+                menu += [self.pause_past_lease, self.pause_past_lease]
         for _ in range(rng.randint(2, 3)):
             rng.choice(menu)()
         if schedule.redis and rng.random() < 0.3 and len(schedule.phases) > 1:
@@ -228,11 +229,12 @@ class _Generator:
         if stack is None and self.stacked[ref]:
             size = self.rng.randint(1, len(self.stacks[ref]))
             stack = [self.layer_spec(ref, p) for p in range(1, size + 1)]
+        # Always the first key and one spelling of the URL: an empty material made
+        # again by another key or URL is invisible to it (see the module docstring).
         return self.op(
             kind="create_material",
             material=ref,
             key="ann-key-1",
-            host=self.host(),
             metadata=dict(self.metadata[ref]),
             layers=stack,
         )
@@ -296,9 +298,9 @@ class _Generator:
             metadata=dict(self.metadata[ref]),
             layers=[{"layer_id": 1, "composition_string": "SrTiO3", "orientation": "001"}],
         )
-        again = self.rerun(self.created[ref], host=self.host())
+        again = self.rerun(self.created[ref])
         if self.stacked[ref] and self.rng.random() < 0.3:
-            again.refresh = True
+            again.refresh, again.host = True, self.host()
         ops = [again, self.layer_op(ref)]
         self.schedule.phases.append(
             Phase(
@@ -360,7 +362,7 @@ class _Generator:
                     changes["key"] = self.rng.choice(["ann-key-2", "ann-key-rotated"])
                 changes["refresh"] = self.rng.random() < 0.25
             else:
-                changes["key"] = original.key
+                changes = {}  # an empty material: the same key and URL, from the cache
             ops.append(self.rerun(original, **changes))
         waves = [[op.id for op in ops]] if self.rng.random() < 0.5 else [[op.id] for op in ops]
         self.schedule.phases.append(Phase(runs=[Run("main", waves)], faults=self.faults()))

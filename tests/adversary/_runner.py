@@ -195,6 +195,10 @@ class Runner:
                 str(self._home(folder, writer)),
                 self._lock_url(schedule, writer),
             )
+        if any(info.lock_url for info in record.writers.values()):
+            # What an earlier schedule left (counters, a killed writer's lease) must not
+            # change this one: a replay of its seed starts from an empty Redis too.
+            self.redis.client().flushall()
         main = schedule.writer("main") if any(w.name == "main" for w in schedule.writers) else None
         main_url = self._lock_url(schedule, main) if main else None
         values: dict[str, str | None] = {
