@@ -289,15 +289,24 @@ class _Generator:
         ref = self.rng.choice(self.refs())
         theirs = f"C{len([r for r in self.schedule.materials if r.startswith('C')]) + 1}"
         self.schedule.materials[theirs] = self.schedule.materials[ref]
-        bob = self.op(
-            kind="colleague_material",
-            material=theirs,
-            key="bob-key",
-            same_name_as=ref,
-            copy_from=ref if self.rng.random() < 0.7 else None,
-            metadata=dict(self.metadata[ref]),
-            layers=[{"layer_id": 1, "composition_string": "SrTiO3", "orientation": "001"}],
-        )
+        copy = self.rng.choice(["at_creation", "afterwards", "not"])
+        bob = [
+            self.op(
+                kind="colleague_material",
+                material=theirs,
+                key="bob-key",
+                same_name_as=ref,
+                copy_from=ref if copy == "at_creation" else None,
+                metadata={"bob": 1} if copy == "afterwards" else dict(self.metadata[ref]),
+                layers=[{"layer_id": 1, "composition_string": "SrTiO3", "orientation": "001"}],
+            )
+        ]
+        if copy == "afterwards":
+            bob.append(
+                self.op(
+                    kind="colleague_copy_metadata", material=theirs, key="bob-key", copy_from=ref
+                )
+            )
         again = self.rerun(self.created[ref])
         if self.stacked[ref] and self.rng.random() < 0.3:
             again.refresh, again.host = True, self.host()
@@ -305,7 +314,7 @@ class _Generator:
         self.schedule.phases.append(
             Phase(
                 runs=[Run(self.runner_for_rerun(ref), [[op.id] for op in ops])],
-                colleague=[bob.id],
+                colleague=[op.id for op in bob],
                 faults=self.faults(),
             )
         )
