@@ -31,7 +31,6 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from itertools import pairwise
 from typing import Any
 
 from adversary._model import ANN_KEYS, PERSON, Op
@@ -340,16 +339,23 @@ class _Check:
             f"{self.layer(e)} at {self.at(e['at'])} by {self.who(self.writers_of(e))}"
             for e in ann_rows
         )
+        # Each older row must be excused against the one just written, or it is a duplicate.
         newest, older = ann_rows[-1], ann_rows[:-1]
-        reasons = [reason for e in ann_rows if (reason := self.late(e))]
-        if not reasons:
-            for other in older:
-                if reason := self.cross_domain(self.writers_of(other), self.writers_of(newest)):
-                    reasons.append(reason)
-                    break
+        reasons: list[str] = []
+        for other in older:
+            reason = (
+                self.late(newest)
+                or self.late(other)
+                or self.cross_domain(self.writers_of(other), self.writers_of(newest))
+            )
+            if reason is None:
+                reasons = []
+                break
+            reasons.append(reason)
         message = f"{where} holds {len(ann_rows)} rows written by Ann: {rows_text}"
         if reasons:
-            self.verdict.excused.append(f"I1 {message} -- excused: {reasons[0]}")
+            excuse = "; ".join(dict.fromkeys(reasons))
+            self.verdict.excused.append(f"I1 {message} -- excused: {excuse}")
         else:
             self.verdict.violations.append(f"I1: {message}")
 
@@ -383,26 +389,34 @@ class _Check:
         )
         name = identity[0].removeprefix(f"{self.record.prefix}-")
         message = f"Ann has {len(same)} target materials {name!r} of one identity: {text}"
-        reason = self._material_excuse(inserts, writers)
+        reason = self._material_excuse(sample_id, inserts, writers)
         if reason:
             self.verdict.excused.append(f"{rule} {message} -- excused: {reason}")
         else:
             self.verdict.violations.append(f"{rule}: {message}")
 
     def _material_excuse(
-        self, inserts: list[dict[str, Any]], writers: list[list[_OpRun]]
+        self, touched: int, inserts: list[dict[str, Any]], writers: list[list[_OpRun]]
     ) -> str | None:
-        for entry in inserts:
-            if reason := self.late(entry):
-                return reason
-        for (first, first_runs), (second, second_runs) in pairwise(
-            zip(inserts, writers, strict=True)
-        ):
-            if reason := self.cross_domain(first_runs, second_runs):
-                return reason
-            if reason := self._lost_empty(first, first_runs, second, second_runs):
-                return reason
-        return None
+        """Why the material just made (or changed) may double each of the others, if it may."""
+        runs_of = {e["record_id"]: runs for e, runs in zip(inserts, writers, strict=True)}
+        newest = self.materials[touched]
+        reasons = []
+        for other in inserts:
+            if other["record_id"] == touched:
+                continue
+            first, second = sorted((other, newest), key=lambda e: e["record_id"])
+            first_runs, second_runs = runs_of[first["record_id"]], runs_of[second["record_id"]]
+            reason = (
+                self.late(first)
+                or self.late(second)
+                or self.cross_domain(first_runs, second_runs)
+                or self._lost_empty(first, first_runs, second, second_runs)
+            )
+            if reason is None:
+                return None
+            reasons.append(reason)
+        return "; ".join(dict.fromkeys(reasons)) or None
 
     def _lost_empty(
         self,

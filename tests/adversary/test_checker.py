@@ -293,3 +293,28 @@ def test_a_cached_layer_that_was_updated_since_breaks_i3() -> None:
     violations, _ = audit.judge()
     assert len(violations) == 1 and violations[0].startswith("I3: op2 on main")
     assert "PbTiO3" in violations[0]
+
+
+def test_a_third_material_must_be_excused_against_each_earlier_one() -> None:
+    audit = Audit()
+    audit.op("op1", "create_material", "main", 1.0, 5.0, sample_id=None, result=_material(2))
+    audit.material(1.1, 1, fault="drop_after_commit")
+    audit.material(4.5, 2)  # excused: 1's reply was lost
+    audit.op("op2", "create_material", "main", 6.0, 6.2, sample_id=None, result=_material(3))
+    audit.material(6.1, 3)  # 2's reply was delivered, to this very writer
+    violations, excused = audit.judge()
+    assert len(excused) == 1 and len(violations) == 1
+    assert violations[0].startswith("I1: Ann has 3 target materials")
+
+
+def test_a_third_row_must_be_excused_against_each_earlier_one() -> None:
+    audit = Audit()
+    audit.material(1.0, 1)
+    audit.op("op1", "create_layer", "main", 2.0, 8.0, result=_layer(10))
+    audit.layer(6.0, 10, 1, 2)
+    audit.layer(7.0, 11, 1, 2, fault="commit_late", gave_up_at=2.4)  # excused: 4.6 s late
+    audit.op("op2", "create_layer", "main", 9.0, 9.2, result=_layer(12))
+    audit.layer(9.1, 12, 1, 2)
+    violations, excused = audit.judge()
+    assert len(excused) == 1 and len(violations) == 1
+    assert violations[0].startswith("I1: L2 of Ann's M1 (sample 1) holds 3 rows")
