@@ -1,8 +1,9 @@
 """Fixtures of the adversary tests: one environment per session, and `--adversary-seed`.
 
-The machine-wide lock directory (`PREFECT_ATOMSCALE_LOCK_DIR`) is set here, at import,
-before any task takes a lock: every process of "machine 0" (this one and the writer
-processes it starts) gets it, whatever its PREFECT_HOME.
+The machine-wide lock directory (`PREFECT_ATOMSCALE_LOCK_DIR`) is set by tests/conftest.py
+before the package is imported (here again, should it not be): every process of
+"machine 0" (this one and the writer processes it starts) gets it, whatever its
+PREFECT_HOME.
 """
 
 from __future__ import annotations

@@ -134,7 +134,7 @@ def test_faulted_writes_are_noted_and_a_late_commit_says_when_the_client_gave_up
     assert (first["fault"], first["gave_up_at"]) == ("500_after_commit", None)
     assert late["fault"] == "commit_late" and late["layer_id"] == 2
     assert late["gave_up_at"] is not None
-    assert 0.4 <= late["at"] - late["gave_up_at"] < 5
+    assert late["at"] - late["gave_up_at"] >= 0.4  # late_commit_seconds after it gave up
     assert (plain["fault"], plain["gave_up_at"]) == (None, None)
 
 
