@@ -528,7 +528,8 @@ class _Check:
                     "sample_metadata": _strip(row["sample_metadata"]),
                 }
             until = following["at"] if following is not None else float("inf")
-            seen.append(f"{held} from {self.at(entry['at'])}")
+            gone = "" if following is None else f" until {self.at(until)} ({following['action']})"
+            seen.append(f"{held} from {self.at(entry['at'])}{gone}")
             if held == wanted and entry["at"] <= run.end and until > run.start:
                 return None
         return (
