@@ -15,7 +15,8 @@ excused instead): `refresh_cache=True` on a material created empty, or such a ma
 created again by another key or through another spelling of the URL (the listing
 cannot show it, and the cache entry is the first one's); a kill in a phase whose
 faults delay commits (a dead writer cannot tell its successor to wait for its write);
-a pause without Redis (a paused holder of a local lock just makes the others wait).
+a pause without Redis (a paused holder of a local lock just makes the others wait); a
+colleague copying Ann's mark when her blocks carry no `user_id`.
 """
 
 from __future__ import annotations
@@ -290,6 +291,10 @@ class _Generator:
         theirs = f"C{len([r for r in self.schedule.materials if r.startswith('C')]) + 1}"
         self.schedule.materials[theirs] = self.schedule.materials[ref]
         copy = self.rng.choice(["at_creation", "afterwards", "not"])
+        if not self.schedule.user_id:
+            # Without her user_id on the block, a process that never saw Ann's material
+            # cannot tell it from Bob's copy of its mark: the promise needs the user_id.
+            copy = "not"
         bob = [
             self.op(
                 kind="colleague_material",
