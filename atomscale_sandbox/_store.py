@@ -63,7 +63,7 @@ CREATE TABLE IF NOT EXISTS layers (
 );
 CREATE INDEX IF NOT EXISTS layers_by_position ON layers (sample_id, layer_id);
 CREATE TABLE IF NOT EXISTS audit (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq INTEGER PRIMARY KEY,
     at REAL NOT NULL,
     txn INTEGER NOT NULL,
     organisation TEXT NOT NULL,
@@ -77,7 +77,6 @@ CREATE TABLE IF NOT EXISTS audit (
     fault TEXT,
     gave_up_at REAL
 );
-CREATE INDEX IF NOT EXISTS audit_by_sample ON audit (sample_id, seq);
 """
 
 # The audit triggers: TEMP, so that they live on this connection only, beside the
