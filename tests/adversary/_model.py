@@ -12,8 +12,7 @@ in the same organisation, who writes over plain HTTP).
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 ANN_KEYS = ("ann-key-1", "ann-key-2", "ann-key-rotated")
@@ -33,8 +32,6 @@ OpKind = Literal[
     "colleague_layer",
     "colleague_copy_metadata",
 ]
-PACKAGE_KINDS = ("create_material", "create_layer", "create_layers", "update_material")
-NEEDS_SAMPLE = ("create_layer", "create_layers", "update_material")
 
 
 @dataclass
@@ -207,10 +204,6 @@ class Schedule:
     def writer(self, name: str) -> Writer:
         """The writer with this name."""
         return next(writer for writer in self.writers if writer.name == name)
-
-    def to_json(self) -> str:
-        """The schedule as JSON (for the record; writers get their ops only)."""
-        return json.dumps(asdict(self), sort_keys=True)
 
 
 def op_from_dict(data: dict[str, Any]) -> Op:

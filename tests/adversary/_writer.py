@@ -230,7 +230,7 @@ def run_flow(spec: FlowSpec, report: Report) -> None:
 
 
 def spec_from_json(data: dict[str, Any]) -> FlowSpec:
-    """A `FlowSpec` from its JSON form (as `spec_to_json` writes it)."""
+    """A `FlowSpec` from its JSON form (`dataclasses.asdict`, as the runner writes it)."""
     return FlowSpec(
         writer=data["writer"],
         connection=Connection(**data["connection"]),
