@@ -452,7 +452,9 @@ def create_app(config: SandboxConfig | None = None) -> SandboxApp:
         sample_id: SampleIdPath, body: TargetMaterialPatch, grant: Writer
     ) -> dict[str, Any]:
         changes = body.model_dump(include=body.model_fields_set)
-        updated = store.update_target_material(grant.organisation, sample_id, changes)
+        updated = store.update_target_material(
+            grant.organisation, sample_id, changes, user_id=grant.user_id
+        )
         if updated is None:
             raise not_found(SampleNotFoundError(sample_id))
         return updated
@@ -469,7 +471,7 @@ def create_app(config: SandboxConfig | None = None) -> SandboxApp:
     async def create_layer(body: LayerFields, grant: Writer) -> dict[str, Any]:
         layer = _layer_values(body, ("body",), body.sample_id)
         try:
-            return store.add_layer(grant.organisation, layer)
+            return store.add_layer(grant.organisation, layer, user_id=grant.user_id)
         except SampleNotFoundError as exc:
             raise not_found(exc) from exc
         except LayerIdTakenError as exc:
@@ -491,7 +493,9 @@ def create_app(config: SandboxConfig | None = None) -> SandboxApp:
                 for field in ("element_dict", "space_group", "mp_id")
                 if field not in body.model_fields_set
             }
-        updated = store.update_layer(grant.organisation, body.sample_id, body.layer_id, changes)
+        updated = store.update_layer(
+            grant.organisation, body.sample_id, body.layer_id, changes, user_id=grant.user_id
+        )
         if updated is None:
             raise HTTPException(
                 status_code=404,
@@ -513,7 +517,7 @@ def create_app(config: SandboxConfig | None = None) -> SandboxApp:
     ) -> dict[str, Any]:
         layers = _stack(body, ("body",), sample_id)
         try:
-            store.replace_layers(grant.organisation, sample_id, layers)
+            store.replace_layers(grant.organisation, sample_id, layers, user_id=grant.user_id)
         except SampleNotFoundError as exc:
             raise not_found(exc) from exc
         except LayerIdTakenError as exc:

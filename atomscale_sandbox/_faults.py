@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import random
 import threading
+import time
 from collections import deque
 from collections.abc import Iterable
 from enum import Enum, StrEnum
@@ -35,6 +36,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from atomscale_sandbox._connections import ConnectionRegistry
 from atomscale_sandbox._stats import RequestStats
+from atomscale_sandbox._store import WRITE_NOTE, WriteNote
 
 __all__ = ["CHANCE_KINDS", "FaultConfig", "FaultInjectionMiddleware", "FaultKind"]
 
@@ -526,6 +528,9 @@ class FaultInjectionMiddleware:
             await self.app(scope, receive, send)
             return
         self.stats.record_fault(kind.value)
+        if kind.commits and kind is not FaultKind.COMMIT_LATE:
+            # The store's audit notes which writes a fault touched (see `WriteNote`).
+            WRITE_NOTE.set(WriteNote(kind.value))
         if kind is FaultKind.UNAVAILABLE:
             reply = JSONResponse(
                 {"detail": "Service temporarily unavailable; try again later"}, status_code=503
@@ -578,6 +583,7 @@ class FaultInjectionMiddleware:
             await asyncio.wait_for(_until_disconnected(receive), self.faults.slow_seconds)
         except TimeoutError:
             await self._drop(scope, receive, reset=False)
+        WRITE_NOTE.set(WriteNote(FaultKind.COMMIT_LATE.value, gave_up_at=time.monotonic()))
         await asyncio.sleep(self.faults.late_commit_seconds)
 
         async def replay() -> Message:

@@ -226,6 +226,47 @@ class SandboxHandle:
         """
         return self.app.store.target_materials(organisation=organisation)
 
+    def history(
+        self,
+        *,
+        after: int = 0,
+        organisation: str | None = None,
+        sample_id: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """The store's audit: every insert, update and delete of a layer or target material.
+
+        Never shown by the API. Each entry says when it was written (this process's
+        `time.monotonic()`), by whose key (`user_id`), what the record was afterwards (or
+        before, for a delete), and what fault injection did to the request; see
+        `SandboxStore.history` in the source for every field.
+
+        Args:
+            after: Only entries with a `seq` above this.
+            organisation: Only this organisation's; all if `None`.
+            sample_id: Only entries of this target material and of its layers; all if
+                `None`.
+
+        Returns:
+            One dict per change, oldest first.
+
+        Example:
+            ```python
+            import httpx
+
+            from atomscale_sandbox import run_sandbox
+
+            with run_sandbox() as sandbox:
+                httpx.post(
+                    f"{sandbox.url}/target-materials/",
+                    headers={"X-API-KEY": sandbox.api_key},
+                    json={"sample": {"sample_name": "MgO buffer", "substrate": "MgO"}},
+                )
+                print([(e["action"], e["kind"]) for e in sandbox.history()])
+                # [('insert', 'material')]
+            ```
+        """
+        return self.app.store.history(after=after, organisation=organisation, sample_id=sample_id)
+
 
 def _listening_socket(host: str, port: int) -> socket.socket:
     """Bind here rather than in uvicorn, so that a port-0 address is known at once."""

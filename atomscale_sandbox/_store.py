@@ -16,20 +16,24 @@ import shutil
 import sqlite3
 import tempfile
 import threading
+import time
 import uuid
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "WRITE_NOTE",
     "LayerIdTakenError",
     "LayerValues",
     "SampleNotFoundError",
     "SandboxStore",
+    "WriteNote",
     "organisation_user_id",
 ]
 
@@ -58,7 +62,117 @@ CREATE TABLE IF NOT EXISTS layers (
     mp_id TEXT
 );
 CREATE INDEX IF NOT EXISTS layers_by_position ON layers (sample_id, layer_id);
+CREATE TABLE IF NOT EXISTS audit (
+    seq INTEGER PRIMARY KEY,
+    at REAL NOT NULL,
+    txn INTEGER NOT NULL,
+    organisation TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    action TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    record_id INTEGER NOT NULL,
+    sample_id INTEGER,
+    layer_id INTEGER,
+    row TEXT NOT NULL,
+    fault TEXT,
+    gave_up_at REAL
+);
 """
+
+# The audit triggers: TEMP, so that they live on this connection only, beside the
+# functions they call (a trigger stored in the file would break any other connection).
+_LAYER_JSON = (
+    "json_object('id', {r}.id, 'sample_id', {r}.sample_id, 'layer_id', {r}.layer_id,"
+    " 'composition_string', {r}.composition_string, 'element_dict', json({r}.element_dict),"
+    " 'orientation', {r}.orientation, 'space_group', {r}.space_group, 'mp_id', {r}.mp_id)"
+)
+_MATERIAL_JSON = (
+    "json_object('sample_id', {r}.sample_id, 'user_id', {r}.user_id, 'sample_name',"
+    " {r}.sample_name, 'substrate', {r}.substrate, 'sample_metadata',"
+    " json({r}.sample_metadata), 'version', {r}.version, 'last_updated', {r}.last_updated)"
+)
+_AUDIT_TRIGGER = """
+CREATE TEMP TRIGGER IF NOT EXISTS audit_{kind}_{action} AFTER {event} ON main.{table}
+BEGIN
+    INSERT INTO audit (at, txn, organisation, user_id, action, kind, record_id, sample_id,
+                       layer_id, row, fault, gave_up_at)
+    VALUES (audit_at(), audit_txn(), {r}.organisation, audit_user(), '{action}', '{kind}',
+            {r}.{record}, {r}.sample_id, {layer_id}, {row}, audit_fault(), audit_gave_up());
+END;
+"""
+_AUDIT_TRIGGERS = "".join(
+    _AUDIT_TRIGGER.format(
+        kind=kind,
+        action=action,
+        event=event,
+        table=table,
+        r=r,
+        record=record,
+        layer_id=f"{r}.layer_id" if kind == "layer" else "NULL",
+        row=(_LAYER_JSON if kind == "layer" else _MATERIAL_JSON).format(r=r),
+    )
+    for kind, table, record in (
+        ("layer", "layers", "id"),
+        ("material", "target_materials", "sample_id"),
+    )
+    for action, event, r in (
+        ("insert", "INSERT", "NEW"),
+        ("update", "UPDATE", "NEW"),
+        ("delete", "DELETE", "OLD"),
+    )
+)
+_SELECT_AUDIT = (
+    "SELECT seq, at, txn, organisation, user_id, action, kind, record_id, sample_id,"
+    " layer_id, row, fault, gave_up_at FROM audit"
+)
+
+
+@dataclass(frozen=True)
+class WriteNote:
+    """What fault injection did to the request whose write the store is about to make.
+
+    Set by the fault middleware in the request's context (`WRITE_NOTE`) and copied into
+    the audit entries of that write, so that a test can tell a write committed after its
+    client gave up from an ordinary one.
+
+    Attributes:
+        fault: The injected fault's kind, e.g. `commit_late`.
+        gave_up_at: For a write committed after the client gave up: when it did (the
+            server's `time.monotonic()`); otherwise `None`.
+    """
+
+    fault: str
+    gave_up_at: float | None = None
+
+
+WRITE_NOTE: ContextVar[WriteNote | None] = ContextVar("atomscale_sandbox_write_note", default=None)
+"""The `WriteNote` of the request being served, if fault injection touched it."""
+
+
+class _AuditState:
+    """Who is writing now and how, read by the audit triggers; set with the store's lock held.
+
+    Kept apart from the store so that the SQL functions, which SQLite holds on to, do not
+    keep the store (and its finalizer) alive.
+    """
+
+    def __init__(self) -> None:
+        self.user_id = ""
+        self.note: WriteNote | None = None
+        self.txn = 0
+
+    def begin(self, user_id: str) -> None:
+        self.user_id = user_id
+        self.note = WRITE_NOTE.get()
+        self.txn += 1
+
+    def register(self, db: sqlite3.Connection) -> None:
+        db.create_function("audit_at", 0, time.monotonic)
+        db.create_function("audit_txn", 0, lambda: self.txn)
+        db.create_function("audit_user", 0, lambda: self.user_id)
+        db.create_function("audit_fault", 0, lambda: self.note.fault if self.note else None)
+        db.create_function("audit_gave_up", 0, lambda: self.note.gave_up_at if self.note else None)
+
 
 # The reference's example shows `version` as a dotted string ("0.269.1"), not a number;
 # the sandbox keeps a revision counter and shows it as the last part of such a string.
@@ -243,6 +357,9 @@ class SandboxStore:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(_SCHEMA)
+        self._audit = _AuditState()
+        self._audit.register(self._db)
+        self._db.executescript(_AUDIT_TRIGGERS)
         self._cleanup = weakref.finalize(self, _close_and_remove, self._db, self._temporary_dir)
 
     def close(self) -> None:
@@ -251,8 +368,9 @@ class SandboxStore:
             self._cleanup()
 
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
+    def _transaction(self, writer: str) -> Iterator[sqlite3.Connection]:
         with self._lock:
+            self._audit.begin(writer)
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
@@ -288,13 +406,14 @@ class SandboxStore:
         Raises:
             LayerIdTakenError: A layer's explicit id is taken; nothing is stored.
         """
-        with self._transaction() as db:
+        user_id = user_id or organisation_user_id(organisation)
+        with self._transaction(user_id) as db:
             cursor = db.execute(
                 "INSERT INTO target_materials (organisation, user_id, sample_name, substrate,"
                 " sample_metadata, version, last_updated) VALUES (?, ?, ?, ?, ?, 1, ?)",
                 (
                     organisation,
-                    user_id or organisation_user_id(organisation),
+                    user_id,
                     sample_name,
                     substrate,
                     _dump(sample_metadata),
@@ -307,13 +426,17 @@ class SandboxStore:
                 self._insert_layer(db, organisation, layer, sample_id)
             return self._material(db, organisation, sample_id)
 
-    def add_layer(self, organisation: str, layer: LayerValues) -> dict[str, Any]:
+    def add_layer(
+        self, organisation: str, layer: LayerValues, *, user_id: str | None = None
+    ) -> dict[str, Any]:
         """Store one more layer; a second one at the same position is stored too.
 
         Args:
             organisation: Owner.
             layer: The layer; its `sample_id` must be one of the organisation's target
                 materials, or `None`.
+            user_id: The writer's `user_id`, for the audit; `None` for the
+                organisation's default user.
 
         Returns:
             The layer as the API returns it.
@@ -338,6 +461,7 @@ class SandboxStore:
             layer.mp_id,
         )
         with self._lock:
+            self._audit.begin(user_id or organisation_user_id(organisation))
             try:
                 if layer.sample_id is None:
                     cursor = self._db.execute(_INSERT_LAYER, values)
@@ -363,7 +487,13 @@ class SandboxStore:
         }
 
     def update_layer(
-        self, organisation: str, sample_id: int, layer_id: int, changes: Mapping[str, Any]
+        self,
+        organisation: str,
+        sample_id: int,
+        layer_id: int,
+        changes: Mapping[str, Any],
+        *,
+        user_id: str | None = None,
     ) -> dict[str, Any] | None:
         """Change the fields in `changes` of the layer at `(sample_id, layer_id)`.
 
@@ -375,6 +505,8 @@ class SandboxStore:
             sample_id: Target material of the layer.
             layer_id: Position of the layer.
             changes: Column -> new value, for the layer columns a client may change.
+            user_id: The writer's `user_id`, for the audit; `None` for the
+                organisation's default user.
 
         Returns:
             The changed layer, or `None` if the organisation has no such layer.
@@ -382,7 +514,7 @@ class SandboxStore:
         unknown = set(changes) - _PATCHABLE_LAYER_COLUMNS
         if unknown:
             raise ValueError(f"not patchable layer columns: {sorted(unknown)}")
-        with self._transaction() as db:
+        with self._transaction(user_id or organisation_user_id(organisation)) as db:
             row = db.execute(
                 "SELECT id FROM layers WHERE organisation = ? AND sample_id = ? AND layer_id = ?"
                 " ORDER BY id LIMIT 1",
@@ -401,7 +533,12 @@ class SandboxStore:
             return _layer_reply(db.execute(_SELECT_LAYER, (row["id"],)).fetchone())
 
     def replace_layers(
-        self, organisation: str, sample_id: int, layers: Sequence[LayerValues]
+        self,
+        organisation: str,
+        sample_id: int,
+        layers: Sequence[LayerValues],
+        *,
+        user_id: str | None = None,
     ) -> None:
         """Make `layers` the whole stack of a target material, all or nothing.
 
@@ -409,20 +546,27 @@ class SandboxStore:
             organisation: Owner.
             sample_id: The target material; the layers' own `sample_id` is ignored.
             layers: The new stack.
+            user_id: The writer's `user_id`, for the audit; `None` for the
+                organisation's default user.
 
         Raises:
             SampleNotFoundError: `sample_id` is not one of the organisation's.
             LayerIdTakenError: A layer's explicit id is taken by a layer outside this
                 stack (or twice within it); nothing changes.
         """
-        with self._transaction() as db:
+        with self._transaction(user_id or organisation_user_id(organisation)) as db:
             self._require_material(db, organisation, sample_id)
             db.execute("DELETE FROM layers WHERE sample_id = ?", (sample_id,))
             for layer in layers:
                 self._insert_layer(db, organisation, layer, sample_id)
 
     def update_target_material(
-        self, organisation: str, sample_id: int, changes: Mapping[str, Any]
+        self,
+        organisation: str,
+        sample_id: int,
+        changes: Mapping[str, Any],
+        *,
+        user_id: str | None = None,
     ) -> dict[str, Any] | None:
         """Change a target material's fields in `changes`, bumping its version.
 
@@ -431,6 +575,8 @@ class SandboxStore:
             sample_id: The target material.
             changes: Column -> new value, among `sample_name`, `substrate`,
                 `sample_metadata`; may be empty (the version is bumped all the same).
+            user_id: The writer's `user_id`, for the audit; `None` for the
+                organisation's default user.
 
         Returns:
             The changed target material, or `None` if the organisation has no such one.
@@ -447,7 +593,7 @@ class SandboxStore:
             f"UPDATE target_materials SET {assignments}version = version + 1,"  # noqa: S608
             " last_updated = ? WHERE organisation = ? AND sample_id = ?"
         )
-        with self._transaction() as db:
+        with self._transaction(user_id or organisation_user_id(organisation)) as db:
             updated = db.execute(update, (*values.values(), _now(), organisation, sample_id))
             if updated.rowcount == 0:
                 return None
@@ -508,7 +654,7 @@ class SandboxStore:
         if rows < 0 or layers_per_material < 1:
             raise ValueError("rows must be >= 0 and layers_per_material >= 1")
         user_id, now = organisation_user_id(organisation), _now()
-        with self._transaction() as db:
+        with self._transaction(user_id) as db:
             start = 0
             while start < rows:
                 count = min(layers_per_material, rows - start)
@@ -602,6 +748,49 @@ class SandboxStore:
         with self._lock:
             rows = self._db.execute(query, parameters).fetchall()
         return [_material_reply(row) for row in rows]
+
+    def history(
+        self,
+        *,
+        after: int = 0,
+        organisation: str | None = None,
+        sample_id: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """The audit: every insert, update and delete of a layer or target material, in order.
+
+        Args:
+            after: Only entries with a `seq` above this (the last one a caller has seen).
+            organisation: Only this organisation's; all if `None`.
+            sample_id: Only entries of this target material and of its layers; all if
+                `None`.
+
+        Returns:
+            One dict per change, oldest first: `seq` (its order), `at` (the server's
+            `time.monotonic()` when it was written), `txn` (entries of one store call
+            share it), `organisation`, `user_id` (the writer's), `action` (`insert`,
+            `update` or `delete`), `kind` (`layer` or `material`), `record_id` (the
+            layer's `id` or the material's `sample_id`), `sample_id`, `layer_id` (layers
+            only), `row` (the record after the change; before it, for a delete), `fault`
+            (the fault injected into the request, if any) and `gave_up_at` (when the
+            client gave up on a write committed after that, else `None`).
+        """
+        conditions, parameters = _filters(organisation=organisation, sample_id=sample_id)
+        conditions = f"{conditions} AND seq > ?" if conditions else " WHERE seq > ?"
+        query = f"{_SELECT_AUDIT}{conditions} ORDER BY seq"
+        with self._lock:
+            rows = self._db.execute(query, (*parameters, after)).fetchall()
+        entries = []
+        for row in rows:
+            entry = dict(row)
+            entry["row"] = json.loads(entry["row"])
+            entries.append(entry)
+        return entries
+
+    def last_history_seq(self) -> int:
+        """The `seq` of the newest audit entry, 0 if none: pass it as `history(after=...)`."""
+        with self._lock:
+            row = self._db.execute("SELECT coalesce(max(seq), 0) FROM audit").fetchone()
+        return int(row[0])
 
     # --- helpers, called with the lock held --------------------------------------------
 

@@ -20,8 +20,9 @@ from pathlib import Path
 PREFECT_HOME = Path(tempfile.mkdtemp(prefix="prefect-atomscale-tests-"))
 atexit.register(shutil.rmtree, PREFECT_HOME, ignore_errors=True)
 os.environ["PREFECT_HOME"] = str(PREFECT_HOME)
-# The machine-wide lock directory, per test session (processes the tests start inherit it).
-os.environ["PREFECT_ATOMSCALE_LOCK_DIR"] = str(PREFECT_HOME / "atomscale-locks")
+# This machine's lock directory, shared by every process the tests start on it (however
+# they set PREFECT_HOME); set before the package is imported, in case it reads it then.
+os.environ["PREFECT_ATOMSCALE_LOCK_DIR"] = str(PREFECT_HOME / "machine-locks")
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 for _name in ("AS_API_KEY", "ATOMSCALE_API_KEY", "AS_API_ENDPOINT"):
     os.environ.pop(_name, None)
