@@ -36,6 +36,7 @@ from prefect_atomscale._client import (
 )
 from prefect_atomscale._credentials import AtomscaleCredentials
 from prefect_atomscale._exceptions import AtomscaleConfigurationError, AtomscaleNotFoundError
+from prefect_atomscale._identities import identity_of, moved, scope_of
 from prefect_atomscale._locks import domain
 from prefect_atomscale._models import Layer, TargetMaterial, TargetMaterialRow
 from prefect_atomscale._ownership import Owner, aowner_of, owner_of
@@ -333,6 +334,22 @@ def _current(rows: list[TargetMaterialRow]) -> TargetMaterial | None:
     return next((m for row in rows for m in [row.as_target_material()] if m is not None), None)
 
 
+def _record_identity(
+    credentials: AtomscaleCredentials, owner: Owner, material: TargetMaterial
+) -> None:
+    """Step U: record a material this domain made, or the person's, by its new identity.
+
+    So a create of that identity finds it (see `_identities`), even unlisted.
+    """
+    if material.sample_name is None or material.substrate is None:
+        return
+    if material.sample_metadata is None:
+        return  # the reply does not say the whole identity
+    identity = identity_of(material.sample_name, material.substrate, material.sample_metadata)
+    mine = owner.person is not None and str(material.user_id) == owner.person
+    moved(scope_of(credentials, owner), material.sample_id, identity, known_mine=mine)
+
+
 def _log_update(material: TargetMaterial, changes: dict[str, Any]) -> TargetMaterial:
     get_run_logger().info(
         "Updated the %s of target material %s.", ", ".join(sorted(changes)), material.sample_id
@@ -427,6 +444,7 @@ def update_target_material(
         finally:  # also when the outcome is unknown: the PATCH may have landed
             invalidate_target_materials()
         held.end()
+        _record_identity(credentials, owner, material)
     return _log_update(material, changes)
 
 
@@ -465,4 +483,5 @@ async def aupdate_target_material(
         finally:  # also when the outcome is unknown: the PATCH may have landed
             await domain().arun(invalidate_target_materials)
         await held.aend()
+        await domain().arun(_record_identity, credentials, owner, material)
     return _log_update(material, changes)

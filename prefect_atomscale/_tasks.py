@@ -36,6 +36,7 @@ from prefect_atomscale._exceptions import (
     AtomscaleConflictError,
     AtomscaleValidationError,
 )
+from prefect_atomscale._identities import identity_of, recall, remember, scope_of
 from prefect_atomscale._locks import domain
 from prefect_atomscale._locks._prefect import CacheLockManager
 from prefect_atomscale._models import Layer, TargetMaterial, TargetMaterialRow
@@ -372,6 +373,28 @@ def _persons(owner: Owner, found: list[TargetMaterial]) -> TargetMaterial | None
     return mine[0] if mine else None
 
 
+def _recorded(
+    credentials: AtomscaleCredentials, owner: Owner, request: TargetMaterialRequest
+) -> TargetMaterial | None:
+    """M3: a material of this identity that this lock domain made for the person, if any."""
+    if _refreshing():
+        return None
+    identity = identity_of(request.sample_name, request.substrate, request.metadata)
+    sample_id = recall(scope_of(credentials, owner), identity)
+    if sample_id is None:
+        return None
+    stored = TargetMaterial(sample_id=sample_id, user_id=owner.person)
+    return request.complete(stored)
+
+
+def _record(
+    credentials: AtomscaleCredentials, request: TargetMaterialRequest, material: TargetMaterial
+) -> None:
+    """M3: record the created material's identity, under the person known now."""
+    identity = identity_of(request.sample_name, request.substrate, request.metadata)
+    remember(scope_of(credentials, owner_of(credentials)), identity, material.sample_id)
+
+
 def _adopted_material(
     credentials: AtomscaleCredentials, request: TargetMaterialRequest, material: TargetMaterial
 ) -> TargetMaterial:
@@ -495,8 +518,11 @@ def create_target_material(
         request = checked.owned_by(owner.key, owner.person)
         if found := _persons(owner, client.find_target_materials(request)):
             return _adopted_material(credentials, request, found)
+        if recorded := _recorded(credentials, owner, request):  # one the listing hides
+            return _adopted_material(credentials, request, recorded)
         material = _create(section, client, request)
-    learn(credentials, material)
+        learn(credentials, material)
+        _record(credentials, request, material)
     if not request.layers:  # created empty: its stack needs no listing (see `_views`)
         created_empty(credentials.account_fingerprint(), material.sample_id, material.user_id)
     return _created_material(credentials, request, material)
@@ -527,8 +553,12 @@ async def acreate_target_material(
         request = checked.owned_by(owner.key, owner.person)
         if found := _persons(owner, await client.find_target_materials(request)):
             return _adopted_material(credentials, request, found)
+        recorded = await domain().arun(_recorded, credentials, owner, request)
+        if recorded:  # one the listing hides
+            return _adopted_material(credentials, request, recorded)
         material = await _acreate(section, client, request)
-    await alearn(credentials, material)
+        await alearn(credentials, material)
+        await domain().arun(_record, credentials, request, material)
     if not request.layers:
         account = credentials.account_fingerprint()
         await acreated_empty(account, material.sample_id, material.user_id)

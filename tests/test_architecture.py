@@ -37,6 +37,7 @@ LAYERS: dict[str, int] = {
     "_locks": 3,
     "_views": 3,
     "_ownership": 3,
+    "_identities": 3,
     "_protocol": 3,
     "_events": 3,
     # 4 tasks and artifacts

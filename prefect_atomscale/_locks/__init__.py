@@ -23,7 +23,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from prefect_atomscale._locks._files import FileCounters, FileSlots, FileValues
+from prefect_atomscale._locks._files import OS_FILE_LOCKS, FileCounters, FileSlots, FileValues
 from prefect_atomscale._locks._guard import ConfigurationGuard
 from prefect_atomscale._locks._keys import DEFAULT_LOCK_TIMEOUT, KeyLocks, SlotStore, lost, slot_of
 from prefect_atomscale._locks._settings import (
@@ -87,12 +87,18 @@ class LockDomain:
             self.values = RedisValues(self._server)
 
     def slot_stores(self, family: str) -> list[SlotStore]:
-        """Where a process takes a slot of `family`: local files, then the lock server."""
-        _GUARD.check(self.settings)
+        """Where a process takes a slot of `family`: local files, then the lock server.
+
+        Without OS file locks (no fcntl, no msvcrt) the local files are left out when a
+        lock server orders every process; without one, taking a file fails loudly.
+        """
+        if OS_FILE_LOCKS:
+            _GUARD.check(self.settings)
         with self._mutex:
             stores = self._slots.get(family)
             if stores is None:
-                stores = [FileSlots(self.settings.directory / family)]
+                local = OS_FILE_LOCKS or self.settings.url is None
+                stores = [FileSlots(self.settings.directory / family)] if local else []
                 if self.settings.url is not None:
                     from prefect_atomscale._locks._redis import RedisSlots
 

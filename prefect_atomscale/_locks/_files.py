@@ -15,15 +15,21 @@ lives in one machine-wide directory (`LockSettings.directory`).
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import threading
 import uuid
 from pathlib import Path
 
-from filelock import FileLock, Timeout
+from filelock import FileLock, SoftFileLock, Timeout
 
-__all__ = ["SLOTS", "FileCounters", "FileSlots", "FileValues"]
+from prefect_atomscale._exceptions import AtomscaleConfigurationError
+
+__all__ = ["OS_FILE_LOCKS", "SLOTS", "FileCounters", "FileSlots", "FileValues"]
+
+OS_FILE_LOCKS = not issubclass(FileLock, SoftFileLock)
+"""Whether this Python has OS file locks (fcntl or msvcrt), which die with their process."""
 
 SLOTS = 1024
 """How many lock files (and counters) the keys of one family are spread over."""
@@ -57,6 +63,16 @@ class FileSlots:
         self._mutex = threading.Lock()
 
     def _lock(self, index: int) -> FileLock:
+        if not OS_FILE_LOCKS:
+            # No OS file lock here (neither fcntl nor msvcrt): a lock file that merely
+            # exists would outlive a killed holder, and silently in-process locks would
+            # order nothing. Refuse, before any write.
+            raise AtomscaleConfigurationError(
+                "This Python has no cross-process file locks (neither fcntl nor msvcrt), "
+                "so the processes of this machine cannot take turns. Set "
+                "PREFECT_ATOMSCALE_LOCK_URL to a Redis server to use its locks instead. "
+                "Nothing was written."
+            )
         with self._mutex:
             lock = self._locks.get(index)
             if lock is None:
@@ -94,7 +110,11 @@ class FileCounters:
 
     def __init__(self, path: Path, *, locked_bumps: bool = False) -> None:
         self._path = path
-        self._bump_lock = FileLock(path.with_suffix(".bump.lock")) if locked_bumps else None
+        # Without OS file locks a lock file would outlive a killed holder (and never be
+        # free where another process left an OS lock's file): writes then fail loudly in
+        # `FileSlots`, and the counters go unlocked.
+        bump_lock = locked_bumps and OS_FILE_LOCKS
+        self._bump_lock = FileLock(path.with_suffix(".bump.lock")) if bump_lock else None
         self._map: mmap.mmap | None = None
         self._incarnation = ""
         self._mutex = threading.Lock()
@@ -108,7 +128,8 @@ class FileCounters:
             _directory(self._path.parent)
             size = _HEADER + 8 * SLOTS
             # Made under a lock, so that two processes never both write a header.
-            with FileLock(self._path.with_suffix(".init.lock")):
+            init = FileLock(self._path.with_suffix(".init.lock")) if OS_FILE_LOCKS else None
+            with init or contextlib.nullcontext():
                 fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
                 try:
                     if os.fstat(fd).st_size < size:
