@@ -39,7 +39,13 @@ from prefect_atomscale._exceptions import (
 from prefect_atomscale._models import Layer
 from prefect_atomscale._ownership import Owner, aowner_of, owner_of
 from prefect_atomscale._payloads import LayerRequest, StackRequest
-from prefect_atomscale._protocol import SETTLE_SECONDS, Section, astack_section, stack_section
+from prefect_atomscale._protocol import (
+    SETTLE_SECONDS,
+    Section,
+    astack_section,
+    service_of,
+    stack_section,
+)
 from prefect_atomscale._reconcile import (
     Adopt,
     Create,
@@ -287,9 +293,9 @@ def create_layers(
     stack = StackRequest.build(sample_id, layers)
     policy = check_if_exists(if_exists)
     client = request_client(credentials, stack)
-    account = credentials.account_fingerprint()
-    fresh_look(account, stack.sample_id)
-    with stack_section(account, stack.sample_id) as held:
+    service = service_of(credentials)
+    fresh_look(service, stack.sample_id)
+    with stack_section(service, stack.sample_id) as held:
         view = held.view() or held.load(
             *stack_from_rows(client.rows_of(stack.sample_id, _reading(stack)))
         )
@@ -331,9 +337,9 @@ async def acreate_layers(
     stack = StackRequest.build(sample_id, layers)
     policy = check_if_exists(if_exists)
     client = async_request_client(credentials, stack)
-    account = credentials.account_fingerprint()
-    fresh_look(account, stack.sample_id)
-    async with astack_section(account, stack.sample_id) as held:
+    service = service_of(credentials)
+    fresh_look(service, stack.sample_id)
+    async with astack_section(service, stack.sample_id) as held:
         view = await held.aview() or held.load(
             *stack_from_rows(await client.rows_of(stack.sample_id, _reading(stack)))
         )

@@ -17,28 +17,20 @@ import hashlib
 import json
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlsplit
 
 from prefect_atomscale._credentials import AtomscaleCredentials
 from prefect_atomscale._locks import domain
 from prefect_atomscale._ownership import Owner
 from prefect_atomscale._payloads import OWNER_KEY
+from prefect_atomscale._protocol import service_of
 
 __all__ = ["identity_of", "moved", "recall", "remember", "scope_of"]
-
-
-def _origin(base_url: str) -> str:
-    parts = urlsplit(base_url)
-    host = (parts.hostname or "").lower()
-    if host in ("localhost", "::1") or host.startswith("127."):
-        host = "loopback"  # one service, however its loopback address is spelled
-    return f"{parts.scheme}://{host}:{parts.port or ''}{parts.path.rstrip('/')}"
 
 
 def scope_of(credentials: AtomscaleCredentials, owner: Owner) -> str:
     """Whose records: the service and the person (their user id, else the key)."""
     who = f"user:{owner.person}" if owner.person is not None else f"key:{owner.key}"
-    material = "\0".join([_origin(credentials.resolve().base_url), who])
+    material = "\0".join([service_of(credentials), who])
     return hashlib.sha256(material.encode()).hexdigest()[:24]
 
 

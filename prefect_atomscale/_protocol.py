@@ -16,7 +16,9 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import TypeVar
+from urllib.parse import urlsplit
 
+from prefect_atomscale._credentials import AtomscaleCredentials
 from prefect_atomscale._exceptions import AtomscaleError, AtomscaleRateLimitError
 from prefect_atomscale._locks import IDENTITY, MATERIAL, POSITION, KeyLocks, domain, lost, slot_of
 from prefect_atomscale._models import Layer
@@ -35,6 +37,7 @@ __all__ = [
     "layer_section",
     "material_key",
     "may_land",
+    "service_of",
     "stack_section",
 ]
 
@@ -51,6 +54,20 @@ timeout; a write committed later than this can still be doubled (see the protoco
 def may_land(exc: AtomscaleError) -> bool:
     """Whether a failed write may still land at the service (a 429 was refused outright)."""
     return exc.transient and not isinstance(exc, AtomscaleRateLimitError)
+
+
+def service_of(credentials: AtomscaleCredentials) -> str:
+    """The service views belong to: its base URL, with loopback spellings merged.
+
+    Why: a target material reached through `localhost` and through `127.0.0.1`, or with
+    two keys of its organisation, is one stack; two views of it would each be advanced
+    by the other's writes without holding them (step L5), and one of them would lie.
+    """
+    parts = urlsplit(credentials.resolve().base_url)
+    host = (parts.hostname or "").lower()
+    if host in ("localhost", "::1") or host.startswith("127."):
+        host = "loopback"
+    return f"{parts.scheme}://{host}:{parts.port or ''}{parts.path.rstrip('/')}"
 
 
 def material_key(sample_id: int) -> str:
@@ -204,12 +221,12 @@ def _creator(user_id: object) -> str | None:
     return None if user_id is None else str(user_id)
 
 
-def _view_key(account: str, sample_id: int) -> str:
-    return material_views.key(account, sample_id)
+def _view_key(service: str, sample_id: int) -> str:
+    return material_views.key(service, sample_id)
 
 
 @contextmanager
-def layer_section(account: str, sample_id: int, layer_id: int, what: str) -> Iterator[Section]:
+def layer_section(service: str, sample_id: int, layer_id: int, what: str) -> Iterator[Section]:
     """L1: hold a target material (shared) and one of its positions (exclusive)."""
     key = material_key(sample_id)
     material = f"target material {sample_id}"
@@ -217,7 +234,7 @@ def layer_section(account: str, sample_id: int, layer_id: int, what: str) -> Ite
     try:
         POSITION.acquire(f"{key}/{layer_id}", what=what)
         try:
-            yield Section(MATERIAL, key, _view_key(account, sample_id), material)
+            yield Section(MATERIAL, key, _view_key(service, sample_id), material)
         finally:
             POSITION.release(f"{key}/{layer_id}")
     except BaseException:
@@ -228,7 +245,7 @@ def layer_section(account: str, sample_id: int, layer_id: int, what: str) -> Ite
 
 @asynccontextmanager
 async def alayer_section(
-    account: str, sample_id: int, layer_id: int, what: str
+    service: str, sample_id: int, layer_id: int, what: str
 ) -> AsyncIterator[Section]:
     """Async `layer_section`."""
     key = material_key(sample_id)
@@ -237,7 +254,7 @@ async def alayer_section(
     try:
         await POSITION.aacquire(f"{key}/{layer_id}", what=what)
         try:
-            yield Section(MATERIAL, key, _view_key(account, sample_id), material)
+            yield Section(MATERIAL, key, _view_key(service, sample_id), material)
         finally:
             POSITION.release(f"{key}/{layer_id}")
     except BaseException:
@@ -247,12 +264,12 @@ async def alayer_section(
 
 
 @contextmanager
-def stack_section(account: str | None, sample_id: int) -> Iterator[Section]:
+def stack_section(service: str | None, sample_id: int) -> Iterator[Section]:
     """L1: hold a target material exclusively (a whole stack, or an update of it)."""
     key = material_key(sample_id)
     what = f"the stack of target material {sample_id}"
     MATERIAL.acquire(key, what=what)
-    view_key = None if account is None else _view_key(account, sample_id)
+    view_key = None if service is None else _view_key(service, sample_id)
     try:
         yield Section(MATERIAL, key, view_key, what)
     except BaseException:
@@ -262,12 +279,12 @@ def stack_section(account: str | None, sample_id: int) -> Iterator[Section]:
 
 
 @asynccontextmanager
-async def astack_section(account: str | None, sample_id: int) -> AsyncIterator[Section]:
+async def astack_section(service: str | None, sample_id: int) -> AsyncIterator[Section]:
     """Async `stack_section`."""
     key = material_key(sample_id)
     what = f"the stack of target material {sample_id}"
     await MATERIAL.aacquire(key, what=what)
-    view_key = None if account is None else _view_key(account, sample_id)
+    view_key = None if service is None else _view_key(service, sample_id)
     try:
         yield Section(MATERIAL, key, view_key, what)
     except BaseException:
@@ -300,7 +317,7 @@ async def aidentity_section(key: str, what: str) -> AsyncIterator[Section]:
     await _agiven_back(IDENTITY, key, what, shared=False)
 
 
-def created_empty(account: str, sample_id: int, creator: object) -> None:
+def created_empty(service: str, sample_id: int, creator: object) -> None:
     """A material this process just created with no layers: its view is known (empty).
 
     Read without its lock: a version that moves after this read only makes the view
@@ -308,11 +325,11 @@ def created_empty(account: str, sample_id: int, creator: object) -> None:
     """
     slot = slot_of(material_key(sample_id))
     version = domain().run(domain().versions.read, slot)
-    material_views.created(_view_key(account, sample_id), slot, version, _creator(creator))
+    material_views.created(_view_key(service, sample_id), slot, version, _creator(creator))
 
 
-async def acreated_empty(account: str, sample_id: int, creator: object) -> None:
+async def acreated_empty(service: str, sample_id: int, creator: object) -> None:
     """Async `created_empty`."""
     slot = slot_of(material_key(sample_id))
     version = await domain().arun(domain().versions.read, slot)
-    material_views.created(_view_key(account, sample_id), slot, version, _creator(creator))
+    material_views.created(_view_key(service, sample_id), slot, version, _creator(creator))

@@ -52,6 +52,7 @@ from prefect_atomscale._protocol import (
     identity_key,
     identity_section,
     layer_section,
+    service_of,
 )
 from prefect_atomscale._reconcile import (
     Adopt,
@@ -237,7 +238,7 @@ def _refreshing() -> bool:
     return bool(PREFECT_TASKS_REFRESH_CACHE.value() if option is None else option)
 
 
-def fresh_look(account: str, sample_id: int) -> None:
+def fresh_look(service: str, sample_id: int) -> None:
     """On a retry or a refresh, forget the material's view: the write lists again.
 
     Why: an earlier attempt may have failed after its write landed, and `refresh_cache`
@@ -245,7 +246,7 @@ def fresh_look(account: str, sample_id: int) -> None:
     web app).
     """
     if is_retry() or _refreshing():
-        material_views.forget(material_views.key(account, sample_id))
+        material_views.forget(material_views.key(service, sample_id))
 
 
 def stack_from_rows(rows: list[TargetMaterialRow]) -> tuple[list[Layer], str | None]:
@@ -459,15 +460,16 @@ def create_target_material(
     """Create a target material ("sample"): a name, a substrate, and metadata.
 
     Layers are added afterwards with `create_layer`, using the returned `sample_id`.
-    The target material is marked as this account's with an ownership token in its
-    metadata (under the key `prefect_atomscale`). One with the same name, substrate and metadata
-    that the service already lists *and that carries this account's token* is returned
-    instead of creating another; a colleague's material of the same name is never
-    taken. The list shows target materials once they have layers: pass `layers` to
-    create both in one request. Cached by account and arguments: calling it again with
-    the same arguments returns the same target material without a request. Emits the
-    Prefect event `atomscale.target-material.created` when it creates one (not when it
-    adopts one; see the events guide).
+    The target material is marked as made by prefect-atomscale in its metadata (under
+    the key `prefect_atomscale`). One with the same name, substrate and metadata that is
+    yours (the service's `user_id` on it is yours: set `user_id` on the block, or it is
+    learned from this key's first create) is returned instead of creating another, also
+    when the listing hides it because it has no layers yet, if this machine (or lock
+    server) made it; a colleague's material of the same name is never taken. Pass
+    `layers` to create both in one request. Cached by account and arguments: calling it
+    again with the same arguments returns the same target material without a request.
+    Emits the Prefect event `atomscale.target-material.created` when it creates one (not
+    when it adopts one; see the events guide).
 
     Args:
         credentials: The Atomscale account to create it in.
@@ -524,7 +526,7 @@ def create_target_material(
         learn(credentials, material)
         _record(credentials, request, material)
     if not request.layers:  # created empty: its stack needs no listing (see `_views`)
-        created_empty(credentials.account_fingerprint(), material.sample_id, material.user_id)
+        created_empty(service_of(credentials), material.sample_id, material.user_id)
     return _created_material(credentials, request, material)
 
 
@@ -560,8 +562,8 @@ async def acreate_target_material(
         await alearn(credentials, material)
         await domain().arun(_record, credentials, request, material)
     if not request.layers:
-        account = credentials.account_fingerprint()
-        await acreated_empty(account, material.sample_id, material.user_id)
+        service = service_of(credentials)
+        await acreated_empty(service, material.sample_id, material.user_id)
     return _created_material(credentials, request, material)
 
 
@@ -647,9 +649,9 @@ def create_layer(
     )
     policy = check_if_exists(if_exists)
     client = request_client(credentials, request)
-    account = credentials.account_fingerprint()
-    fresh_look(account, request.sample_id)
-    with layer_section(account, request.sample_id, request.layer_id, request.describe()) as held:
+    service = service_of(credentials)
+    fresh_look(service, request.sample_id)
+    with layer_section(service, request.sample_id, request.layer_id, request.describe()) as held:
         view = held.view() or held.load(
             *stack_from_rows(client.rows_of(request.sample_id, _looking(request)))
         )
@@ -696,10 +698,10 @@ async def acreate_layer(
     )
     policy = check_if_exists(if_exists)
     client = async_request_client(credentials, request)
-    account = credentials.account_fingerprint()
-    fresh_look(account, request.sample_id)
+    service = service_of(credentials)
+    fresh_look(service, request.sample_id)
     where = request.describe()
-    async with alayer_section(account, request.sample_id, request.layer_id, where) as held:
+    async with alayer_section(service, request.sample_id, request.layer_id, where) as held:
         view = await held.aview() or held.load(
             *stack_from_rows(await client.rows_of(request.sample_id, _looking(request)))
         )

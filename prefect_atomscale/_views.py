@@ -100,9 +100,9 @@ class _MaterialViews:
         self._mutex = threading.Lock()
 
     @staticmethod
-    def key(account: str, sample_id: int) -> str:
-        """The key of a view: the account (base URL and key) and the target material."""
-        return f"{account}/{sample_id}"
+    def key(service: str, sample_id: int) -> str:
+        """The key of a view: the service (`_protocol.service_of`) and the target material."""
+        return f"{service}/{sample_id}"
 
     def current(self, key: str, version: int) -> StackView | None:
         """The view if it is complete at `version` and young enough, else None (list)."""
