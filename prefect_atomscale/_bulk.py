@@ -36,8 +36,8 @@ from prefect_atomscale._credentials import AtomscaleCredentials
 from prefect_atomscale._exceptions import (
     AtomscaleError,
 )
+from prefect_atomscale._locks import domain
 from prefect_atomscale._models import Layer
-from prefect_atomscale._ownership import Owner, aowner_of, owner_of
 from prefect_atomscale._payloads import LayerRequest, StackRequest
 from prefect_atomscale._protocol import (
     SETTLE_SECONDS,
@@ -58,6 +58,7 @@ from prefect_atomscale._retries import aretry_if_transient, retry_if_transient
 from prefect_atomscale._tasks import (
     async_request_client,
     fresh_look,
+    record_created,
     refuse_foreign_update,
     request_client,
     stack_from_rows,
@@ -109,11 +110,21 @@ def _plan(
 
 
 def _refuse_foreign_updates(
-    owner: Owner, view: StackView, plan: list[tuple[LayerRequest, Adopt | Update | Create]]
+    credentials: AtomscaleCredentials,
+    view: StackView,
+    plan: list[tuple[LayerRequest, Adopt | Update | Create]],
 ) -> None:
+    """Rule O for every update of the plan; then retire the cached entries they change.
+
+    Before the PATCHes, so that a reply lost after one landed leaves no cached entry of
+    the record as it was answering.
+    """
     for request, decision in plan:
         if isinstance(decision, Update):
-            refuse_foreign_update(owner, view, request)
+            refuse_foreign_update(credentials, view, decision.existing, request)
+    for request, decision in plan:
+        if isinstance(decision, Update):
+            invalidate_position(request.sample_id, request.layer_id)
 
 
 def _updates(plan: list[tuple[LayerRequest, Adopt | Update | Create]]) -> bool:
@@ -206,15 +217,29 @@ def _of_kind(
     ]
 
 
-def _settle(held: Section, outcomes: Sequence[Layer | AtomscaleError], plan: Any) -> bool:
+def _settle(
+    credentials: AtomscaleCredentials,
+    held: Section,
+    outcomes: Sequence[Layer | AtomscaleError],
+    plan: Any,
+) -> bool:
     """L5/L6 after the writes: record them; whether a failed one may still land."""
-    held.end(_of_kind(plan, outcomes, Create), _of_kind(plan, outcomes, Update))
+    created = _of_kind(plan, outcomes, Create)
+    held.end(created, _of_kind(plan, outcomes, Update))
+    record_created(credentials, created)
     return held.failed([o for o in outcomes if isinstance(o, AtomscaleError)])
 
 
-async def _asettle(held: Section, outcomes: Sequence[Layer | AtomscaleError], plan: Any) -> bool:
+async def _asettle(
+    credentials: AtomscaleCredentials,
+    held: Section,
+    outcomes: Sequence[Layer | AtomscaleError],
+    plan: Any,
+) -> bool:
     """Async `_settle`."""
-    await held.aend(_of_kind(plan, outcomes, Create), _of_kind(plan, outcomes, Update))
+    created = _of_kind(plan, outcomes, Create)
+    await held.aend(created, _of_kind(plan, outcomes, Update))
+    await domain().arun(record_created, credentials, created)
     return held.failed([o for o in outcomes if isinstance(o, AtomscaleError)])
 
 
@@ -301,7 +326,7 @@ def create_layers(
         )
         plan = _plan(stack, view, policy)
         if _updates(plan):  # whose it is matters only to a change
-            _refuse_foreign_updates(owner_of(credentials), view, plan)
+            _refuse_foreign_updates(credentials, view, plan)
 
         def write(step: tuple[LayerRequest, Adopt | Update | Create]) -> Layer | AtomscaleError:
             try:
@@ -315,9 +340,9 @@ def create_layers(
         with ThreadPoolExecutor(max_workers=max(1, max_concurrency)) as pool:
             outcomes = list(pool.map(write, plan))
         _emit_created(credentials, stack, plan, outcomes)
-        if _settle(held, outcomes, plan):
+        if _settle(credentials, held, outcomes, plan):
             time.sleep(SETTLE_SECONDS)
-    for layer in _of_kind(plan, outcomes, Update):
+    for layer in _of_kind(plan, outcomes, Update):  # and after: runs since may have cached
         invalidate_position(layer.sample_id, layer.layer_id)
     written = _written(plan, outcomes)
     _report(stack, plan)
@@ -345,7 +370,7 @@ async def acreate_layers(
         )
         plan = _plan(stack, view, policy)
         if _updates(plan):  # whose it is matters only to a change
-            _refuse_foreign_updates(await aowner_of(credentials), view, plan)
+            await domain().arun(_refuse_foreign_updates, credentials, view, plan)
         slots = asyncio.Semaphore(max(1, max_concurrency))
 
         async def write(
@@ -362,9 +387,9 @@ async def acreate_layers(
         await held.abegin()
         outcomes = await asyncio.gather(*(write(step) for step in plan))
         _emit_created(credentials, stack, plan, outcomes)
-        if await _asettle(held, outcomes, plan):
+        if await _asettle(credentials, held, outcomes, plan):
             await asyncio.sleep(SETTLE_SECONDS)
-    for layer in _of_kind(plan, outcomes, Update):
+    for layer in _of_kind(plan, outcomes, Update):  # and after: runs since may have cached
         await ainvalidate_position(layer.sample_id, layer.layer_id)
     written = _written(plan, outcomes)
     _report(stack, plan)

@@ -1,4 +1,4 @@
-"""Which target material this lock domain made for an identity, for one the listing hides.
+"""What this lock domain made for a person: materials by identity, and layer records.
 
 Why: the listing may not show a target material without layers, so after an update gives
 such a material a new name or metadata, or when another Prefect home runs the same
@@ -8,18 +8,21 @@ the identity (name, substrate, metadata) of each target material they made or ch
 per service and person: `made-...` maps an identity to its `sample_id`, `identity-of-...`
 the way back, so an update moves the record from the old identity to the new one. The
 listing is still asked first; this answers only when it finds nothing of the person's.
-`refresh_cache=True` skips it, as it skips the cache.
+`refresh_cache=True` skips it, as it skips the cache. The layer records this domain
+created for the person are recorded too (`layers_written`, `stack_created`): an update
+changes only those (rule O), since the listing does not say who wrote a layer.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from prefect_atomscale._credentials import AtomscaleCredentials
 from prefect_atomscale._locks import domain
+from prefect_atomscale._models import Layer
 from prefect_atomscale._ownership import Owner
 from prefect_atomscale._payloads import OWNER_KEY
 from prefect_atomscale._protocol import service_of
@@ -73,3 +76,37 @@ def moved(scope: str, sample_id: int, identity: str, *, known_mine: bool) -> Non
     if old and old != identity:
         locks.run(locks.values.set, f"made-{scope}-{old}", "")
     remember(scope, identity, sample_id)
+
+
+def layers_written(scope: str, layers: Iterable[Layer]) -> None:
+    """Record layer records this lock domain created for the person (rule O for updates).
+
+    Why: the listing tells a target material's creator, not a layer's, so a colleague's
+    layer inside the person's material looks like any other; only what was written
+    here is known to be the person's.
+    """
+    locks = domain()
+    for layer in layers:
+        locks.run(locks.values.set, f"layer-{scope}-{layer.id}", str(layer.sample_id))
+
+
+def stack_created(scope: str, sample_id: int, positions: Iterable[int]) -> None:
+    """Record the positions a target material was created with (their ids are unknown)."""
+    locks = domain()
+    text = ",".join(str(position) for position in positions)
+    locks.run(locks.values.set, f"stack-{scope}-{sample_id}", text)
+
+
+def written_here(scope: str, layer: Layer, at_position: list[Layer]) -> bool:
+    """Whether `layer` was written for the person: on record, or created with its material.
+
+    A layer created together with its material is the oldest record at its position
+    (a colleague's at that position came later).
+    """
+    locks = domain()
+    if locks.run(locks.values.get, f"layer-{scope}-{layer.id}") == str(layer.sample_id):
+        return True
+    created = locks.run(locks.values.get, f"stack-{scope}-{layer.sample_id}") or ""
+    positions = {int(part) for part in created.split(",") if part.isdigit()}
+    oldest = min((found.id for found in at_position), default=layer.id)
+    return layer.layer_id in positions and layer.id == oldest

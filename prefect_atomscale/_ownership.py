@@ -12,6 +12,7 @@ is the material's own (a mark copied onto a colleague's material fails that).
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +26,11 @@ from prefect_atomscale._payloads import OWNER_KEY, owner_token
 __all__ = ["Owner", "alearn", "aowner_of", "learn", "owner_of"]
 
 _known: dict[str, str] = {}  # account fingerprint -> user id, this process's copy
+_unknown: dict[str, float] = {}  # account fingerprint -> when the store had none
 _known_mutex = threading.Lock()
+# How long "not known yet" is believed before the store is read again: every layer
+# write asks, and another process may learn the id meanwhile.
+_UNKNOWN_SECONDS = 5.0
 
 
 def _text(value: Any) -> str | None:
@@ -82,10 +87,18 @@ def _explicit(credentials: AtomscaleCredentials) -> str | None:
 
 
 def _from_store(key: str, stored: str | None) -> str | None:
-    if stored is not None:
-        with _known_mutex:
+    with _known_mutex:
+        if stored is not None:
             _known[key] = stored
+        else:
+            _unknown[key] = time.monotonic()
     return stored
+
+
+def _believed_unknown(account: str) -> bool:
+    with _known_mutex:
+        since = _unknown.get(account)
+    return since is not None and time.monotonic() - since < _UNKNOWN_SECONDS
 
 
 def _checked(credentials: AtomscaleCredentials, key: str, learned: str | None) -> Owner:
@@ -105,7 +118,7 @@ def owner_of(credentials: AtomscaleCredentials) -> Owner:
     account = credentials.account_fingerprint()
     with _known_mutex:
         learned = _known.get(account)
-    if learned is None:
+    if learned is None and not _believed_unknown(account):
         stored = domain().run(domain().values.get, _value_name(account))
         learned = _from_store(account, stored)
     return _checked(credentials, credentials.key_fingerprint(), learned)
@@ -116,7 +129,7 @@ async def aowner_of(credentials: AtomscaleCredentials) -> Owner:
     account = credentials.account_fingerprint()
     with _known_mutex:
         learned = _known.get(account)
-    if learned is None:
+    if learned is None and not _believed_unknown(account):
         stored = await domain().arun(domain().values.get, _value_name(account))
         learned = _from_store(account, stored)
     return _checked(credentials, credentials.key_fingerprint(), learned)

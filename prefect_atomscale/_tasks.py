@@ -36,7 +36,15 @@ from prefect_atomscale._exceptions import (
     AtomscaleConflictError,
     AtomscaleValidationError,
 )
-from prefect_atomscale._identities import identity_of, recall, remember, scope_of
+from prefect_atomscale._identities import (
+    identity_of,
+    layers_written,
+    recall,
+    remember,
+    scope_of,
+    stack_created,
+    written_here,
+)
 from prefect_atomscale._locks import domain
 from prefect_atomscale._locks._prefect import CacheLockManager
 from prefect_atomscale._models import Layer, TargetMaterial, TargetMaterialRow
@@ -80,6 +88,7 @@ __all__ = [
     "create_target_material",
     "fresh_look",
     "is_retry",
+    "record_created",
     "refuse_foreign_update",
     "request_client",
     "stack_from_rows",
@@ -259,24 +268,45 @@ def stack_from_rows(rows: list[TargetMaterialRow]) -> tuple[list[Layer], str | N
     return layers, (creators.pop() if len(creators) == 1 else None)
 
 
-def refuse_foreign_update(owner: Owner, view: StackView, request: LayerRequest) -> None:
-    """Rule O: `if_exists="update"` changes layers only in a material known to be the person's.
+def refuse_foreign_update(
+    credentials: AtomscaleCredentials, view: StackView, existing: Layer, request: LayerRequest
+) -> None:
+    """Rule O: `if_exists="update"` changes only a layer written here for the person.
+
+    That is: in a target material known to be the person's, a layer record this lock
+    domain created for them (`_identities`); the listing does not say who wrote a layer,
+    so a colleague's layer inside the person's material is never changed.
 
     Raises:
-        AtomscaleConflictError: The material's creator is someone else, or either id is
-            unknown (nothing tells that the material is the person's).
+        AtomscaleConflictError: Otherwise, saying why.
     """
-    if owner.person is not None and view.creator == owner.person:
-        return
-    if owner.person is not None and view.creator is not None:
-        whose = f"belongs to another user ({view.creator})"
+    owner = owner_of(credentials)
+    if owner.person is not None and view.creator is not None and view.creator != owner.person:
+        whose = f"target material {request.sample_id} belongs to another user ({view.creator})"
+    elif owner.person is None or view.creator is None:
+        whose = (
+            f"target material {request.sample_id} is not known to be yours (set user_id on "
+            "the credentials block)"
+        )
+    elif not written_here(
+        scope_of(credentials, owner), existing, view.at.get(existing.layer_id, [])
+    ):
+        whose = (
+            f"record {existing.id} was not written by prefect-atomscale for you (it may be "
+            "a colleague's)"
+        )
     else:
-        whose = "is not known to be yours (set user_id on the credentials block)"
+        return
     raise AtomscaleConflictError(
-        f"Cannot update {request.describe()}: target material {request.sample_id} {whose}, "
-        "and if_exists='update' changes layers only in your own target materials. Ask "
-        "its owner, or use if_exists='reuse'."
+        f"Cannot update {request.describe()}: {whose}, and if_exists='update' changes only "
+        "layers written for you. Ask its writer, or use if_exists='reuse'."
     )
+
+
+def record_created(credentials: AtomscaleCredentials, layers: list[Layer]) -> None:
+    """Record the layer records just created for the person (see `refuse_foreign_update`)."""
+    if layers:
+        layers_written(scope_of(credentials, owner_of(credentials)), layers)
 
 
 def _looking(request: LayerRequest) -> str:
@@ -391,9 +421,12 @@ def _recorded(
 def _record(
     credentials: AtomscaleCredentials, request: TargetMaterialRequest, material: TargetMaterial
 ) -> None:
-    """M3: record the created material's identity, under the person known now."""
+    """M3: record the created material's identity and stack, under the person known now."""
     identity = identity_of(request.sample_name, request.substrate, request.metadata)
-    remember(scope_of(credentials, owner_of(credentials)), identity, material.sample_id)
+    scope = scope_of(credentials, owner_of(credentials))
+    remember(scope, identity, material.sample_id)
+    if request.layers:
+        stack_created(scope, material.sample_id, [layer.layer_id for layer in request.layers])
 
 
 def _adopted_material(
@@ -656,16 +689,19 @@ def create_layer(
             *stack_from_rows(client.rows_of(request.sample_id, _looking(request)))
         )
         decision = decide_layer(request, view.at.get(request.layer_id, []), policy)
-        if isinstance(decision, Update):  # whose it is matters only to a change
-            refuse_foreign_update(owner_of(credentials), view, request)
         if isinstance(decision, Adopt):
             return _finish_layer(request, decision, decision.layer)
         if isinstance(decision, Update):
+            refuse_foreign_update(credentials, view, decision.existing, request)
+            # Before the PATCH too: a reply lost after it landed leaves no cached entry
+            # of the record as it was answering.
+            invalidate_position(request.sample_id, request.layer_id)
             layer = held.write(lambda: client.update_layer(request))
             held.end(updated=[layer])
         else:
             layer = held.write(lambda: client.create_layer(request))
             held.end(created=[layer])
+            record_created(credentials, [layer])
     if isinstance(decision, Update):
         invalidate_position(request.sample_id, request.layer_id)
     finished = _finish_layer(request, decision, layer)
@@ -706,16 +742,19 @@ async def acreate_layer(
             *stack_from_rows(await client.rows_of(request.sample_id, _looking(request)))
         )
         decision = decide_layer(request, view.at.get(request.layer_id, []), policy)
-        if isinstance(decision, Update):  # whose it is matters only to a change
-            refuse_foreign_update(await aowner_of(credentials), view, request)
         if isinstance(decision, Adopt):
             return _finish_layer(request, decision, decision.layer)
         if isinstance(decision, Update):
+            locks = domain()
+            existing = decision.existing
+            await locks.arun(refuse_foreign_update, credentials, view, existing, request)
+            await ainvalidate_position(request.sample_id, request.layer_id)
             layer = await held.awrite(lambda: client.update_layer(request))
             await held.aend(updated=[layer])
         else:
             layer = await held.awrite(lambda: client.create_layer(request))
             await held.aend(created=[layer])
+            await domain().arun(record_created, credentials, [layer])
     if isinstance(decision, Update):
         await ainvalidate_position(request.sample_id, request.layer_id)
     finished = _finish_layer(request, decision, layer)

@@ -84,7 +84,9 @@ class LockDomain:
             self._server = RedisServer(settings.url)
             self.versions = RedisCounters(self._server, "versions")
             self.epochs = RedisCounters(self._server, "epochs")
-            self.values = RedisValues(self._server)
+            # Values on the server for every machine, and in this machine's files too:
+            # a server that restarted without its data still has this machine's copy.
+            self.values = _BothValues(RedisValues(self._server), FileValues(directory / "values"))
 
     def slot_stores(self, family: str) -> list[SlotStore]:
         """Where a process takes a slot of `family`: local files, then the lock server.
@@ -132,6 +134,21 @@ class LockDomain:
         if self.remote:
             return await asyncio.to_thread(action, *args)
         return action(*args)
+
+
+class _BothValues:
+    """Values written to the lock server and to this machine; read from either, server first."""
+
+    def __init__(self, server: Any, machine: FileValues) -> None:
+        self._server, self._machine = server, machine
+
+    def get(self, name: str) -> str | None:
+        value: str | None = self._server.get(name)
+        return value if value is not None else self._machine.get(name)
+
+    def set(self, name: str, value: str) -> None:
+        self._server.set(name, value)
+        self._machine.set(name, value)
 
 
 _GUARD = ConfigurationGuard()
