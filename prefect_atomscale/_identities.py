@@ -87,7 +87,7 @@ def layers_written(scope: str, layers: Iterable[Layer]) -> None:
     """
     locks = domain()
     for layer in layers:
-        locks.run(locks.values.set, f"layer-{scope}-{layer.id}", str(layer.sample_id))
+        locks.run(locks.values.add, f"layers-{scope}", f"{layer.sample_id}:{layer.id}")
 
 
 def stack_created(scope: str, sample_id: int, positions: Iterable[int]) -> None:
@@ -104,7 +104,7 @@ def written_here(scope: str, layer: Layer, at_position: list[Layer]) -> bool:
     (a colleague's at that position came later).
     """
     locks = domain()
-    if locks.run(locks.values.get, f"layer-{scope}-{layer.id}") == str(layer.sample_id):
+    if locks.run(locks.values.has, f"layers-{scope}", f"{layer.sample_id}:{layer.id}"):
         return True
     created = locks.run(locks.values.get, f"stack-{scope}-{layer.sample_id}") or ""
     positions = {int(part) for part in created.split(",") if part.isdigit()}

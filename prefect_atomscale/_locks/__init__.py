@@ -150,6 +150,13 @@ class _BothValues:
         self._server.set(name, value)
         self._machine.set(name, value)
 
+    def add(self, name: str, member: str) -> None:
+        self._server.add(name, member)
+        self._machine.add(name, member)
+
+    def has(self, name: str, member: str) -> bool:
+        return bool(self._server.has(name, member)) or self._machine.has(name, member)
+
 
 _GUARD = ConfigurationGuard()
 

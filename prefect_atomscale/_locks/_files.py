@@ -203,3 +203,23 @@ class FileValues:
         temporary = self._directory / f".{name}.{uuid.uuid4().hex}"
         temporary.write_text(value)
         os.replace(temporary, self._directory / name)
+
+    def add(self, name: str, member: str) -> None:
+        """Add `member` to the set `name`: one appended line, one system call."""
+        line = f"{member}\n".encode()
+        try:
+            fd = os.open(self._directory / name, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        except FileNotFoundError:
+            _directory(self._directory)
+            fd = os.open(self._directory / name, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, line)  # O_APPEND: whole lines, whoever else appends
+        finally:
+            os.close(fd)
+
+    def has(self, name: str, member: str) -> bool:
+        """Whether the set `name` holds `member`."""
+        try:
+            return member in (self._directory / name).read_text().splitlines()
+        except OSError:
+            return False

@@ -244,3 +244,14 @@ class RedisValues:
     def set(self, name: str, value: str) -> None:
         """Set `name`."""
         self._server.call("writing a value", lambda c: c.set(f"{_PREFIX}:{name}", value))
+
+    def add(self, name: str, member: str) -> None:
+        """Add `member` to the set `name`."""
+        self._server.call("writing a value", lambda c: c.sadd(f"{_PREFIX}:{name}", member))
+
+    def has(self, name: str, member: str) -> bool:
+        """Whether the set `name` holds `member`."""
+        found: Any = self._server.call(
+            "reading a value", lambda c: c.sismember(f"{_PREFIX}:{name}", member)
+        )
+        return bool(found)
