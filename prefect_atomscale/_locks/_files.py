@@ -143,12 +143,6 @@ class FileCounters:
             self._incarnation = self._map[:_HEADER].hex()
         return self._map
 
-    def incarnation(self) -> str:
-        """The table's random id, made with it."""
-        with self._mutex:
-            self._table()
-            return self._incarnation
-
     def read(self, index: int) -> int:
         """The counter `index`."""
         at = _HEADER + 8 * (index % SLOTS)
