@@ -33,7 +33,9 @@ KEYS_VARIABLE = "ATOMSCALE_SANDBOX_API_KEYS"
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m atomscale_sandbox",
-        description="Serve a local stand-in for the Atomscale target-materials API.",
+        description=(
+            "Serve a local stand-in for the Atomscale target-materials and physical-samples API."
+        ),
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on (0: any)")
@@ -81,6 +83,15 @@ def _parser() -> argparse.ArgumentParser:
         help="how long after the client gave up a commit_late fault commits (default: 0.5)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the fault generator")
+    parser.add_argument(
+        "--physical-sample-conflict",
+        choices=("object", "string"),
+        default="object",
+        help=(
+            "shape of the 409 for a taken physical-sample name: object, with the existing "
+            "sample's id (default), or string, the message alone"
+        ),
+    )
     parser.add_argument(
         "--http",
         choices=HTTP_PARSERS,
@@ -156,6 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             db_path=options.db,
             faults=faults,
             http_parser=options.http,
+            physical_sample_conflict=options.physical_sample_conflict,
         )
     except ValueError as exc:
         parser.error(str(exc))

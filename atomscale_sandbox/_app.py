@@ -1,4 +1,4 @@
-"""The sandbox's HTTP API: the Atomscale target-material routes as a FastAPI app.
+"""The sandbox's HTTP API: the Atomscale target-material and physical-sample routes.
 
 Routes, bodies and errors follow what is known of api.atomscale.ai (see the project's
 notes on the API); where the real behaviour is unknown the app does what is worst for a
@@ -25,9 +25,10 @@ import hmac
 import math
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
+from uuid import UUID
 
-from fastapi import Depends, FastAPI, HTTPException, Path, Request, Security
+from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, Security
 from fastapi.encoders import jsonable_encoder
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
@@ -48,8 +49,13 @@ from atomscale_sandbox._schemas import (
     Layer,
     LayerFields,
     LayerPatch,
+    PhysicalSample,
+    PhysicalSampleCreate,
+    PhysicalSampleListed,
+    PhysicalSamplePatch,
     TargetMaterial,
     TargetMaterialCreate,
+    TargetMaterialLink,
     TargetMaterialPatch,
     TargetMaterialRow,
 )
@@ -57,6 +63,8 @@ from atomscale_sandbox._stats import RequestStats, RequestStatsMiddleware
 from atomscale_sandbox._store import (
     LayerIdTakenError,
     LayerValues,
+    PhysicalSampleNameTakenError,
+    PhysicalSampleNotFoundError,
     SampleNotFoundError,
     SandboxStore,
 )
@@ -64,9 +72,9 @@ from atomscale_sandbox._store import (
 __all__ = ["SandboxApp", "create_app"]
 
 _DESCRIPTION = """\
-A local stand-in for the Atomscale target-materials API (api.atomscale.ai), for demos
-and tests. It speaks the same routes and error envelope, stores records in SQLite, and
-can inject faults (see the `atomscale_sandbox` package).
+A local stand-in for the Atomscale target-materials and physical-samples API
+(api.atomscale.ai), for demos and tests. It speaks the same routes and error envelope,
+stores records in SQLite, and can inject faults (see the `atomscale_sandbox` package).
 
 Every route except this documentation and `/health` needs an `X-API-KEY` header. Each
 key belongs to one organisation, which sees only its own records.
@@ -88,9 +96,29 @@ _ID_TAKEN: dict[int | str, dict[str, Any]] = {
     409: {"model": ErrorReply, "description": "An explicit layer `id` is already taken."},
 }
 
+_PHYSICAL_SAMPLE_NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorReply, "description": "No such physical sample here."},
+}
+_LINK_NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {
+        "model": ErrorReply,
+        "description": "No such physical sample here, or no such target material here; "
+        "`detail` says which.",
+    },
+}
+_NAME_TAKEN: dict[int | str, dict[str, Any]] = {
+    409: {
+        "model": ErrorReply,
+        "description": "The organisation has a physical sample of this name (trimmed, "
+        "ignoring case). `detail` is `{message, physical_sample_id}` with the existing "
+        "sample's id, or only the message as a string (see `physical_sample_conflict`).",
+    },
+}
+
 SampleIdPath = Annotated[
     int, Path(ge=1, le=MAX_RECORD_ID, description="ID of the target material.")
 ]
+PhysicalSampleIdPath = Annotated[UUID, Path(description="UUID of the physical sample.")]
 
 
 class _Keyring:
@@ -177,6 +205,10 @@ class SandboxApp(FastAPI):
             lifespan ends.
         stats: Its request counters.
         connections: The serving connections, if served by `run_sandbox`.
+        physical_sample_conflict: The live shape of the 409 for a taken physical-sample
+            name, `"object"` or `"string"` (see `SandboxConfig.physical_sample_conflict`,
+            its starting value); set it through `SandboxHandle.physical_sample_conflict`,
+            which checks the value, and the next request answers in the new shape.
 
     Example:
         ```python
@@ -192,6 +224,7 @@ class SandboxApp(FastAPI):
     store: SandboxStore
     stats: RequestStats
     connections: ConnectionRegistry
+    physical_sample_conflict: Literal["object", "string"]
 
     def build_middleware_stack(self) -> ASGIApp:
         """Wrap FastAPI's middleware stack in fault injection and request counting."""
@@ -362,6 +395,7 @@ def create_app(config: SandboxConfig | None = None) -> SandboxApp:
     app.store = store
     app.connections = ConnectionRegistry()
     app.stats = RequestStats(app.connections)
+    app.physical_sample_conflict = config.physical_sample_conflict
 
     keyring = _Keyring(config.grants)
     api_key_header = APIKeyHeader(
@@ -400,6 +434,19 @@ def create_app(config: SandboxConfig | None = None) -> SandboxApp:
 
     def id_taken(exc: LayerIdTakenError) -> HTTPException:
         return HTTPException(status_code=409, detail=str(exc))
+
+    def name_taken(exc: PhysicalSampleNameTakenError) -> HTTPException:
+        # Read per request: the shape is a live setting that tests switch.
+        if app.physical_sample_conflict == "string":
+            return HTTPException(status_code=409, detail=str(exc))
+        return HTTPException(
+            status_code=409,
+            detail={"message": str(exc), "physical_sample_id": exc.physical_sample_id},
+        )
+
+    def owner_name(grant: ApiKeyGrant) -> str:
+        # The sandbox knows people only by the `user` of their key.
+        return grant.organisation if grant.user is None else grant.user
 
     @app.get("/health", tags=["sandbox"], summary="Liveness check (no API key needed)")
     async def health() -> dict[str, str]:
@@ -523,5 +570,96 @@ def create_app(config: SandboxConfig | None = None) -> SandboxApp:
         except LayerIdTakenError as exc:
             raise id_taken(exc) from exc
         return {}
+
+    @app.post(
+        "/physical_samples/",
+        response_model=PhysicalSample,
+        status_code=201,
+        tags=["physical samples"],
+        summary="Create a physical sample (growth run) with a name new to the organisation",
+        responses={**_WRITE_ERRORS, **_NOT_FOUND, **_NAME_TAKEN},
+    )
+    async def create_physical_sample(body: PhysicalSampleCreate, grant: Writer) -> dict[str, Any]:
+        try:
+            return store.create_physical_sample(
+                grant.organisation,
+                body.name,
+                growth_instrument_id=body.growth_instrument_id,
+                sample_id=body.sample_id,
+                detail_notes_id=body.detail_notes_id,
+                user_id=grant.user_id,
+                owner_name=owner_name(grant),
+            )
+        except SampleNotFoundError as exc:
+            raise not_found(exc) from exc
+        except PhysicalSampleNameTakenError as exc:
+            raise name_taken(exc) from exc
+
+    @app.get(
+        "/physical_samples/",
+        response_model=list[PhysicalSampleListed],
+        tags=["physical samples"],
+        summary="List the organisation's physical samples, oldest first",
+        responses=_AUTH_ERRORS,
+    )
+    async def list_physical_samples(
+        grant: Reader,
+        physical_sample_id: Annotated[
+            UUID | None,
+            Query(description="Only this physical sample: a list of one, or empty."),
+        ] = None,
+        has_data_item: Annotated[
+            bool | None,
+            Query(
+                description="Only samples with (true) or without (false) data items. The "
+                "sandbox stores no data items, so true lists none."
+            ),
+        ] = None,
+    ) -> list[dict[str, Any]]:
+        return store.list_physical_samples(
+            grant.organisation,
+            physical_sample_id=None if physical_sample_id is None else str(physical_sample_id),
+            has_data_item=has_data_item,
+        )
+
+    @app.patch(
+        "/physical_samples/{physical_sample_id}/target_material",
+        response_model=PhysicalSample,
+        tags=["physical samples"],
+        summary="Link a physical sample to a target material, or unlink it (null)",
+        responses={**_WRITE_ERRORS, **_LINK_NOT_FOUND},
+    )
+    async def link_target_material(
+        physical_sample_id: PhysicalSampleIdPath, body: TargetMaterialLink, grant: Writer
+    ) -> dict[str, Any]:
+        try:
+            return store.link_target_material(
+                grant.organisation,
+                str(physical_sample_id),
+                body.target_material_id,
+                user_id=grant.user_id,
+            )
+        except (PhysicalSampleNotFoundError, SampleNotFoundError) as exc:
+            raise HTTPException(status_code=404, detail=str(exc)) from exc
+
+    @app.patch(
+        "/physical_samples/{physical_sample_id}",
+        response_model=PhysicalSample,
+        tags=["physical samples"],
+        summary="Change a physical sample's name, instrument, notes or metadata",
+        responses={**_WRITE_ERRORS, **_PHYSICAL_SAMPLE_NOT_FOUND, **_NAME_TAKEN},
+    )
+    async def update_physical_sample(
+        physical_sample_id: PhysicalSampleIdPath, body: PhysicalSamplePatch, grant: Writer
+    ) -> dict[str, Any]:
+        changes = body.model_dump(include=body.model_fields_set)
+        try:
+            return store.update_physical_sample(
+                grant.organisation, str(physical_sample_id), changes, user_id=grant.user_id
+            )
+        except PhysicalSampleNotFoundError as exc:
+            raise HTTPException(status_code=404, detail=str(exc)) from exc
+        except PhysicalSampleNameTakenError as exc:
+            raise name_taken(exc) from exc
 
     return app

@@ -2,7 +2,8 @@
 
 `SandboxConfig` is read by `create_app` and `run_sandbox`. Everything in it is fixed for
 the life of a server except `faults`, which is a live object that tests change while the
-server runs.
+server runs, and `physical_sample_conflict`, which is only the starting value of the
+app's live setting of the same name (`SandboxHandle.physical_sample_conflict`).
 """
 
 from __future__ import annotations
@@ -10,12 +11,18 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from atomscale_sandbox._connections import HttpParser, resolve_http_parser
 from atomscale_sandbox._faults import FaultConfig
 from atomscale_sandbox._store import organisation_user_id
 
-__all__ = ["DEFAULT_ORGANISATION", "ApiKeyGrant", "SandboxConfig"]
+__all__ = [
+    "DEFAULT_ORGANISATION",
+    "ApiKeyGrant",
+    "SandboxConfig",
+    "check_physical_sample_conflict",
+]
 
 DEFAULT_ORGANISATION = "sandbox"
 """The organisation of the API key a `SandboxConfig` generates when given none.
@@ -64,6 +71,16 @@ def _one_generated_key() -> dict[str, ApiKeyGrant | str]:
     return {secrets.token_urlsafe(24): DEFAULT_ORGANISATION}
 
 
+def check_physical_sample_conflict(shape: str) -> Literal["object", "string"]:
+    """`shape` if it names a shape of the physical-sample 409, else a `ValueError`."""
+    # Spelled out so that the type checker sees the literal come back.
+    if shape == "object":
+        return "object"
+    if shape == "string":
+        return "string"
+    raise ValueError(f"physical_sample_conflict must be 'object' or 'string', got {shape!r}")
+
+
 @dataclass
 class SandboxConfig:
     """Settings of one sandbox server.
@@ -79,6 +96,14 @@ class SandboxConfig:
             that has no layers (as one row with null layer fields). The real service's
             behaviour is unknown, so the default is the worst case for a client: it does
             not, and a material without layers is invisible.
+        physical_sample_conflict: The shape of the 409 that refuses a physical sample
+            whose name is taken. `"object"` (the default, what the official SDK
+            reads first): `{"detail": {"message": "Physical sample name already
+            exists", "physical_sample_id": "<uuid of the existing sample>"}}`.
+            `"string"`, as some deployments answer: `{"detail": "Physical sample name
+            already exists"}`, so a client must list the samples to find the existing
+            one. Only the starting value: `SandboxHandle.physical_sample_conflict`
+            (or `SandboxApp.physical_sample_conflict`) changes it while the server runs.
         faults: The live fault-injection settings; change them while the server runs.
         http_parser: The HTTP/1.1 implementation `run_sandbox` serves with: `h11`,
             `httptools` (about a third less server CPU per request; needs the
@@ -98,6 +123,7 @@ class SandboxConfig:
     db_path: str | Path | None = None
     max_body_bytes: int = 1024 * 1024
     list_empty_materials: bool = False
+    physical_sample_conflict: Literal["object", "string"] = "object"
     faults: FaultConfig = field(default_factory=FaultConfig)
     http_parser: HttpParser = "auto"
 
@@ -113,6 +139,7 @@ class SandboxConfig:
         if self.max_body_bytes < 1:
             raise ValueError(f"max_body_bytes must be positive, got {self.max_body_bytes}")
         resolve_http_parser(self.http_parser)
+        check_physical_sample_conflict(self.physical_sample_conflict)
 
     @property
     def grants(self) -> dict[str, ApiKeyGrant]:

@@ -21,12 +21,20 @@ __all__ = [
     "MAX_JSON_DEPTH",
     "MAX_RECORD_ID",
     "ErrorReply",
+    "GrowthInstrument",
     "Layer",
     "LayerFields",
     "LayerPatch",
+    "LinkedTargetMaterial",
+    "PhysicalSample",
+    "PhysicalSampleCreate",
+    "PhysicalSampleListed",
+    "PhysicalSamplePatch",
+    "Project",
     "TargetMaterial",
     "TargetMaterialCreate",
     "TargetMaterialFields",
+    "TargetMaterialLink",
     "TargetMaterialPatch",
     "TargetMaterialRow",
 ]
@@ -95,9 +103,22 @@ Amount = (
 )
 ElementDict = Annotated[dict[ElementSymbol, Amount], Field(max_length=128)]
 JsonObject = Annotated[dict[str, Any], AfterValidator(_plain_json)]
+# The SDK's physical-sample replies show `detail_notes_id` with no type; a client may
+# send a number or a text id, and the sandbox keeps whichever it was given.
+DetailNotesId = RecordId | Annotated[str, Field(strict=True, max_length=256), Utf8]
 
 _REQUEST = ConfigDict(extra="ignore", json_schema_extra=_first_paragraph)
 _REPLY = ConfigDict(json_schema_extra=_first_paragraph)
+
+
+def _not_blank(name: str | None) -> str:
+    # The service and the SDK compare names trimmed; a name that trims to nothing
+    # could never be found again by name.
+    if name is None:
+        raise ValueError("may be left out, but not null")
+    if not name.strip():
+        raise ValueError("must not be empty or only whitespace")
+    return name
 
 
 class LayerFields(BaseModel):
@@ -256,6 +277,131 @@ class TargetMaterialRow(BaseModel):
     user_id: str
     version: str
     last_updated: str
+
+
+class PhysicalSampleCreate(BaseModel):
+    """A new physical sample (growth run); its name must be new to the organisation."""
+
+    model_config = _REQUEST
+
+    name: Name = Field(
+        description="Name of the growth run, stored trimmed. Unique in the organisation, "
+        "compared trimmed and ignoring case; a taken name answers 409. At most 256 "
+        "characters as sent; must not be blank."
+    )
+    growth_instrument_id: RecordId | None = Field(
+        default=None, description="Integer ID of the growth instrument (MBE, PLD, ...)."
+    )
+    sample_id: RecordId | None = Field(
+        default=None,
+        description="ID of the target material the run aims for; must be one of the "
+        "organisation's, else 404.",
+    )
+    detail_notes_id: DetailNotesId | None = Field(
+        default=None, description="ID of the run's notes, stored as given."
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _name_not_blank(cls, value: str) -> str:
+        return _not_blank(value)
+
+
+class PhysicalSamplePatch(BaseModel):
+    """Changes to a physical sample; fields left out stay as they are.
+
+    Its target material is changed through `PATCH
+    /physical_samples/{physical_sample_id}/target_material`, not here.
+    """
+
+    model_config = _REQUEST
+
+    name: Name | SkipJsonSchema[None] = Field(
+        default=None,
+        json_schema_extra=_no_default,
+        description="New name, stored trimmed; unique again (409 if taken), not blank.",
+    )
+    growth_instrument_id: RecordId | None = None
+    detail_notes_id: DetailNotesId | None = None
+    physical_sample_metadata: JsonObject | None = Field(
+        default=None, description="Free-form JSON object; replaces the stored one."
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _name_present_and_not_blank(cls, value: str | None) -> str:
+        # Runs only when the name was sent: null would blank the name.
+        return _not_blank(value)
+
+
+class TargetMaterialLink(BaseModel):
+    """The target material a physical sample aims for, or none."""
+
+    model_config = _REQUEST
+
+    target_material_id: RecordId | None = Field(
+        description="ID of one of the organisation's target materials (404 otherwise), or "
+        "null to unlink. Required, even as null."
+    )
+
+
+class PhysicalSample(BaseModel):
+    """A stored physical sample (growth run), as a create or an update answers it."""
+
+    model_config = _REPLY
+
+    id: str = Field(description="UUID of the physical sample.")
+    name: str = Field(description="Name, trimmed.")
+    created_datetime: str = Field(description="ISO-8601 UTC timestamp of the create.")
+    last_updated: str = Field(description="ISO-8601 UTC timestamp of the last change.")
+    version: str = Field(
+        description="Record version as a dotted string (`0.269.1`); the last part is 1 "
+        "when created, +1 on each PATCH."
+    )
+    user_id: str = Field(description="Stable id of the person whose key created it.")
+    growth_instrument_id: int | None
+    sample_id: int | None = Field(description="ID of the linked target material, if any.")
+    detail_notes_id: int | str | None
+    physical_sample_metadata: dict[str, Any] | None
+
+
+class LinkedTargetMaterial(BaseModel):
+    """The target material a listed physical sample is linked to, as it is now."""
+
+    model_config = _REPLY
+
+    sample_id: int
+    sample_name: str
+    substrate: str
+
+
+class GrowthInstrument(BaseModel):
+    """The growth instrument of a listed physical sample (the sandbox knows only its id)."""
+
+    model_config = _REPLY
+
+    id: int
+
+
+class Project(BaseModel):
+    """A project a physical sample belongs to (the sandbox has none)."""
+
+    model_config = _REPLY
+
+    id: str
+    name: str
+
+
+class PhysicalSampleListed(PhysicalSample):
+    """One physical sample of the listing: the stored fields and related records."""
+
+    owner_id: str = Field(description="Same as `user_id`.")
+    owner_name: str = Field(description="Display name of the creator.")
+    num_data_items: int = Field(description="Always 0: the sandbox stores no data items.")
+    growth_instrument: GrowthInstrument | None
+    target_material: LinkedTargetMaterial | None
+    projects: list[Project] = Field(description="Always empty in the sandbox.")
+    detail_notes: dict[str, Any] | None = Field(description="Always null in the sandbox.")
 
 
 class ErrorReply(BaseModel):

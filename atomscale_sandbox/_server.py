@@ -14,12 +14,12 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Literal
 
 import uvicorn
 
 from atomscale_sandbox._app import SandboxApp, create_app
-from atomscale_sandbox._config import SandboxConfig
+from atomscale_sandbox._config import SandboxConfig, check_physical_sample_conflict
 from atomscale_sandbox._faults import FaultConfig
 from atomscale_sandbox._stats import StatsSnapshot
 
@@ -156,6 +156,57 @@ class SandboxHandle:
         """
         self.app.stats.reset()
 
+    @property
+    def physical_sample_conflict(self) -> Literal["object", "string"]:
+        """The shape of the 409 for a taken physical-sample name; set it to switch live.
+
+        `"object"`: `{"detail": {"message": ..., "physical_sample_id": "<uuid>"}}`;
+        `"string"`: `{"detail": "Physical sample name already exists"}`. Starts as
+        `SandboxConfig.physical_sample_conflict`; the next request after a change
+        answers in the new shape. Setting anything else raises `ValueError`.
+
+        Example:
+            ```python
+            from atomscale_sandbox import run_sandbox
+
+            with run_sandbox() as sandbox:
+                sandbox.physical_sample_conflict = "string"
+                print(sandbox.physical_sample_conflict)  # string
+            ```
+        """
+        return self.app.physical_sample_conflict
+
+    @physical_sample_conflict.setter
+    def physical_sample_conflict(self, shape: Literal["object", "string"]) -> None:
+        self.app.physical_sample_conflict = check_physical_sample_conflict(shape)
+
+    def physical_samples(self, *, organisation: str | None = None) -> list[dict[str, Any]]:
+        """The stored physical samples (growth runs), oldest first.
+
+        Args:
+            organisation: Only this organisation's; all if `None`.
+
+        Returns:
+            One dict per physical sample (the fields a create answers plus
+            `organisation`).
+
+        Example:
+            ```python
+            import httpx
+
+            from atomscale_sandbox import run_sandbox
+
+            with run_sandbox() as sandbox:
+                httpx.post(
+                    f"{sandbox.url}/physical_samples/",
+                    headers={"X-API-KEY": sandbox.api_key},
+                    json={"name": "  Run 7 "},
+                )
+                print([sample["name"] for sample in sandbox.physical_samples()])  # ['Run 7']
+            ```
+        """
+        return self.app.store.physical_samples(organisation=organisation)
+
     def layer_rows(
         self, *, organisation: str | None = None, sample_id: int | None = None
     ) -> list[dict[str, Any]]:
@@ -232,19 +283,25 @@ class SandboxHandle:
         after: int = 0,
         organisation: str | None = None,
         sample_id: int | None = None,
+        kind: str | None = None,
     ) -> list[dict[str, Any]]:
-        """The store's audit: every insert, update and delete of a layer or target material.
+        """The store's audit: every insert, update and delete of a stored record.
 
+        The records are layers, target materials and physical samples (growth runs).
         Never shown by the API. Each entry says when it was written (this process's
-        `time.monotonic()`), by whose key (`user_id`), what the record was afterwards (or
-        before, for a delete), and what fault injection did to the request; see
-        `SandboxStore.history` in the source for every field.
+        `time.monotonic()`), by whose key (`user_id`), what kind of record changed
+        (`kind`: `layer`, `material` or `physical_sample`) and which (`record_id`: the
+        layer's or material's integer id, or the physical sample's UUID text), what the
+        record was afterwards (or before, for a delete), and what fault injection did to
+        the request; see `SandboxStore.history` in the source for every field.
 
         Args:
             after: Only entries with a `seq` above this.
             organisation: Only this organisation's; all if `None`.
-            sample_id: Only entries of this target material and of its layers; all if
-                `None`.
+            sample_id: Only entries of this target material: its own, its layers' and
+                those of physical samples linked to it by the change; all if `None`.
+            kind: Only entries of this kind (`layer`, `material` or `physical_sample`);
+                all if `None`.
 
         Returns:
             One dict per change, oldest first.
@@ -265,7 +322,9 @@ class SandboxHandle:
                 # [('insert', 'material')]
             ```
         """
-        return self.app.store.history(after=after, organisation=organisation, sample_id=sample_id)
+        return self.app.store.history(
+            after=after, organisation=organisation, sample_id=sample_id, kind=kind
+        )
 
 
 def _listening_socket(host: str, port: int) -> socket.socket:

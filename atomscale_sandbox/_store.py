@@ -1,4 +1,4 @@
-"""SQLite storage of the sandbox's target materials and layers.
+"""SQLite storage of the sandbox's target materials, layers and physical samples.
 
 One connection, guarded by a lock, serves every thread: the server's event loop writes
 through it and tests read through it to check what was stored. Opening a connection per
@@ -31,10 +31,13 @@ __all__ = [
     "WRITE_NOTE",
     "LayerIdTakenError",
     "LayerValues",
+    "PhysicalSampleNameTakenError",
+    "PhysicalSampleNotFoundError",
     "SampleNotFoundError",
     "SandboxStore",
     "WriteNote",
     "organisation_user_id",
+    "physical_sample_name_key",
 ]
 
 _SCHEMA = """
@@ -62,6 +65,23 @@ CREATE TABLE IF NOT EXISTS layers (
     mp_id TEXT
 );
 CREATE INDEX IF NOT EXISTS layers_by_position ON layers (sample_id, layer_id);
+CREATE TABLE IF NOT EXISTS physical_samples (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    organisation TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    owner_name TEXT NOT NULL,
+    name TEXT NOT NULL,
+    name_key TEXT NOT NULL,
+    created_datetime TEXT NOT NULL,
+    last_updated TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    growth_instrument_id INTEGER,
+    sample_id INTEGER REFERENCES target_materials (sample_id),
+    detail_notes_id,
+    physical_sample_metadata TEXT,
+    UNIQUE (organisation, name_key)
+);
 CREATE TABLE IF NOT EXISTS audit (
     seq INTEGER PRIMARY KEY,
     at REAL NOT NULL,
@@ -70,7 +90,7 @@ CREATE TABLE IF NOT EXISTS audit (
     user_id TEXT NOT NULL,
     action TEXT NOT NULL,
     kind TEXT NOT NULL,
-    record_id INTEGER NOT NULL,
+    record_id INTEGER NOT NULL,  -- a physical sample's UUID stays text: not a number
     sample_id INTEGER,
     layer_id INTEGER,
     row TEXT NOT NULL,
@@ -91,6 +111,19 @@ _MATERIAL_JSON = (
     " {r}.sample_name, 'substrate', {r}.substrate, 'sample_metadata',"
     " json({r}.sample_metadata), 'version', {r}.version, 'last_updated', {r}.last_updated)"
 )
+# `detail_notes_id` has no declared type, so it keeps the JSON type it was sent as.
+_PHYSICAL_SAMPLE_JSON = (
+    "json_object('id', {r}.id, 'name', {r}.name, 'created_datetime', {r}.created_datetime,"
+    " 'last_updated', {r}.last_updated, 'version', {r}.version, 'user_id', {r}.user_id,"
+    " 'growth_instrument_id', {r}.growth_instrument_id, 'sample_id', {r}.sample_id,"
+    " 'detail_notes_id', {r}.detail_notes_id, 'physical_sample_metadata',"
+    " json({r}.physical_sample_metadata))"
+)
+_AUDIT_ROWS = {
+    "layer": _LAYER_JSON,
+    "material": _MATERIAL_JSON,
+    "physical_sample": _PHYSICAL_SAMPLE_JSON,
+}
 _AUDIT_TRIGGER = """
 CREATE TEMP TRIGGER IF NOT EXISTS audit_{kind}_{action} AFTER {event} ON main.{table}
 BEGIN
@@ -109,11 +142,13 @@ _AUDIT_TRIGGERS = "".join(
         r=r,
         record=record,
         layer_id=f"{r}.layer_id" if kind == "layer" else "NULL",
-        row=(_LAYER_JSON if kind == "layer" else _MATERIAL_JSON).format(r=r),
+        row=_AUDIT_ROWS[kind].format(r=r),
     )
     for kind, table, record in (
         ("layer", "layers", "id"),
         ("material", "target_materials", "sample_id"),
+        # The audit's `sample_id` of a physical sample is its linked target material.
+        ("physical_sample", "physical_samples", "id"),
     )
     for action, event, r in (
         ("insert", "INSERT", "NEW"),
@@ -242,6 +277,32 @@ _PATCHABLE_LAYER_COLUMNS = frozenset(
     {"composition_string", "element_dict", "orientation", "space_group", "mp_id"}
 )
 _PATCHABLE_MATERIAL_COLUMNS = frozenset({"sample_name", "substrate", "sample_metadata"})
+_PATCHABLE_PHYSICAL_SAMPLE_COLUMNS = frozenset(
+    {"name", "growth_instrument_id", "detail_notes_id", "physical_sample_metadata"}
+)
+# A physical sample as create and update answer it, in the order the API documents.
+_PHYSICAL_SAMPLE_COLUMNS = (
+    "id, name, created_datetime, last_updated, version, user_id, growth_instrument_id,"
+    " sample_id, detail_notes_id, physical_sample_metadata"
+)
+_SELECT_PHYSICAL_SAMPLE = (
+    f"SELECT {_PHYSICAL_SAMPLE_COLUMNS} FROM physical_samples"  # noqa: S608
+    " WHERE organisation = ? AND id = ?"
+)
+_SELECT_PHYSICAL_SAMPLE_ROWS = (
+    f"SELECT organisation, {_PHYSICAL_SAMPLE_COLUMNS} FROM physical_samples"  # noqa: S608
+)
+# The listing of GET /physical_samples/: the linked target material is joined in, so
+# that a renamed material shows its new name.
+_LIST_PHYSICAL_SAMPLES = (
+    "SELECT p.id, p.name, p.created_datetime, p.last_updated, p.version, p.user_id,"
+    " p.growth_instrument_id, p.sample_id, p.detail_notes_id, p.physical_sample_metadata,"
+    " p.owner_name, m.sample_id AS material_id, m.sample_name AS material_name,"
+    " m.substrate AS material_substrate"
+    " FROM physical_samples p LEFT JOIN target_materials m"
+    " ON m.sample_id = p.sample_id AND m.organisation = p.organisation"
+    " WHERE p.organisation = ?"
+)
 _USER_ID_NAMESPACE = uuid.UUID("6f1c1f9e-7f0e-4d57-9a43-3c8d1b0c5a11")
 
 
@@ -251,6 +312,29 @@ class SampleNotFoundError(LookupError):
     def __init__(self, sample_id: int) -> None:
         super().__init__(f"Target material {sample_id} not found")
         self.sample_id = sample_id
+
+
+class PhysicalSampleNotFoundError(LookupError):
+    """No physical sample with this id belongs to the caller's organisation."""
+
+    def __init__(self, physical_sample_id: str) -> None:
+        super().__init__(f"Physical sample {physical_sample_id} not found")
+        self.physical_sample_id = physical_sample_id
+
+
+class PhysicalSampleNameTakenError(Exception):
+    """Another physical sample of the organisation has this name (trimmed, ignoring case).
+
+    Attributes:
+        physical_sample_id: The id of the sample that has the name.
+        name: The name asked for, trimmed.
+    """
+
+    def __init__(self, physical_sample_id: str, name: str) -> None:
+        # The wording of the service's own 409 detail.
+        super().__init__("Physical sample name already exists")
+        self.physical_sample_id = physical_sample_id
+        self.name = name
 
 
 class LayerIdTakenError(Exception):
@@ -312,6 +396,29 @@ def _load(text: str | None) -> Any:
     return None if text is None else json.loads(text)
 
 
+def physical_sample_name_key(name: str) -> str:
+    """The form in which physical-sample names must be unique within an organisation.
+
+    Trimmed and lower-cased, the comparison the official SDK makes when it looks a
+    sample up by name (`str.strip` and `str.lower`), so the SDK finds exactly the
+    sample whose name the sandbox refuses to repeat.
+
+    Args:
+        name: A name as sent.
+
+    Returns:
+        The key the uniqueness constraint is on.
+    """
+    return name.strip().lower()
+
+
+def _physical_sample_reply(row: sqlite3.Row) -> dict[str, Any]:
+    sample = dict(row)
+    sample["physical_sample_metadata"] = _load(sample["physical_sample_metadata"])
+    sample["version"] = f"{VERSION_PREFIX}{sample['version']}"
+    return sample
+
+
 def _layer_reply(row: sqlite3.Row) -> dict[str, Any]:
     layer = dict(row)
     layer["element_dict"] = _load(layer["element_dict"])
@@ -327,7 +434,7 @@ def _material_reply(row: sqlite3.Row) -> dict[str, Any]:
 
 
 class SandboxStore:
-    """The sandbox's database: target materials and their layers, per organisation.
+    """The sandbox's database: target materials, their layers and physical samples.
 
     Args:
         path: SQLite file to use, created if missing; records in it survive a restart.
@@ -599,6 +706,218 @@ class SandboxStore:
                 return None
             return self._material(db, organisation, sample_id)
 
+    def create_physical_sample(
+        self,
+        organisation: str,
+        name: str,
+        *,
+        growth_instrument_id: int | None = None,
+        sample_id: int | None = None,
+        detail_notes_id: int | str | None = None,
+        user_id: str | None = None,
+        owner_name: str | None = None,
+    ) -> dict[str, Any]:
+        """Store a new physical sample (growth run) under a name new to the organisation.
+
+        The check for the name and the insert are one transaction under the store's
+        lock, so of several creates of one name exactly one succeeds.
+
+        Args:
+            organisation: Owner.
+            name: Its name; stored trimmed.
+            growth_instrument_id: Its growth instrument, if any.
+            sample_id: The target material it aims for; must be the organisation's.
+            detail_notes_id: Its notes' id, stored as given.
+            user_id: The creator's `user_id`; `None` for the organisation's default user.
+            owner_name: The creator's display name; the organisation's name if `None`.
+
+        Returns:
+            The physical sample as the API's create answers it.
+
+        Raises:
+            ValueError: The name is blank.
+            SampleNotFoundError: `sample_id` is not one of the organisation's.
+            PhysicalSampleNameTakenError: The organisation has a sample of this name,
+                trimmed and ignoring case; nothing is stored.
+        """
+        name = name.strip()
+        if not name:
+            raise ValueError("a physical sample needs a name that is not blank")
+        user_id = user_id or organisation_user_id(organisation)
+        record_id, now = str(uuid.uuid4()), _now()
+        with self._transaction(user_id) as db:
+            if sample_id is not None:
+                self._require_material(db, organisation, sample_id)
+            self._require_free_name(db, organisation, name, None)
+            db.execute(
+                "INSERT INTO physical_samples (id, organisation, user_id, owner_name, name,"
+                " name_key, created_datetime, last_updated, version, growth_instrument_id,"
+                " sample_id, detail_notes_id, physical_sample_metadata)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, NULL)",
+                (
+                    record_id,
+                    organisation,
+                    user_id,
+                    owner_name or organisation,
+                    name,
+                    physical_sample_name_key(name),
+                    now,
+                    now,
+                    growth_instrument_id,
+                    sample_id,
+                    detail_notes_id,
+                ),
+            )
+            return self._physical_sample(db, organisation, record_id)
+
+    def list_physical_samples(
+        self,
+        organisation: str,
+        *,
+        physical_sample_id: str | None = None,
+        has_data_item: bool | None = None,
+    ) -> list[dict[str, Any]]:
+        """The listing of `GET /physical_samples/`, oldest first.
+
+        Args:
+            organisation: Whose samples.
+            physical_sample_id: Only this one (canonical lowercase UUID text); another
+                organisation's gives an empty list.
+            has_data_item: `True` for only samples with data items (the sandbox stores
+                none, so none), `False` for only those without (all); `None` for all.
+
+        Returns:
+            One dict per sample: the create reply's fields plus `owner_id`,
+            `owner_name`, `num_data_items`, `growth_instrument`, `target_material` (the
+            linked material as it is now), `projects` and `detail_notes`.
+        """
+        if has_data_item:
+            return []
+        query, parameters = _LIST_PHYSICAL_SAMPLES, [organisation]
+        if physical_sample_id is not None:
+            query += " AND p.id = ?"
+            parameters.append(physical_sample_id)
+        with self._lock:
+            rows = self._db.execute(f"{query} ORDER BY p.seq", parameters).fetchall()
+        listing = []
+        for row in rows:
+            entry = dict(row)
+            material_id = entry.pop("material_id")
+            material_name = entry.pop("material_name")
+            material_substrate = entry.pop("material_substrate")
+            owner_name = entry.pop("owner_name")
+            instrument = entry["growth_instrument_id"]
+            listing.append(
+                {
+                    **entry,
+                    "version": f"{VERSION_PREFIX}{entry['version']}",
+                    "physical_sample_metadata": _load(entry["physical_sample_metadata"]),
+                    "owner_id": entry["user_id"],
+                    "owner_name": owner_name,
+                    "num_data_items": 0,
+                    "growth_instrument": None if instrument is None else {"id": instrument},
+                    "target_material": None
+                    if material_id is None
+                    else {
+                        "sample_id": material_id,
+                        "sample_name": material_name,
+                        "substrate": material_substrate,
+                    },
+                    "projects": [],
+                    "detail_notes": None,
+                }
+            )
+        return listing
+
+    def link_target_material(
+        self,
+        organisation: str,
+        physical_sample_id: str,
+        target_material_id: int | None,
+        *,
+        user_id: str | None = None,
+    ) -> dict[str, Any]:
+        """Link a physical sample to one of the organisation's target materials, or unlink it.
+
+        The version is bumped even when the link was already so, as the target-material
+        PATCH bumps it for an empty change: every accepted write is a new version.
+
+        Args:
+            organisation: Owner.
+            physical_sample_id: The physical sample (canonical lowercase UUID text).
+            target_material_id: The target material, or `None` to unlink.
+            user_id: The writer's `user_id`, for the audit; `None` for the
+                organisation's default user.
+
+        Returns:
+            The physical sample as the API's create answers it.
+
+        Raises:
+            PhysicalSampleNotFoundError: The organisation has no such physical sample.
+            SampleNotFoundError: `target_material_id` is not one of the organisation's.
+        """
+        with self._transaction(user_id or organisation_user_id(organisation)) as db:
+            self._require_physical_sample(db, organisation, physical_sample_id)
+            if target_material_id is not None:
+                self._require_material(db, organisation, target_material_id)
+            db.execute(
+                "UPDATE physical_samples SET sample_id = ?, version = version + 1,"
+                " last_updated = ? WHERE organisation = ? AND id = ?",
+                (target_material_id, _now(), organisation, physical_sample_id),
+            )
+            return self._physical_sample(db, organisation, physical_sample_id)
+
+    def update_physical_sample(
+        self,
+        organisation: str,
+        physical_sample_id: str,
+        changes: Mapping[str, Any],
+        *,
+        user_id: str | None = None,
+    ) -> dict[str, Any]:
+        """Change a physical sample's fields in `changes`, bumping its version.
+
+        Args:
+            organisation: Owner.
+            physical_sample_id: The physical sample (canonical lowercase UUID text).
+            changes: Column -> new value, among `name` (stored trimmed, unique again),
+                `growth_instrument_id`, `detail_notes_id` and `physical_sample_metadata`;
+                may be empty (the version is bumped all the same).
+            user_id: The writer's `user_id`, for the audit; `None` for the
+                organisation's default user.
+
+        Returns:
+            The changed physical sample as the API answers it.
+
+        Raises:
+            ValueError: A column that may not be changed, or a blank name.
+            PhysicalSampleNotFoundError: The organisation has no such physical sample.
+            PhysicalSampleNameTakenError: Another of the organisation's samples has the
+                new name (trimmed, ignoring case); nothing changes.
+        """
+        unknown = set(changes) - _PATCHABLE_PHYSICAL_SAMPLE_COLUMNS
+        if unknown:
+            raise ValueError(f"not patchable physical-sample columns: {sorted(unknown)}")
+        values = dict(changes)
+        if "physical_sample_metadata" in values:
+            values["physical_sample_metadata"] = _dump(values["physical_sample_metadata"])
+        if "name" in values:
+            values["name"] = str(values["name"]).strip()
+            if not values["name"]:
+                raise ValueError("a physical sample needs a name that is not blank")
+            values["name_key"] = physical_sample_name_key(values["name"])
+        assignments = "".join(f"{column} = ?, " for column in values)
+        update = (
+            f"UPDATE physical_samples SET {assignments}version = version + 1,"  # noqa: S608
+            " last_updated = ? WHERE organisation = ? AND id = ?"
+        )
+        with self._transaction(user_id or organisation_user_id(organisation)) as db:
+            self._require_physical_sample(db, organisation, physical_sample_id)
+            if "name" in values:
+                self._require_free_name(db, organisation, values["name"], physical_sample_id)
+            db.execute(update, (*values.values(), _now(), organisation, physical_sample_id))
+            return self._physical_sample(db, organisation, physical_sample_id)
+
     def list_rows(self, organisation: str, *, include_empty: bool) -> list[dict[str, Any]]:
         """The listing of `GET /target-materials/` as dicts, one row per attached layer.
 
@@ -749,32 +1068,56 @@ class SandboxStore:
             rows = self._db.execute(query, parameters).fetchall()
         return [_material_reply(row) for row in rows]
 
+    def physical_samples(self, *, organisation: str | None = None) -> list[dict[str, Any]]:
+        """Stored physical samples with their organisation, oldest first.
+
+        Args:
+            organisation: Only this organisation's; all if `None`.
+
+        Returns:
+            One dict per physical sample, as create answers it plus `organisation`.
+        """
+        conditions, parameters = _filters(organisation=organisation)
+        query = f"{_SELECT_PHYSICAL_SAMPLE_ROWS}{conditions} ORDER BY seq"
+        with self._lock:
+            rows = self._db.execute(query, parameters).fetchall()
+        return [_physical_sample_reply(row) for row in rows]
+
     def history(
         self,
         *,
         after: int = 0,
         organisation: str | None = None,
         sample_id: int | None = None,
+        kind: str | None = None,
     ) -> list[dict[str, Any]]:
-        """The audit: every insert, update and delete of a layer or target material, in order.
+        """The audit: every insert, update and delete of a stored record, in order.
+
+        The records are layers, target materials and physical samples.
 
         Args:
             after: Only entries with a `seq` above this (the last one a caller has seen).
             organisation: Only this organisation's; all if `None`.
-            sample_id: Only entries of this target material and of its layers; all if
-                `None`.
+            sample_id: Only entries whose `sample_id` is this target material's: the
+                material's own, its layers' and those of the physical samples linked to
+                it by the change; all if `None`.
+            kind: Only entries of this kind (`layer`, `material` or
+                `physical_sample`); all if `None`.
 
         Returns:
             One dict per change, oldest first: `seq` (its order), `at` (the server's
             `time.monotonic()` when it was written), `txn` (entries of one store call
             share it), `organisation`, `user_id` (the writer's), `action` (`insert`,
-            `update` or `delete`), `kind` (`layer` or `material`), `record_id` (the
-            layer's `id` or the material's `sample_id`), `sample_id`, `layer_id` (layers
-            only), `row` (the record after the change; before it, for a delete), `fault`
+            `update` or `delete`), `kind` (`layer`, `material` or `physical_sample`),
+            `record_id` (the layer's `id` or the material's `sample_id`, integers; a
+            physical sample's `id`, its UUID text), `sample_id` (the target material;
+            for a physical sample, the one it is linked to after the change, or `None`),
+            `layer_id` (layers only), `row` (the record after the change; before it,
+            for a delete; a physical sample's `version` is the bare counter), `fault`
             (the fault injected into the request, if any) and `gave_up_at` (when the
             client gave up on a write committed after that, else `None`).
         """
-        conditions, parameters = _filters(organisation=organisation, sample_id=sample_id)
+        conditions, parameters = _filters(organisation=organisation, sample_id=sample_id, kind=kind)
         conditions = f"{conditions} AND seq > ?" if conditions else " WHERE seq > ?"
         query = f"{_SELECT_AUDIT}{conditions} ORDER BY seq"
         with self._lock:
@@ -801,6 +1144,33 @@ class SandboxStore:
         ).fetchone()
         if found is None:
             raise SampleNotFoundError(sample_id)
+
+    def _require_physical_sample(
+        self, db: sqlite3.Connection, organisation: str, physical_sample_id: str
+    ) -> None:
+        found = db.execute(
+            "SELECT 1 FROM physical_samples WHERE organisation = ? AND id = ?",
+            (organisation, physical_sample_id),
+        ).fetchone()
+        if found is None:
+            raise PhysicalSampleNotFoundError(physical_sample_id)
+
+    def _require_free_name(
+        self, db: sqlite3.Connection, organisation: str, name: str, renamed: str | None
+    ) -> None:
+        """Raise if a sample other than `renamed` has `name`, trimmed and ignoring case."""
+        taken = db.execute(
+            "SELECT id FROM physical_samples WHERE organisation = ? AND name_key = ?",
+            (organisation, physical_sample_name_key(name)),
+        ).fetchone()
+        if taken is not None and taken["id"] != renamed:
+            raise PhysicalSampleNameTakenError(taken["id"], name)
+
+    def _physical_sample(
+        self, db: sqlite3.Connection, organisation: str, physical_sample_id: str
+    ) -> dict[str, Any]:
+        row = db.execute(_SELECT_PHYSICAL_SAMPLE, (organisation, physical_sample_id)).fetchone()
+        return _physical_sample_reply(row)
 
     def _material(
         self, db: sqlite3.Connection, organisation: str, sample_id: int

@@ -145,6 +145,9 @@ def test_docs_openapi_and_health_need_no_key(sandbox: SandboxHandle) -> None:
         "/target-materials/layers/",
         "/target-materials/{sample_id}",
         "/target-materials/{sample_id}/layers",
+        "/physical_samples/",
+        "/physical_samples/{physical_sample_id}",
+        "/physical_samples/{physical_sample_id}/target_material",
     } <= set(schema["paths"])
     assert "APIKeyHeader" in schema["components"]["securitySchemes"]
     assert httpx.get(f"{sandbox.url}/docs").status_code == 200
@@ -158,6 +161,14 @@ ROUTES = [
     ("POST", LAYERS, {"layer_id": 1}),
     ("PATCH", LAYERS, {"layer_id": 1, "sample_id": 1}),
     ("POST", "/target-materials/1/layers", []),
+    ("GET", "/physical_samples/", None),
+    ("POST", "/physical_samples/", {"name": "run"}),
+    ("PATCH", "/physical_samples/00000000-0000-4000-8000-000000000001", {"name": "run"}),
+    (
+        "PATCH",
+        "/physical_samples/00000000-0000-4000-8000-000000000001/target_material",
+        {"target_material_id": None},
+    ),
 ]
 
 
@@ -170,11 +181,11 @@ ROUTES = [
 def test_missing_or_unknown_key_is_401(
     sandbox: SandboxHandle, method: str, path: str, body: Any, headers: dict[str, str]
 ) -> None:
-    before = (sandbox.target_materials(), sandbox.layer_rows())
+    before = (sandbox.target_materials(), sandbox.layer_rows(), sandbox.physical_samples())
     reply = httpx.request(method, f"{sandbox.url}{path}", json=body, headers=headers)
     assert reply.status_code == 401
     assert isinstance(reply.json()["detail"], str)
-    assert (sandbox.target_materials(), sandbox.layer_rows()) == before
+    assert (sandbox.target_materials(), sandbox.layer_rows(), sandbox.physical_samples()) == before
 
 
 def test_non_ascii_key_is_401_not_500(sandbox: SandboxHandle) -> None:
@@ -201,12 +212,12 @@ def test_read_only_key_may_read_but_every_write_is_403(
 ) -> None:
     create_material(client_a)
     headers = {"X-API-KEY": KEY_READ_ONLY}
-    before = (sandbox.target_materials(), sandbox.layer_rows())
+    before = (sandbox.target_materials(), sandbox.layer_rows(), sandbox.physical_samples())
     assert httpx.get(f"{sandbox.url}{MATERIALS}", headers=headers).status_code == 200
     reply = httpx.request(method, f"{sandbox.url}{path}", json=body, headers=headers)
     assert reply.status_code == 403
     assert isinstance(reply.json()["detail"], str)
-    assert (sandbox.target_materials(), sandbox.layer_rows()) == before
+    assert (sandbox.target_materials(), sandbox.layer_rows(), sandbox.physical_samples()) == before
 
 
 def test_keys_of_one_organisation_share_its_records(
