@@ -7,7 +7,9 @@ The layers, from the bottom up:
   to a model or a typed error (`AtomscaleError` and its subclasses);
 - the tasks `create_target_material`, `create_layer` and `create_layers` (a whole
   stack in one task), each with an async twin, add local validation, retries of
-  transient faults, caching, and exactly-once writes;
+  transient faults, caching, and exactly-once writes; `create_growth_run` and
+  `link_target_material` do so for growth runs (physical samples), which the
+  official `atomscale` SDK uploads instrument data into by name;
 - `load_stack_file` reads stack files (YAML, JSON, CSV), `publish_stack_artifacts`
   draws stacks for the Prefect UI, and `prefect_atomscale.flows` creates the stacks of
   stack files.
@@ -62,6 +64,7 @@ from prefect_atomscale._exceptions import (
     AtomscaleServerError,
     AtomscaleTimeoutError,
     AtomscaleValidationError,
+    GrowthRunLinkedError,
     InvalidCompositionError,
     InvalidOrientationError,
     InvalidStackFileError,
@@ -78,7 +81,18 @@ if TYPE_CHECKING:  # for type checkers and editors; at run time see __getattr__
     from prefect_atomscale._bulk import acreate_layers, create_layers
     from prefect_atomscale._client import AsyncAtomscaleClient, AtomscaleClient
     from prefect_atomscale._composition import parse_composition
-    from prefect_atomscale._models import Layer, TargetMaterial, TargetMaterialRow
+    from prefect_atomscale._growth_run_tasks import (
+        acreate_growth_run,
+        afind_growth_runs,
+        aget_growth_run,
+        alink_target_material,
+        create_growth_run,
+        find_growth_runs,
+        get_growth_run,
+        link_target_material,
+    )
+    from prefect_atomscale._growth_runs import IfLinked
+    from prefect_atomscale._models import GrowthRun, Layer, TargetMaterial, TargetMaterialRow
     from prefect_atomscale._orientation import normalize_orientation
     from prefect_atomscale._payloads import LayerRequest, TargetMaterialRequest
     from prefect_atomscale._read_tasks import (
@@ -115,6 +129,16 @@ _LAZY = {
     "AsyncAtomscaleClient": "_client",
     "AtomscaleClient": "_client",
     "parse_composition": "_composition",
+    "acreate_growth_run": "_growth_run_tasks",
+    "afind_growth_runs": "_growth_run_tasks",
+    "aget_growth_run": "_growth_run_tasks",
+    "alink_target_material": "_growth_run_tasks",
+    "create_growth_run": "_growth_run_tasks",
+    "find_growth_runs": "_growth_run_tasks",
+    "get_growth_run": "_growth_run_tasks",
+    "link_target_material": "_growth_run_tasks",
+    "IfLinked": "_growth_runs",
+    "GrowthRun": "_models",
     "Layer": "_models",
     "TargetMaterial": "_models",
     "TargetMaterialRow": "_models",
@@ -171,7 +195,10 @@ __all__ = [
     "AtomscaleTimeoutError",
     "AtomscaleValidationError",
     "ConnectionSettings",
+    "GrowthRun",
+    "GrowthRunLinkedError",
     "IfExists",
+    "IfLinked",
     "InvalidCompositionError",
     "InvalidOrientationError",
     "InvalidStackFileError",
@@ -187,18 +214,26 @@ __all__ = [
     "TargetMaterial",
     "TargetMaterialRequest",
     "TargetMaterialRow",
+    "acreate_growth_run",
     "acreate_layer",
     "acreate_layers",
     "acreate_target_material",
+    "afind_growth_runs",
     "afind_target_materials",
+    "aget_growth_run",
     "aget_stack",
+    "alink_target_material",
     "apublish_stack_artifacts",
     "aupdate_target_material",
+    "create_growth_run",
     "create_layer",
     "create_layers",
     "create_target_material",
+    "find_growth_runs",
     "find_target_materials",
+    "get_growth_run",
     "get_stack",
+    "link_target_material",
     "load_stack_file",
     "normalize_orientation",
     "parse_composition",

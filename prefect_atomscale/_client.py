@@ -1,4 +1,4 @@
-"""Typed calls to the Atomscale target-material endpoints, sync and async.
+"""Typed calls to the Atomscale target-material and physical-sample endpoints, sync and async.
 
 `AtomscaleClient` and `AsyncAtomscaleClient` send checked requests (see `_payloads`) over
 an httpx client that `AtomscaleCredentials` configured, and turn every reply into a
@@ -16,7 +16,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Protocol, Self, TypeVar
+from urllib.parse import quote
 
 import httpx
 from pydantic import TypeAdapter, ValidationError
@@ -35,8 +36,14 @@ from prefect_atomscale._exceptions import (
     AtomscaleTimeoutError,
     AtomscaleValidationError,
 )
+from prefect_atomscale._growth_runs import (
+    checked_optional_id,
+    checked_physical_sample_id,
+    checked_run_name,
+    name_key,
+)
 from prefect_atomscale._listing import ListingReader
-from prefect_atomscale._models import Layer, TargetMaterial, TargetMaterialRow
+from prefect_atomscale._models import GrowthRun, Layer, TargetMaterial, TargetMaterialRow
 from prefect_atomscale._payloads import (
     OWNER_KEY,
     LayerRequest,
@@ -52,6 +59,7 @@ T = TypeVar("T")
 # Paths exactly as the API reference writes them: trailing slashes differ between routes.
 TARGET_MATERIALS = "/target-materials/"
 LAYERS = "/target-materials/layers/"
+PHYSICAL_SAMPLES = "/physical_samples/"
 
 _ROWS = TypeAdapter(list[TargetMaterialRow])
 _MIN_SCRUBBED_KEY = 8
@@ -65,6 +73,9 @@ class _Call:
     path: str
     purpose: str
     body: Any = None
+    params: dict[str, str] | None = None
+    # What a 404 says may be missing, in "check that ... exists".
+    missing: str = "the target material"
 
     def __str__(self) -> str:
         return f"{self.method} {self.path}"
@@ -90,6 +101,15 @@ def _replace_layers(sample_id: int, requests: Sequence[LayerRequest], purpose: s
 
 def _list_rows(purpose: str) -> _Call:
     return _Call("GET", TARGET_MATERIALS, purpose)
+
+
+class _Keeps(Protocol[T]):
+    """A look-up's filter: which listed items to decode, and how to read those kept."""
+
+    @property
+    def keep(self) -> Callable[[dict[str, Any]], bool]: ...
+
+    def __call__(self, data: Any) -> list[T]: ...
 
 
 @dataclass(frozen=True)
@@ -159,6 +179,134 @@ def _first_of_each(name: str | None) -> _Rows:
         return first.setdefault(key, id(row)) == id(row)
 
     return _Rows(keep)
+
+
+_GROWTH_RUNS = TypeAdapter(list[GrowthRun])
+
+
+def _create_physical_sample(
+    name: str, sample_id: int | None, growth_instrument_id: int | None
+) -> _Call:
+    body: dict[str, Any] = {"name": name}
+    if sample_id is not None:
+        body["sample_id"] = sample_id
+    if growth_instrument_id is not None:
+        body["growth_instrument_id"] = growth_instrument_id
+    linked = f" linked to target material {sample_id}" if sample_id is not None else ""
+    return _Call(
+        "POST", PHYSICAL_SAMPLES, f"creating growth run {name!r}{linked}", body,
+        missing=f"target material {sample_id}",
+    )
+
+
+def _list_physical_samples(purpose: str, physical_sample_id: str | None = None) -> _Call:
+    params = None if physical_sample_id is None else {"physical_sample_id": physical_sample_id}
+    return _Call("GET", PHYSICAL_SAMPLES, purpose, params=params, missing="the growth run")
+
+
+def _link_physical_sample(physical_sample_id: str, sample_id: int | None) -> _Call:
+    path = f"{PHYSICAL_SAMPLES}{quote(physical_sample_id, safe='')}/target_material"
+    purpose = (
+        f"linking growth run {physical_sample_id} to target material {sample_id}"
+        if sample_id is not None
+        else f"clearing the target material of growth run {physical_sample_id}"
+    )
+    missing = f"growth run {physical_sample_id}" + (
+        f" and target material {sample_id}" if sample_id is not None else ""
+    )
+    return _Call("PATCH", path, purpose, {"target_material_id": sample_id}, missing=missing)
+
+
+@dataclass(frozen=True)
+class _Samples:
+    """The physical samples a look-up needs: those `keep` accepts (see `_Rows`)."""
+
+    keep: Callable[[dict[str, Any]], bool]
+
+    def __call__(self, data: Any) -> list[GrowthRun]:
+        if isinstance(data, dict):
+            data = [data]  # one sample asked for by id may come back bare (the SDK allows it)
+        if isinstance(data, list):
+            data = [item for item in data if not isinstance(item, dict) or self.keep(item)]
+        return _GROWTH_RUNS.validate_python(data)
+
+
+def _named_run(name: str) -> _Samples:
+    key = name_key(name)
+    return _Samples(
+        lambda item: isinstance(item.get("name"), str) and name_key(item["name"]) == key
+    )
+
+
+def _with_id(physical_sample_id: str) -> _Samples:
+    # Compared as UUIDs would be: the service may write them in upper case.
+    wanted = physical_sample_id.lower()
+    return _Samples(lambda item: str(item.get("id", "")).strip().lower() == wanted)
+
+
+def _every_run() -> _Samples:
+    return _Samples(lambda item: True)
+
+
+def _created_run(
+    name: str, sample_id: int | None, growth_instrument_id: int | None
+) -> Callable[[Any], GrowthRun]:
+    """Read a create's reply, filling in from the request what it left out."""
+
+    def parse(data: Any) -> GrowthRun:
+        run = GrowthRun.model_validate(data)
+        fill: dict[str, Any] = {}
+        if run.name is None:
+            fill["name"] = name
+        if "sample_id" not in run.model_fields_set and "target_material" not in (
+            run.model_fields_set
+        ):
+            fill["sample_id"] = sample_id
+        if run.growth_instrument_id is None and growth_instrument_id is not None:
+            fill["growth_instrument_id"] = growth_instrument_id
+        return run.model_copy(update=fill) if fill else run
+
+    return parse
+
+
+def _linked_run(sample_id: int | None) -> Callable[[Any], GrowthRun]:
+    """Read a link's reply; a reply that does not say the link is taken as done."""
+
+    def parse(data: Any) -> GrowthRun:
+        run = GrowthRun.model_validate(data)
+        if run.target_material_id == sample_id:
+            return run
+        return run.model_copy(update={"sample_id": sample_id, "target_material": None})
+
+    return parse
+
+
+def _growth_run_inputs(
+    name: Any, sample_id: Any, growth_instrument_id: Any
+) -> tuple[str, int | None, int | None]:
+    where = f"create_growth_run({name!r:.40})"
+    return (
+        checked_run_name(name, where),
+        checked_optional_id(
+            "sample_id", sample_id, where, "the sample_id that create_target_material returned"
+        ),
+        checked_optional_id(
+            "growth_instrument_id",
+            growth_instrument_id,
+            where,
+            "the growth instrument's id (the SDK's list_growth_instruments: synth_source_id)",
+        ),
+    )
+
+
+def _link_inputs(physical_sample_id: Any, sample_id: Any) -> tuple[str, int | None]:
+    where = f"link_target_material({physical_sample_id!r:.40})"
+    return (
+        checked_physical_sample_id(physical_sample_id, where),
+        checked_optional_id(
+            "sample_id", sample_id, where, "the sample_id that create_target_material returned"
+        ),
+    )
 
 
 def target_material_changes(
@@ -365,7 +513,7 @@ class _Base:
             )
         if status == 404:
             return AtomscaleNotFoundError(
-                f"{head} Check that the target material exists and belongs to the "
+                f"{head} Check that {call.missing} exists and belongs to the "
                 f"organisation of this API key, and that {base_url} is right.",
                 status_code=status,
                 detail=detail,
@@ -853,6 +1001,156 @@ class AtomscaleClient(_Base):
         call = _update_target_material(sample_id, changes)
         return _updated(self._parse(call, self._send(call), TargetMaterial.model_validate), changes)
 
+    def create_growth_run(
+        self,
+        name: str,
+        *,
+        sample_id: int | None = None,
+        growth_instrument_id: int | None = None,
+    ) -> GrowthRun:
+        """Create a growth run (`POST /physical_samples/`), linked to a target material if given.
+
+        One request, no look-up: a name that is taken answers 409. The
+        `create_growth_run` task resolves that to the existing growth run.
+
+        Args:
+            name: Its name, unique in the organisation (ignoring case and surrounding
+                whitespace); sent trimmed.
+            sample_id: The target material it grows, if any.
+            growth_instrument_id: The growth instrument's id, if any.
+
+        Returns:
+            The created growth run; what the reply left out is filled in from the request.
+
+        Raises:
+            AtomscaleValidationError: A blank or too long name, or an id that is not a
+                whole number >= 1; nothing is sent.
+            AtomscaleConflictError: The name is taken (409); its `detail` may hold the
+                existing growth run's id (`physical_sample_id`).
+            AtomscaleNotFoundError: No target material `sample_id` in this organisation.
+
+        Example:
+            ```python
+            import uuid
+
+            from prefect_atomscale import AtomscaleClient, AtomscaleCredentials
+
+            name = f"Client example run {uuid.uuid4().hex[:8]}"
+            with AtomscaleClient.from_credentials(AtomscaleCredentials.load("atomscale")) as client:
+                run = client.create_growth_run(f"  {name} ")  # sent trimmed
+                print(run.name == name, run.target_material_id)  # True None
+            ```
+        """
+        name, sample_id, instrument = _growth_run_inputs(name, sample_id, growth_instrument_id)
+        call = _create_physical_sample(name, sample_id, instrument)
+        return self._parse(call, self._send(call), _created_run(name, sample_id, instrument))
+
+    def find_growth_runs(
+        self, name: str | None = None, purpose: str = "listing growth runs"
+    ) -> list[GrowthRun]:
+        """List the organisation's growth runs (`GET /physical_samples/`), all or of one name.
+
+        The listing is read as it arrives and only the growth runs asked for are decoded
+        (see `_listing`), so memory does not grow with the organisation.
+
+        Args:
+            name: Only growth runs of this name (ignoring case and surrounding
+                whitespace, as the service compares names); None for all.
+            purpose: What the listing is for, quoted in errors.
+
+        Returns:
+            The growth runs, in the service's order.
+
+        Example:
+            ```python
+            import uuid
+
+            from prefect_atomscale import AtomscaleClient, AtomscaleCredentials
+
+            name = f"Client example run {uuid.uuid4().hex[:8]}"
+            with AtomscaleClient.from_credentials(AtomscaleCredentials.load("atomscale")) as client:
+                client.create_growth_run(name)
+                print(len(client.find_growth_runs(name.upper())))  # 1
+            ```
+        """
+        call = _list_physical_samples(purpose)
+        return self._look_up(call, _every_run() if name is None else _named_run(name))
+
+    def get_growth_run(
+        self, physical_sample_id: str, purpose: str = "reading a growth run"
+    ) -> GrowthRun | None:
+        """Read one growth run (`GET /physical_samples/?physical_sample_id=...`).
+
+        Args:
+            physical_sample_id: Its id, a UUID.
+            purpose: What the read is for, quoted in errors.
+
+        Returns:
+            The growth run, or None when this organisation has none with that id.
+
+        Raises:
+            AtomscaleValidationError: `physical_sample_id` is not a UUID; nothing is sent.
+
+        Example:
+            ```python
+            import uuid
+
+            from prefect_atomscale import AtomscaleClient, AtomscaleCredentials
+
+            with AtomscaleClient.from_credentials(AtomscaleCredentials.load("atomscale")) as client:
+                run = client.create_growth_run(f"Client example run {uuid.uuid4().hex[:8]}")
+                print(client.get_growth_run(run.id).name == run.name)  # True
+            ```
+        """
+        wanted, _ = _link_inputs(physical_sample_id, None)
+        call = _list_physical_samples(purpose, wanted)
+        try:
+            found = self._parse(call, self._send(call), _with_id(wanted))
+        except AtomscaleNotFoundError:
+            return None
+        return found[0] if found else None
+
+    def link_target_material(self, physical_sample_id: str, sample_id: int | None) -> GrowthRun:
+        """Link a growth run to a target material, or clear its link with None.
+
+        `PATCH /physical_samples/{id}/target_material`. It sets the link to a given
+        value, so sending it twice changes nothing more.
+
+        Args:
+            physical_sample_id: The growth run's id, a UUID.
+            sample_id: The target material, or None to clear the link.
+
+        Returns:
+            The growth run as linked.
+
+        Raises:
+            AtomscaleValidationError: A malformed id; nothing is sent.
+            AtomscaleNotFoundError: No such growth run or target material in this
+                organisation.
+
+        Example:
+            ```python
+            import uuid
+
+            from prefect_atomscale import (
+                AtomscaleClient,
+                AtomscaleCredentials,
+                TargetMaterialRequest,
+            )
+
+            with AtomscaleClient.from_credentials(AtomscaleCredentials.load("atomscale")) as client:
+                material = client.create_target_material(
+                    TargetMaterialRequest.build(sample_name="STO homoepitaxy", substrate="SrTiO3")
+                )
+                run = client.create_growth_run(f"Client example run {uuid.uuid4().hex[:8]}")
+                linked = client.link_target_material(run.id, material.sample_id)
+                print(linked.target_material_id == material.sample_id)  # True
+            ```
+        """
+        wanted, sample = _link_inputs(physical_sample_id, sample_id)
+        call = _link_physical_sample(wanted, sample)
+        return self._parse(call, self._send(call), _linked_run(sample))
+
     def close(self) -> None:
         """Close the underlying connection pool.
 
@@ -879,17 +1177,17 @@ class AtomscaleClient(_Base):
 
     def _send(self, call: _Call) -> httpx.Response:
         try:
-            return self._http.request(call.method, call.path, json=call.body)
+            return self._http.request(call.method, call.path, json=call.body, params=call.params)
         except httpx.HTTPError as exc:
             error = self._transport_error(call, exc)
         raise error  # outside the except block: see _parse
 
-    def _look_up(self, call: _Call, rows: _Rows) -> list[TargetMaterialRow]:
+    def _look_up(self, call: _Call, rows: _Keeps[T]) -> list[T]:
         """Stream the listing and keep the rows `rows` needs (see `_listing`)."""
         reader, data, response = ListingReader(rows.keep), None, None
         failure: AtomscaleError | None = None
         try:
-            with self._http.stream(call.method, call.path) as response:
+            with self._http.stream(call.method, call.path, params=call.params) as response:
                 if not 200 <= response.status_code < 300:
                     response.read()
                     failure = self._error_for(call, response)
@@ -1034,6 +1332,46 @@ class AsyncAtomscaleClient(_Base):
         reply = await self._send(call)
         return _updated(self._parse(call, reply, TargetMaterial.model_validate), changes)
 
+    async def create_growth_run(
+        self,
+        name: str,
+        *,
+        sample_id: int | None = None,
+        growth_instrument_id: int | None = None,
+    ) -> GrowthRun:
+        """Async twin of `AtomscaleClient.create_growth_run`: same arguments, result and errors."""
+        name, sample_id, instrument = _growth_run_inputs(name, sample_id, growth_instrument_id)
+        call = _create_physical_sample(name, sample_id, instrument)
+        reply = await self._send(call)
+        return self._parse(call, reply, _created_run(name, sample_id, instrument))
+
+    async def find_growth_runs(
+        self, name: str | None = None, purpose: str = "listing growth runs"
+    ) -> list[GrowthRun]:
+        """Async twin of `AtomscaleClient.find_growth_runs`: same arguments, result and errors."""
+        call = _list_physical_samples(purpose)
+        return await self._look_up(call, _every_run() if name is None else _named_run(name))
+
+    async def get_growth_run(
+        self, physical_sample_id: str, purpose: str = "reading a growth run"
+    ) -> GrowthRun | None:
+        """Async twin of `AtomscaleClient.get_growth_run`: same arguments, result and errors."""
+        wanted, _ = _link_inputs(physical_sample_id, None)
+        call = _list_physical_samples(purpose, wanted)
+        try:
+            found = self._parse(call, await self._send(call), _with_id(wanted))
+        except AtomscaleNotFoundError:
+            return None
+        return found[0] if found else None
+
+    async def link_target_material(
+        self, physical_sample_id: str, sample_id: int | None
+    ) -> GrowthRun:
+        """Async twin of `AtomscaleClient.link_target_material`: same arguments, result and errors."""  # noqa: E501
+        wanted, sample = _link_inputs(physical_sample_id, sample_id)
+        call = _link_physical_sample(wanted, sample)
+        return self._parse(call, await self._send(call), _linked_run(sample))
+
     async def aclose(self) -> None:
         """Async twin of `AtomscaleClient.close`: same arguments, result and errors."""
         await self._http.aclose()
@@ -1057,23 +1395,25 @@ class AsyncAtomscaleClient(_Base):
 
     async def _request(self, call: _Call) -> httpx.Response:
         try:
-            return await self._http.request(call.method, call.path, json=call.body)
+            return await self._http.request(
+                call.method, call.path, json=call.body, params=call.params
+            )
         except httpx.HTTPError as exc:
             error = self._transport_error(call, exc)
         raise error  # outside the except block: see _parse
 
-    async def _look_up(self, call: _Call, rows: _Rows) -> list[TargetMaterialRow]:
+    async def _look_up(self, call: _Call, rows: _Keeps[T]) -> list[T]:
         """Async twin of the sync client's `_look_up`."""
         if self._in_flight is None:
             return await self._stream(call, rows)
         async with self._in_flight:
             return await self._stream(call, rows)
 
-    async def _stream(self, call: _Call, rows: _Rows) -> list[TargetMaterialRow]:
+    async def _stream(self, call: _Call, rows: _Keeps[T]) -> list[T]:
         reader, data, response = ListingReader(rows.keep), None, None
         failure: AtomscaleError | None = None
         try:
-            async with self._http.stream(call.method, call.path) as response:
+            async with self._http.stream(call.method, call.path, params=call.params) as response:
                 if not 200 <= response.status_code < 300:
                     await response.aread()
                     failure = self._error_for(call, response)

@@ -1,6 +1,6 @@
 """Prefect events that the create tasks emit, so that Automations can react to them.
 
-Three events, each about one target material (the event's resource):
+Three events about one target material (the event's resource):
 
 - `atomscale.target-material.created`: `create_target_material` created one (not when
   it adopted an existing one);
@@ -9,8 +9,17 @@ Three events, each about one target material (the event's resource):
 - `atomscale.stack.completed`: `create_layers` finished with every requested layer in
   place.
 
+Two about one growth run (the resource), related to its target material (role
+`target-material`), so that an Automation on a target material sees them too:
+
+- `atomscale.growth-run.created`: `create_growth_run` created one (not when it found
+  one of that name);
+- `atomscale.growth-run.linked`: `create_growth_run` or `link_target_material` linked an
+  existing one to a target material (a growth run created linked sends only `created`).
+
 A cached re-run sends nothing, because the task body does not run. The resource id is
-`atomscale.target-material.<host>.<sample_id>`, where `<host>` is the host (and port)
+`atomscale.target-material.<host>.<sample_id>` (`atomscale.growth-run.<host>.<id>` for a
+growth run), where `<host>` is the host (and port)
 of the account's base URL: sample ids of two services never meet, and nothing derived
 from the API key is ever part of an event. Prefect itself adds the flow run, task run,
 flow, deployment, work pool and tags as related resources, from the run context
@@ -32,13 +41,17 @@ from urllib.parse import urlsplit
 from prefect.events import emit_event
 
 from prefect_atomscale._credentials import AtomscaleCredentials
-from prefect_atomscale._models import Layer, TargetMaterial
+from prefect_atomscale._models import GrowthRun, Layer, TargetMaterial
 
 __all__ = [
+    "GROWTH_RUN_CREATED",
+    "GROWTH_RUN_LINKED",
     "LAYER_CREATED",
     "STACK_COMPLETED",
     "TARGET_MATERIAL_CREATED",
     "account_label",
+    "growth_run_created",
+    "growth_run_linked",
     "layers_created",
     "material_resource",
     "stack_completed",
@@ -49,6 +62,8 @@ __all__ = [
 TARGET_MATERIAL_CREATED = "atomscale.target-material.created"
 LAYER_CREATED = "atomscale.layer.created"
 STACK_COMPLETED = "atomscale.stack.completed"
+GROWTH_RUN_CREATED = "atomscale.growth-run.created"
+GROWTH_RUN_LINKED = "atomscale.growth-run.linked"
 
 _logger = logging.getLogger(__name__)
 
@@ -111,9 +126,14 @@ def material_resource(account: str, sample_id: int, name: str | None = None) -> 
     return resource
 
 
-def _emit(event: str, resource: dict[str, str], payload: dict[str, Any]) -> None:
+def _emit(
+    event: str,
+    resource: dict[str, str],
+    payload: dict[str, Any],
+    related: list[dict[str, str]] | None = None,
+) -> None:
     try:
-        emit_event(event=event, resource=resource, payload=payload)
+        emit_event(event=event, resource=resource, payload=payload, related=related)
     except Exception as exc:  # an event is never worth a failed flow
         _logger.debug("Could not emit %s for %s: %r", event, resource["prefect.resource.id"], exc)
 
@@ -209,3 +229,52 @@ def stack_completed(
         "updated": updated,
     }
     _emit(STACK_COMPLETED, material_resource(account, sample_id), payload)
+
+
+def _growth_run_event(
+    event: str, credentials: AtomscaleCredentials, run: GrowthRun, payload: dict[str, Any]
+) -> None:
+    account = _account(credentials)
+    if account is None:
+        return
+    resource = {
+        "prefect.resource.id": f"atomscale.growth-run.{account}.{run.id}",
+        "atomscale.physical-sample-id": run.id,
+        "atomscale.host": account,
+    }
+    if run.name:
+        resource["prefect.resource.name"] = run.name
+    sample_id = run.target_material_id
+    related = None
+    if sample_id is not None:
+        material = material_resource(account, sample_id, run.target_material_name)
+        related = [{**material, "prefect.resource.role": "target-material"}]
+    _emit(event, resource, {"physical_sample_id": run.id, "name": run.name, **payload}, related)
+
+
+def growth_run_created(credentials: AtomscaleCredentials, run: GrowthRun) -> None:
+    """Emit `atomscale.growth-run.created`.
+
+    Args:
+        credentials: The account it was created in.
+        run: The created growth run.
+    """
+    payload = {
+        "sample_id": run.target_material_id,
+        "growth_instrument_id": run.growth_instrument_id,
+    }
+    _growth_run_event(GROWTH_RUN_CREATED, credentials, run, payload)
+
+
+def growth_run_linked(
+    credentials: AtomscaleCredentials, run: GrowthRun, previous: int | None
+) -> None:
+    """Emit `atomscale.growth-run.linked`.
+
+    Args:
+        credentials: The account.
+        run: The growth run as linked now.
+        previous: The target material it was linked to before, if any.
+    """
+    payload = {"sample_id": run.target_material_id, "previous_sample_id": previous}
+    _growth_run_event(GROWTH_RUN_LINKED, credentials, run, payload)

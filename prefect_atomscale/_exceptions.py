@@ -13,6 +13,7 @@ AtomscaleError                      base: .status_code, .detail, .transient
 ├── AtomscaleNotFoundError          404: e.g. a sample_id that does not exist for this key
 ├── AtomscaleConflictError          409, or a different record where one would be written
 │   ├── StackConflictError          a stack file's name is taken by another stack
+│   ├── GrowthRunLinkedError        a growth run is linked to another target material
 │   └── AtomscaleLockLostError      a lock's lease ran out before a write (transient)
 ├── AtomscaleRateLimitError         429: too many requests (transient; .retry_after)
 ├── AtomscaleServerError            408/5xx: the service failed (transient)
@@ -49,6 +50,7 @@ __all__ = [
     "AtomscaleServerError",
     "AtomscaleTimeoutError",
     "AtomscaleValidationError",
+    "GrowthRunLinkedError",
     "InvalidCompositionError",
     "InvalidOrientationError",
     "InvalidStackFileError",
@@ -248,6 +250,44 @@ class AtomscaleConflictError(AtomscaleError):
             print(exc.transient)  # False: pass if_exists="update" or "reuse", or another layer_id
         ```
     """
+
+
+class GrowthRunLinkedError(AtomscaleConflictError):
+    """A growth run (physical sample) is linked to a different target material than asked.
+
+    Raised by `create_growth_run` and `link_target_material` with `if_linked="error"`
+    (the default) instead of moving the link silently; nothing was changed. Pass
+    `if_linked="relink"` to move the link, `if_linked="keep"` to leave it, or choose
+    another run name.
+
+    Attributes:
+        physical_sample_id: The growth run's id (a UUID).
+        name: The growth run's name.
+        linked_to: The target material it is linked to now.
+        wanted: The target material that was asked for.
+
+    Example:
+        ```python
+        from prefect_atomscale import GrowthRunLinkedError
+
+        error = GrowthRunLinkedError("4f0c...", "PLD-0412", linked_to=7, wanted=9)
+        print(error.linked_to, error.wanted, error.transient)  # 7 9 False
+        ```
+    """
+
+    def __init__(self, physical_sample_id: str, name: str | None, *, linked_to: int, wanted: int):
+        self.physical_sample_id = physical_sample_id
+        self.name = name
+        self.linked_to = linked_to
+        self.wanted = wanted
+        run = f"Growth run {name!r} ({physical_sample_id})" if name else (
+            f"Growth run {physical_sample_id}"
+        )
+        super().__init__(
+            f"{run} is linked to target material {linked_to}, not {wanted}; nothing was "
+            "changed. Pass if_linked='relink' to link it to the new target material, "
+            "if_linked='keep' to leave it as it is, or give this run another name."
+        )
 
 
 class AtomscaleLockLostError(AtomscaleConflictError):

@@ -1,11 +1,12 @@
-"""Typed records the Atomscale API answers with: target materials, layers, list rows.
+"""Typed records the Atomscale API answers with: target materials, layers, list rows, growth runs.
 
 Read tolerantly. A reply is refused only when a field the package uses to find or link
 records is missing or unusable: a target material's `sample_id`; a layer's `id`,
-`layer_id` and `sample_id`. Every other documented field is optional and nullable, and
-read leniently (a number where text was expected becomes text, a JSON object sent as a
-string is decoded, anything else unusable is read as `None`); the ones nobody here reads
-(`user_id`, `version`, `last_updated`, `detail_notes_id`) take any JSON value. Fields
+`layer_id` and `sample_id`; a growth run's `id`, and its `sample_id` when sent. Every
+other documented field is optional and nullable, and read leniently (a number where
+text was expected becomes text, a JSON object sent as a string is decoded, anything else
+unusable is read as `None`); the ones nobody here reads (`user_id`, `version`,
+`last_updated`, `detail_notes_id`, ...) take any JSON value. Fields
 the reference does not list are kept on the model (`model_extra`), never an error.
 """
 
@@ -16,7 +17,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict
 
-__all__ = ["Layer", "TargetMaterial", "TargetMaterialRow"]
+__all__ = ["GrowthRun", "Layer", "TargetMaterial", "TargetMaterialRow"]
 
 
 def _lenient_text(value: Any) -> str | None:
@@ -49,7 +50,16 @@ def _record_id(value: Any) -> Any:
     return value
 
 
+def _uuid_text(value: Any) -> Any:
+    # A physical sample's id is a UUID; it is only ever sent back in a path, so any
+    # non-empty text is usable and kept as the service wrote it.
+    if isinstance(value, str) and value.strip():
+        return value.strip()
+    raise ValueError("Input should be the physical sample's id, a non-empty string")
+
+
 Id = Annotated[int, BeforeValidator(_record_id)]
+SampleUuid = Annotated[str, BeforeValidator(_uuid_text)]
 Text = Annotated[str | None, BeforeValidator(_lenient_text)]
 JsonObject = Annotated[dict[str, Any] | None, BeforeValidator(_lenient_object)]
 
@@ -215,3 +225,80 @@ class TargetMaterialRow(_Reply):
             version=self.version,
             last_updated=self.last_updated,
         )
+
+
+class GrowthRun(_Reply):
+    """A growth run: a physical sample of the organisation, as `/physical_samples/` returns it.
+
+    Its name is unique in the organisation (ignoring case and surrounding whitespace);
+    the instrument's data is uploaded into it by that name with the official `atomscale`
+    SDK. It may be linked to one target material, the stack the run aims for.
+
+    Attributes:
+        id: The physical sample's id, a UUID.
+        name: Its name.
+        sample_id: The linked target material's id, or None when it has none.
+        target_material: The linked target material as the listing nests it (at least
+            `sample_name` and `substrate`); None in a create's reply and when unlinked.
+        growth_instrument_id: The growth instrument's id, if one was given.
+        created_datetime: When it was created (any JSON value).
+        last_updated: When it last changed (any JSON value).
+        version: Record version as the service writes it (any JSON value).
+        user_id: The user who created it (any JSON value).
+
+    Example:
+        ```python
+        from prefect_atomscale import GrowthRun
+
+        run = GrowthRun(
+            id="0b7c6a4e-3f7e-4c57-9d0e-1a2b3c4d5e6f",
+            name="PLD-0412",
+            target_material={"sample_id": 7, "sample_name": "BTO/STO", "substrate": "SrTiO3"},
+        )
+        print(run.target_material_id, run.target_material_name)  # 7 BTO/STO
+        ```
+    """
+
+    id: SampleUuid
+    name: Text = None
+    sample_id: Id | None = None
+    target_material: JsonObject = None
+    growth_instrument_id: Any = None
+    created_datetime: Any = None
+    last_updated: Any = None
+    version: Any = None
+    user_id: Any = None
+
+    @property
+    def target_material_id(self) -> int | None:
+        """The linked target material's id: `sample_id`, else the nested record's, else None.
+
+        Example:
+            ```python
+            from prefect_atomscale import GrowthRun
+
+            print(GrowthRun(id="0b7c6a4e-3f7e-4c57-9d0e-1a2b3c4d5e6f").target_material_id)
+            # None
+            ```
+        """
+        if self.sample_id is not None:
+            return self.sample_id
+        nested = (self.target_material or {}).get("sample_id")
+        if isinstance(nested, int) and not isinstance(nested, bool):
+            return nested
+        return None
+
+    @property
+    def target_material_name(self) -> str | None:
+        """The linked target material's name as the listing nests it, if it does.
+
+        Example:
+            ```python
+            from prefect_atomscale import GrowthRun
+
+            run = GrowthRun(id="0b7c6a4e-3f7e-4c57-9d0e-1a2b3c4d5e6f",
+                            target_material={"sample_name": "GaN HEMT", "substrate": "Al2O3"})
+            print(run.target_material_name)  # GaN HEMT
+            ```
+        """
+        return _lenient_text((self.target_material or {}).get("sample_name"))

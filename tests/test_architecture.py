@@ -25,6 +25,7 @@ LAYERS: dict[str, int] = {
     "_orientation": 0,
     "_payloads": 0,
     "_reconcile": 0,
+    "_growth_runs": 0,
     "_stacks": 0,
     # 1 credentials: the Prefect block
     "_credentials": 1,
@@ -45,6 +46,7 @@ LAYERS: dict[str, int] = {
     "_bulk": 4,
     "_artifacts": 4,
     "_read_tasks": 4,
+    "_growth_run_tasks": 4,
     # 5 flows
     "flows": 5,
 }

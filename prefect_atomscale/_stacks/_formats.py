@@ -138,7 +138,7 @@ def _csv_document(text: str, problems: list[StackFileProblem]) -> tuple[Any, dic
             if key.startswith("metadata.") and len(key) > len("metadata."):
                 metadata[key.removeprefix("metadata.")] = _csv_value(value.strip())
                 lines.setdefault(("metadata",), number)
-            elif key in ("name", "substrate"):
+            elif key in ("name", "substrate", "growth_run"):
                 document[key] = value.strip()
                 lines[(key,)] = number
             continue

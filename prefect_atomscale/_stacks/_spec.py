@@ -288,6 +288,8 @@ class StackSpec(BaseModel):
         substrate: The substrate, e.g. `SrTiO3` or `Al2O3`.
         metadata: Free-form JSON metadata (`sample_metadata`), e.g. growth conditions.
         layers: Layers and repeat blocks, first-grown first.
+        growth_run: The name of the growth run (physical sample) that grows this stack,
+            if the file names one; `growth_run_from_file` creates and links it.
 
     Example:
         ```python
@@ -313,8 +315,12 @@ class StackSpec(BaseModel):
     layers: list[_StackEntry] = Field(
         min_length=1, description="Layers and repeat blocks, first-grown first."
     )
+    growth_run: str | None = Field(
+        default=None,
+        description="Name of the growth run (physical sample) that grows this stack.",
+    )
 
-    @field_validator("name", "substrate", mode="before")
+    @field_validator("name", "substrate", "growth_run", mode="before")
     @classmethod
     def _text(cls, value: Any, info: Any) -> Any:
         if isinstance(value, str):

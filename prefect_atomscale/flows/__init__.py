@@ -4,7 +4,10 @@
   was created already;
 - `stacks_from_folder(folder, credentials)` does so for every stack file in a
   folder: the flow to deploy on a schedule (the repository's `prefect.yaml` deploys it
-  as `prefect_atomscale.flows.stacks_from_folder`).
+  as `prefect_atomscale.flows.stacks_from_folder`);
+- `growth_run_from_file(path, credentials, run_name)` creates the file's target material
+  and the growth run (physical sample) that grows it, linked: the name the instrument's
+  data is then uploaded to with the official `atomscale` SDK.
 
 Both are built on the package's own tasks, `create_target_material` and
 `create_layers`, and decide what exists from the account itself, with one listing per
@@ -12,6 +15,7 @@ run. `credentials` is an `AtomscaleCredentials` block, so a deployment's run for
 offers a block picker. A stack file is YAML, JSON or CSV; see `load_stack_file`.
 """
 
+from prefect_atomscale.flows._growth_run_flow import GrowthRunOutcome, growth_run_from_file
 from prefect_atomscale.flows._stack_files import (
     StackFolderError,
     StackOutcome,
@@ -19,4 +23,11 @@ from prefect_atomscale.flows._stack_files import (
     stacks_from_folder,
 )
 
-__all__ = ["StackFolderError", "StackOutcome", "stack_from_file", "stacks_from_folder"]
+__all__ = [
+    "GrowthRunOutcome",
+    "StackFolderError",
+    "StackOutcome",
+    "growth_run_from_file",
+    "stack_from_file",
+    "stacks_from_folder",
+]
