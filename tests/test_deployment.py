@@ -330,6 +330,32 @@ def _deploy_and_run(
     assert [picture.type for picture in pictures] == ["markdown"]
     assert "Traceback" not in _tail(worker_log, 400)
     _typed_names_are_kept(prefect_server, folder, first.id, worker_log)
+    _growth_run_deployment(prefect_server, e2e_sandbox, folder, worker_log)
+
+
+def _growth_run_deployment(
+    prefect_server: PrefectServer, e2e_sandbox: SandboxHandle, folder: Path, worker_log: Path
+) -> None:
+    """prefect.yaml's growth-run deployment: the file's growth run, linked to its stack."""
+    example = folder / "bto_sto_superlattice.yaml"
+    spec = load_stack_file(example)
+    assert spec.growth_run is not None
+    with api(prefect_server), get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name("growth-run-from-file/growth-run")
+        assert_block_picker(deployment.parameter_openapi_schema)
+        run = run_and_wait("growth-run-from-file/growth-run", {"path": str(example)}, worker_log)
+        assert client.read_flow_run(run.id).name == f"growth-run-from-{example.name}"
+        tables = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(like_="growth-run-mbe-2024-031"))
+        )
+    [material] = [
+        m
+        for m in e2e_sandbox.target_materials(organisation="lab-e2e")
+        if m["sample_name"] == spec.name
+    ]
+    [sample] = e2e_sandbox.physical_samples(organisation="lab-e2e")
+    assert (sample["name"], sample["sample_id"]) == (spec.growth_run, material["sample_id"])
+    assert [table.type for table in tables] == ["table"]
 
 
 def _typed_names_are_kept(
