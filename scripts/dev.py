@@ -6,8 +6,9 @@
     python scripts/dev.py docs     # the documentation, mkdocs build --strict, into site/
 
 Needs only Python 3.11+ and pip. The first run creates `.venv` beside this repository
-and installs the package with its test extras into it; later runs reinstall only when
-pyproject.toml changes. Nothing is installed outside `.venv`. Uses the standard library
+and installs the package with its extras `test` and `sdk` (the official Atomscale SDK,
+which the tests use as a second client of the sandbox) into it; later runs reinstall
+only when pyproject.toml changes. Nothing is installed outside `.venv`. Uses the standard library
 only, since it runs before anything else is installed.
 """
 
@@ -41,7 +42,7 @@ def _ensure_venv() -> None:
     if sys.version_info < (3, 11):  # noqa: UP036 - this file runs before any check
         sys.exit(f"prefect-atomscale needs Python 3.11 or newer; this is {sys.version.split()[0]}.")
     print(f"Setting up {VENV.relative_to(ROOT)} (first run only; takes a minute or two) ...")
-    install = ["install", "--quiet", "--disable-pip-version-check", "-e", f"{ROOT}[test]"]
+    install = ["install", "--quiet", "--disable-pip-version-check", "-e", f"{ROOT}[test,sdk]"]
     if not PYTHON.exists():
         try:
             venv.create(VENV, with_pip=True)
