@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -24,6 +25,7 @@ import pytest
 from helpers import requests_to
 from prefect import flow
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
 from prefect.events.worker import EventsWorker
 
@@ -44,6 +46,7 @@ from prefect_atomscale import (
     get_growth_run,
     link_target_material,
 )
+from prefect_atomscale.flows import growth_run_from_file
 
 from conftest import KEY_A, KEY_B  # isort: skip
 
@@ -496,3 +499,91 @@ def _sdk_racer(sandbox: SandboxHandle, name: str, failures: list[BaseException])
             failures.append(_SdkFault(reply.status_code))
     except httpx.HTTPError as exc:
         failures.append(_SdkFault(repr(exc)))
+
+
+# --- the flow: a stack file to its growth run ---------------------------------------------
+
+
+def _yaml(folder: Path, name: str, run: str | None) -> Path:
+    path = folder / "stack.yaml"
+    line = f"growth_run: {run}\n" if run is not None else ""
+    path.write_text(
+        f"name: {name}\nsubstrate: SrTiO3\n{line}layers:\n"
+        "  - composition: SrRuO3\n    orientation: '001'\n"
+        "  - composition: BaTiO3\n    orientation: '001'\n"
+    )
+    return path
+
+
+def test_the_flow_makes_the_stack_and_its_growth_run_linked_and_a_rerun_adds_nothing(
+    sandbox: SandboxHandle, credentials: AtomscaleCredentials, unique: str, tmp_path: Path
+) -> None:
+    path = _yaml(tmp_path, f"{unique} stack", f"PLD {unique}")
+    outcome = growth_run_from_file(str(path), credentials)
+    assert outcome.stack.status == "created" and outcome.stack.layers == 2
+    assert outcome.growth_run == f"PLD {unique}"
+    [stored] = _stored(sandbox, f"PLD {unique}")
+    assert (stored["id"], stored["sample_id"]) == (
+        outcome.physical_sample_id,
+        outcome.stack.sample_id,
+    )
+    sandbox.reset_stats()
+    again = growth_run_from_file(str(path), credentials)
+    assert again.stack.status == "already created"
+    assert again.physical_sample_id == outcome.physical_sample_id
+    assert requests_to(sandbox, "PATCH", LINK) == 0
+    assert len(_stored(sandbox, f"PLD {unique}")) == 1
+    with get_client(sync_client=True) as client:
+        [table] = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=[f"growth-run-pld-{unique}"])
+            ),
+            limit=1,
+        )
+    assert table.type == "table"
+    assert outcome.physical_sample_id in str(table.data)
+    assert f"physical_sample='PLD {unique}'" in str(table.data)
+
+
+def test_run_name_wins_over_the_files_and_a_csv_may_name_its_run(
+    sandbox: SandboxHandle, credentials: AtomscaleCredentials, unique: str, tmp_path: Path
+) -> None:
+    given = growth_run_from_file(
+        str(_yaml(tmp_path, f"{unique} yaml", f"from file {unique}")),
+        credentials,
+        run_name=f"typed {unique}",
+    )
+    assert given.growth_run == f"typed {unique}"
+    assert _stored(sandbox, f"from file {unique}") == []
+    csv = tmp_path / "film.csv"
+    csv.write_text(
+        f"# name: {unique} csv\n# substrate: MgO\n# growth_run: csv run {unique}\n"
+        "layer,composition,orientation\n1,TiN,001\n"
+    )
+    outcome = growth_run_from_file(str(csv), credentials)
+    [stored] = _stored(sandbox, f"csv run {unique}")
+    assert stored["sample_id"] == outcome.stack.sample_id
+
+
+@pytest.mark.parametrize(
+    ("run", "run_name", "says"),
+    [
+        (None, None, "names no growth run"),
+        (None, "   ", "name is empty"),
+        (None, "x" * 300, "limit is 256"),
+        ("' '", None, "growth_run"),
+    ],
+)
+def test_the_flow_refuses_a_missing_or_bad_run_name_before_any_request(
+    sandbox: SandboxHandle,
+    credentials: AtomscaleCredentials,
+    unique: str,
+    tmp_path: Path,
+    run: str | None,
+    run_name: str | None,
+    says: str,
+) -> None:
+    path = _yaml(tmp_path, unique, run)
+    with pytest.raises(AtomscaleValidationError, match=says):
+        growth_run_from_file(str(path), credentials, run_name=run_name)
+    assert sandbox.stats.requests == 0
