@@ -14,8 +14,10 @@ What it offers:
 - `SandboxProcess`: the Atomscale sandbox in a child process (uvicorn on loopback), so
   that the benchmark process pays only the client side of each request. The child
   answers `stats` and `reset` on a pipe, so its counters (requests per route, TCP
-  connections accepted, and the most connections open at once) can be read without
-  anything added to the sandbox.
+  connections accepted, the most connections open at once, and listings of physical
+  samples whole or filtered by id) can be read without anything added to the sandbox;
+  `fill`, `fill_samples` and `set_conflict` grow the benchmark organisation and switch
+  the shape of the 409 for a taken growth-run name.
 - `prefect_server`: one temporary Prefect server per script run
   (`prefect_test_harness`), whose start-up and teardown times are reported apart;
   `settle()` waits, between measurements, until the server has stored what the last
@@ -55,6 +57,8 @@ _THIS_FILE = str(Path(__file__).resolve())
 LAYERS_ROUTE = ("POST", "/target-materials/layers/")
 MATERIALS_POST_ROUTE = ("POST", "/target-materials/")
 MATERIALS_GET_ROUTE = ("GET", "/target-materials/")
+SAMPLES_POST_ROUTE = ("POST", "/physical_samples/")
+SAMPLES_GET_ROUTE = ("GET", "/physical_samples/")
 BENCH_API_KEY = "benchmark-key-0123456789abcdef"
 FORMULAS = ("BaTiO3", "SrTiO3", "SrRuO3", "(La0.7Sr0.3)MnO3", "LaAlO3", "GaN", "AlN", "MgO")
 ORIENTATIONS = ("001", "110", "111", "0001")
@@ -250,12 +254,17 @@ class SandboxStats:
         by_route: Requests per `(method, path template)`.
         connections: TCP connections accepted.
         peak_open: Most connections open at the same time (sampled every 2 ms).
+        sample_listings: `GET /physical_samples/` without `physical_sample_id`: the
+            whole organisation's listing.
+        sample_reads: `GET /physical_samples/` filtered by `physical_sample_id`.
     """
 
     requests: int
     by_route: dict[tuple[str, str], int]
     connections: int
     peak_open: int = 0
+    sample_listings: int = 0
+    sample_reads: int = 0
 
     def count(self, route: tuple[str, str]) -> int:
         """Return the requests to one route.
@@ -356,6 +365,8 @@ class SandboxProcess:
             by_route={(method, route): n for method, route, n in data["by_route"]},
             connections=data["connections"],
             peak_open=data.get("peak_open", 0),
+            sample_listings=data.get("sample_listings", 0),
+            sample_reads=data.get("sample_reads", 0),
         )
 
     def reset_stats(self) -> None:
@@ -365,6 +376,24 @@ class SandboxProcess:
     def fill(self, rows: int) -> None:
         """Add `rows` listed rows (other target materials) to the benchmark organisation."""
         self._ask(f"fill {int(rows)}")
+
+    def fill_samples(self, count: int) -> None:
+        """Add `count` other physical samples (growth runs) to the benchmark organisation.
+
+        Every second one is linked to a target material of its own (without layers), so
+        the listing nests `target_material` objects as real data does.
+        """
+        self._ask(f"fill_samples {int(count)}")
+
+    def set_conflict(self, shape: str) -> None:
+        """Switch the live shape of the 409 for a taken growth-run name.
+
+        Args:
+            shape: `"object"` (the detail carries `physical_sample_id`) or `"string"`.
+        """
+        reply = self._ask(f"conflict {shape}")
+        if reply.strip() != "ok":
+            raise RuntimeError(f"the sandbox child refused conflict {shape!r}: {reply!r}")
 
 
 class _PeakOpenConnections:
@@ -403,24 +432,72 @@ class _PeakOpenConnections:
         self._thread.join(5)
 
 
+class _SampleListings:
+    """Counts the store's physical-sample listings, whole and filtered by id (child side).
+
+    The sandbox counts requests per route, and both reads are `GET /physical_samples/`;
+    this tells them apart by wrapping `list_physical_samples` on the one store object of
+    this child (an attribute of that instance: the sandbox's code and its answers are
+    unchanged).
+    """
+
+    def __init__(self, store: Any) -> None:
+        self._lock = threading.Lock()
+        self._whole = 0
+        self._filtered = 0
+        listing = store.list_physical_samples
+
+        def counted(organisation: str, **options: Any) -> Any:
+            with self._lock:
+                if options.get("physical_sample_id") is None:
+                    self._whole += 1
+                else:
+                    self._filtered += 1
+            return listing(organisation, **options)
+
+        store.list_physical_samples = counted
+
+    def reset(self) -> None:
+        with self._lock:
+            self._whole = self._filtered = 0
+
+    def counts(self) -> tuple[int, int]:
+        with self._lock:
+            return self._whole, self._filtered
+
+
 def _serve_sandbox(api_key: str) -> int:
-    """The child: serve the sandbox; answer `stats`/`reset` lines on stdin until EOF."""
+    """The child: serve the sandbox; answer command lines on stdin until EOF.
+
+    Commands: `stats`, `reset`, `fill N` (N listed layers of other target materials),
+    `fill_samples N` (N other physical samples) and `conflict object|string` (the live
+    shape of the 409 for a taken physical-sample name).
+    """
     from atomscale_sandbox import SandboxConfig, run_sandbox
 
     with run_sandbox(SandboxConfig(api_keys={api_key: "benchmark"})) as sandbox:
         peak = _PeakOpenConnections(sandbox)
+        listings = _SampleListings(sandbox.app.store)
         print(f"READY {sandbox.url}", flush=True)
         for command in sys.stdin:
             command = command.strip()
             if command == "reset":
                 sandbox.reset_stats()
                 peak.reset()
+                listings.reset()
                 print("ok", flush=True)
             elif command.startswith("fill "):
                 sandbox.app.store.fill("benchmark", int(command.split()[1]))
                 print("ok", flush=True)
+            elif command.startswith("fill_samples "):
+                sandbox.app.store.fill_physical_samples("benchmark", int(command.split()[1]))
+                print("ok", flush=True)
+            elif command in ("conflict object", "conflict string"):
+                sandbox.physical_sample_conflict = "string" if "string" in command else "object"
+                print("ok", flush=True)
             elif command == "stats":
                 snapshot = sandbox.stats
+                whole, filtered = listings.counts()
                 print(
                     json.dumps(
                         {
@@ -428,6 +505,8 @@ def _serve_sandbox(api_key: str) -> int:
                             "by_route": [[m, r, n] for (m, r), n in snapshot.by_route.items()],
                             "connections": snapshot.connections,
                             "peak_open": peak.peak(),
+                            "sample_listings": whole,
+                            "sample_reads": filtered,
                         }
                     ),
                     flush=True,
