@@ -751,11 +751,13 @@ def test_the_table_covers_every_error_class() -> None:
     rows = [param.values[0] for param in ROWS]
     # Stack files are not task inputs: tests/test_stack_files.py covers their two errors.
     # A lost lease is no input either: tests/test_lock_managers.py and the adversary's
-    # paused-holder schedule cover AtomscaleLockLostError.
+    # paused-holder schedule cover AtomscaleLockLostError. A growth run linked elsewhere
+    # is no input of these tasks: tests/test_growth_runs.py covers GrowthRunLinkedError.
     stack_file_errors = {
         prefect_atomscale.InvalidStackFileError,
         prefect_atomscale.StackConflictError,
         prefect_atomscale.AtomscaleLockLostError,
+        prefect_atomscale.GrowthRunLinkedError,
     }
     assert {r.error for r in rows} == set(exported_errors().values()) - stack_file_errors
     assert len(rows) >= 40
