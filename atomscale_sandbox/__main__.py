@@ -137,7 +137,7 @@ def _fills(entries: Sequence[str]) -> list[tuple[str, int]]:
     return fills
 
 
-def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
+def _stop_on_signal(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
@@ -171,7 +171,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     except ValueError as exc:
         parser.error(str(exc))
-    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    # SIGINT too, explicitly: a process started in the background by a shell inherits
+    # SIGINT ignored, and Python then never turns Ctrl-C into KeyboardInterrupt.
+    signal.signal(signal.SIGTERM, _stop_on_signal)
+    signal.signal(signal.SIGINT, _stop_on_signal)
     try:
         with run_sandbox(config, host=options.host, port=options.port) as sandbox:
             for organisation, rows in fills:

@@ -997,8 +997,15 @@ def test_start_stop_twice_leaves_no_threads_and_prints_nothing(
     assert captured.out == ""
 
 
-def test_command_line_serves_until_interrupted(tmp_path: Path) -> None:
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@pytest.mark.parametrize("started_in_background", [False, True])
+def test_command_line_serves_until_interrupted(tmp_path: Path, started_in_background: bool) -> None:
     # Without keys from the command line or the environment it makes one and prints it.
+    # Started in the background by a shell, a process inherits SIGINT ignored: Ctrl-C
+    # (SIGINT) must stop it all the same.
     environment = {k: v for k, v in os.environ.items() if k != "ATOMSCALE_SANDBOX_API_KEYS"}
     process = subprocess.Popen(
         [
@@ -1014,6 +1021,7 @@ def test_command_line_serves_until_interrupted(tmp_path: Path) -> None:
         stderr=subprocess.PIPE,
         text=True,
         env=environment,
+        preexec_fn=_ignore_sigint if started_in_background else None,
     )
     try:
         assert process.stdout is not None
