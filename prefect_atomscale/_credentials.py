@@ -2,13 +2,15 @@
 
 Empty fields fall back, at the moment of use, to the environment variables the official
 `atomscale` SDK reads, so a saved block never captures a key from whoever saved it. The
-key is a `SecretStr`: masked in reprs, `model_dump()` and the Prefect UI, and unwrapped
-only when an HTTP client is built.
+key is a `SecretStr`: masked in reprs, `model_dump()` and a saved block's pages in the
+Prefect UI, and unwrapped only when an HTTP client is built.
 
 Both fields are plain strings, empty by default, rather than optional ones: the Prefect
 UI renders an optional field (`anyOf` with `null`) behind a "None" toggle, and a plain
-string as the text or password input a user expects. `None`, from Python callers or
-from documents saved under the earlier schema, still means empty.
+string as a plain input. For the key (`format: password`, as pydantic writes every
+`SecretStr`), the new UI (`/v2`) shows a password input; the classic UI has none for
+any schema, and shows a one-line text box where the key is visible while typed. `None`,
+from Python callers or from documents saved under the earlier schema, still means empty.
 """
 
 from __future__ import annotations
@@ -199,21 +201,24 @@ class AtomscaleCredentials(CredentialsBlock):
     _logo_url: ClassVar[str] = LOGO_URL  # type: ignore[assignment]
     # The summary on the block type's card and page in the UI, as first-party blocks
     # (MinIOCredentials, for one) set it; without it Prefect takes the docstring's first
-    # paragraph, written for the API reference.
+    # paragraph, written for the API reference. Short, because the classic UI's block
+    # form shows it in a side card six short lines high and cuts the rest; the form's
+    # fields name the environment variables.
     _description: ClassVar[str] = (
-        "An Atomscale API key and where the API lives, for the prefect-atomscale tasks "
-        "that create target materials and their layer stacks. Fields left empty are read "
-        "from AS_API_KEY / ATOMSCALE_API_KEY and AS_API_ENDPOINT when a flow runs."
+        "An Atomscale API key and the API's address, for prefect-atomscale. Fields left "
+        "empty are read from the environment when a flow runs."
     )
-    # The UI shows this under "Code example" with the block's name put in for
-    # BLOCK_NAME; only a load belongs there (a save would get the same name put in).
+    # The UI shows this under "Example" with the block's name put in for BLOCK_NAME;
+    # only a load belongs there (a save would get the same name put in). No `<`, `>` or
+    # `&`, here or in the description: the server stores both HTML-escaped and the UIs
+    # show that text as it is, so `-> None` would read `-&gt; None`.
     _code_example: ClassVar[str] = """\
 ```python
 from prefect import flow
 from prefect_atomscale import AtomscaleCredentials, create_layer, create_target_material
 
 @flow
-def grow_film() -> None:
+def grow_film():
     credentials = AtomscaleCredentials.load("BLOCK_NAME")
     material = create_target_material(credentials, "BTO on STO #12", "SrTiO3")
     create_layer(

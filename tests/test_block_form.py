@@ -2,9 +2,10 @@
 
 The form: `api_key` and `base_url` are plain string inputs (no "None" toggle), empty by
 default, and empty means the environment; documents saved with nulls under the earlier
-schema still load. The card: a logo the package ships, a description, and a code example
-that calls a task. Errors of clients built from a saved block name that block and its
-base URL.
+schema still load; the key, masked once saved, survives an edit that sends the mask
+back. The card: a logo the package ships, a short description, and a code example that
+calls a task, both stored as written. Errors of clients built from a saved block name
+that block and its base URL.
 """
 
 from __future__ import annotations
@@ -22,7 +23,11 @@ from urllib.parse import urlsplit
 
 import pytest
 from prefect import flow, get_client
-from prefect.client.schemas.actions import BlockDocumentCreate, BlockSchemaCreate
+from prefect.client.schemas.actions import (
+    BlockDocumentCreate,
+    BlockDocumentUpdate,
+    BlockSchemaCreate,
+)
 from prefect.client.schemas.objects import BlockSchema, BlockType
 
 import prefect_atomscale
@@ -93,11 +98,49 @@ def _error_of(call: Any) -> AtomscaleError:
 def test_the_registered_block_type_has_the_logo_description_and_a_task_in_its_example() -> None:
     block_type, _ = asyncio.run(_registered())
     assert str(block_type.logo_url) == LOGO_URL
-    assert block_type.description and "AS_API_KEY" in block_type.description
+    assert block_type.description and "environment" in block_type.description
     example = block_type.code_example or ""
     assert 'AtomscaleCredentials.load("BLOCK_NAME")' in example
     assert "@flow" in example and "create_layer(" in example
     assert block_type.documentation_url
+
+
+def test_the_server_keeps_the_cards_text_as_written_and_short() -> None:
+    # The server stores a block type's description and code example HTML-escaped, and
+    # both UIs show what it stores as text: a `->` read `-&gt;` in the example.
+    block_type, _ = asyncio.run(_registered())
+    assert block_type.description == AtomscaleCredentials.get_description()
+    assert block_type.code_example == AtomscaleCredentials.get_code_example()
+    # The classic UI's block form shows the description in a side card six lines of
+    # about 27 characters high and cuts the rest (it stopped at "AS_API_KEY /").
+    assert len(block_type.description) <= 135
+
+
+def test_an_edit_that_sends_the_masked_key_back_keeps_the_key(sandbox: SandboxHandle) -> None:
+    # What both UIs' edit forms do: show the saved key as the server's mask, and send
+    # every field back on Save, the mask included when the key was not retyped.
+    name = _name()
+    AtomscaleCredentials(api_key=KEY_A, base_url=sandbox.url).save(name)
+
+    async def edit_as_the_form_does() -> None:
+        async with get_client() as client:
+            shown = await client.read_block_document_by_name(
+                name, block_type_slug=SLUG, include_secrets=False
+            )
+            assert shown.data["api_key"] == "********"
+            assert shown.id is not None
+            await client.update_block_document(
+                shown.id,
+                BlockDocumentUpdate(
+                    data={**shown.data, "timeout": 12.0}, merge_existing_data=False
+                ),
+            )
+
+    asyncio.run(edit_as_the_form_does())
+    edited = AtomscaleCredentials.load(name)
+    assert edited.api_key.get_secret_value() == KEY_A and edited.timeout == 12.0
+    with AtomscaleClient.from_credentials(edited) as client:
+        assert isinstance(client.list_rows(), list)
 
 
 def test_key_and_url_are_plain_string_inputs_in_the_registered_schema() -> None:

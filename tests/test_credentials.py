@@ -53,7 +53,7 @@ def test_block_type_slug_and_registration() -> None:
             return block_type.description, block_type.code_example, block_type.documentation_url
 
     description, code_example, documentation_url = asyncio.run(registered())
-    assert description and description.startswith("An Atomscale API key and where the API")
+    assert description == AtomscaleCredentials.get_description()
     assert code_example and 'AtomscaleCredentials.load("BLOCK_NAME")' in code_example
     assert documentation_url
 

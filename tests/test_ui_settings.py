@@ -1,10 +1,17 @@
-"""The README's recipe for a Prefect server on another port gives a UI that reaches its API.
+"""The Prefect UI as the README and the guides describe it.
 
-`prefect server start --port N` serves the UI on port N, but the UI's own settings
+The README's recipe for a Prefect server on another port gives a UI that reaches its
+API: `prefect server start --port N` serves the UI on port N, but the UI's own settings
 still point its browser requests at port 4200 unless `PREFECT_UI_API_URL` says
 otherwise: the UI then shows "Oops. Something went wrong". The README gives the
-setting; this test starts a real server (UI enabled) exactly as the README says and
-reads the settings the UI loads first.
+setting; a test starts a real server (UI enabled) exactly as the README says and reads
+the settings the UI loads first.
+
+What the docs say each of Prefect's two UIs (the classic one at `/`, the new one at
+`/v2`) does with our schemas, read from the UI code Prefect ships, so that a Prefect
+whose UIs do otherwise fails here rather than leaving the docs wrong: only the new UI
+has a password input for a field (`format: password`); both run forms select a block
+default given by `block_document_id` and know no `block_document_slug`.
 """
 
 from __future__ import annotations
@@ -16,9 +23,47 @@ import time
 from pathlib import Path
 
 import httpx
+import prefect
 from helpers import clean_environment, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
+UI_CODE = Path(prefect.__file__).resolve().parent / "server"
+CLASSIC_UI, NEW_UI = UI_CODE / "ui" / "assets", UI_CODE / "ui-v2" / "assets"
+# An input of type password, as the bundled (minified) code writes one, fixed or
+# toggled by a show button: type:`password`, or type:r?`text`:`password`.
+PASSWORD_INPUT = re.compile(r"type:\s*(?:\w+\s*\?\s*[`'\"]text[`'\"]\s*:\s*)?[`'\"]password[`'\"]")
+
+
+def _scripts(folder: Path) -> dict[str, str]:
+    """Each JavaScript file of a bundled UI, by name."""
+    scripts = {path.name: path.read_text(errors="replace") for path in folder.glob("*.js")}
+    assert scripts, f"no UI code in {folder}"
+    return scripts
+
+
+def test_only_the_new_ui_shows_a_password_field_as_a_password_input() -> None:
+    classic, new = _scripts(CLASSIC_UI), _scripts(NEW_UI)
+    # The classic UI's one password input is its login page's.
+    assert [name for name, code in classic.items() if PASSWORD_INPUT.search(code)] == [
+        name for name in classic if name.startswith("Unauthenticated")
+    ]
+    # Its schema form's string field: dates, JSON, a choice, else a text area.
+    string_field = re.search(
+        r"__name:`SchemaFormPropertyString`.*?__name:", "".join(classic.values()), re.DOTALL
+    )
+    assert string_field is not None
+    assert "json-string" in string_field.group() and "password" not in string_field.group()
+    # The new UI's schema form gives a `format: password` string its password input.
+    assert any(
+        "format===`password`" in code and PASSWORD_INPUT.search(code) for code in new.values()
+    )
+
+
+def test_both_run_forms_know_a_block_default_by_id_only() -> None:
+    for folder in (CLASSIC_UI, NEW_UI):
+        code = "".join(_scripts(folder).values())
+        assert "block_document_id" in code, folder
+        assert "block_document_slug" not in code, folder
 
 
 def _readme_recipe() -> tuple[str, str]:
