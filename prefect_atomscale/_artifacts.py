@@ -6,7 +6,10 @@ and a markdown artifact with an SVG picture of the stack, substrate at the botto
 repeated periods collapsed to "x 20", so a scientist reads it at a glance. For a stack
 that is only partly written, an optional status per layer (`created`, `already there`,
 `failed`, `not attempted`) adds a status column and marks the layers that are not in
-place in the picture, with a legend.
+place in the picture, with a legend; an optional reason per layer adds a reason column.
+With the target material's address in the Atomscale web app, the picture's caption and
+the table's description link to it ("Open in Atomscale"). `publish_unwritten_stack`
+shows a stack whose target material was not created (the stack-file flows' failures).
 Only `publish_stack_artifacts`, its async twin and `StackArtifacts` are public; the
 pieces (`stack_table`, `stack_svg`, `stack_markdown`, ...) are their implementation.
 """
@@ -17,6 +20,7 @@ import base64
 import colorsys
 import re
 from collections.abc import Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 from uuid import UUID
 from xml.sax.saxutils import escape, quoteattr
@@ -34,9 +38,11 @@ __all__ = [
     "distinct_fills",
     "plural",
     "publish_stack_artifacts",
+    "publish_unwritten_stack",
     "stack_markdown",
     "stack_svg",
     "stack_table",
+    "table_cell",
 ]
 
 
@@ -117,7 +123,7 @@ def describe_stack(substrate: str, layers: Sequence[Layer]) -> str:
     """
     ordered = _sorted(layers)
     keys = [(layer.composition_string, layer.orientation) for layer in ordered]
-    parts = [f"{substrate} substrate"]
+    parts = [_substrate_label(substrate)]
     for start, period, count in collapse_repeats(keys):
         first, last = ordered[start], ordered[start + period * count - 1]
         if count == 1:
@@ -128,12 +134,19 @@ def describe_stack(substrate: str, layers: Sequence[Layer]) -> str:
     return " \u2192 ".join(parts)
 
 
+def _substrate_label(substrate: str) -> str:
+    """`SrTiO3 substrate`; a text that already says substrate is not said twice."""
+    return substrate if substrate.endswith("substrate") else f"{substrate} substrate"
+
+
 def _in_place(layer: Layer, status: Mapping[int, str] | None) -> bool:
     return status is None or status.get(layer.layer_id, "created") in IN_PLACE
 
 
 def stack_table(
-    layers: Sequence[Layer], status: Mapping[int, str] | None = None
+    layers: Sequence[Layer],
+    status: Mapping[int, str] | None = None,
+    reasons: Mapping[int, str] | None = None,
 ) -> list[dict[str, str | int]]:
     """Rows of the layer table artifact, L1 (on the substrate) first.
 
@@ -141,10 +154,12 @@ def stack_table(
         layers: The layers, in any order.
         status: Position -> `created`, `already there`, `failed` or `not attempted`;
             adds a status column. A layer not in place shows no record id.
+        reasons: Position -> why that layer is not in place; with `status`, adds a
+            reason column (a dash for the others).
 
     Returns:
         One row per layer: position, formula, orientation, space group, mp id, record
-        id (and status).
+        id (and status, and reason).
     """
     rows: list[dict[str, str | int]] = []
     for layer in _sorted(layers):
@@ -158,6 +173,8 @@ def stack_table(
         }
         if status is not None:
             row["status"] = status.get(layer.layer_id, "created")
+            if reasons is not None:
+                row["reason"] = table_cell(reasons.get(layer.layer_id) or "\u2014")
         rows.append(row)
     return rows
 
@@ -396,7 +413,7 @@ def stack_svg(
         'fill="#ffffff" fill-opacity="0.85"/>',
         f'<text x="{_BAND_X + _BAND_WIDTH // 2}" y="{y + 29}" font-size="15" '
         f'font-weight="bold" text-anchor="middle" fill="#1f2933">'
-        f"{_formula_svg(substrate, ' substrate')}</text>",
+        f"{_formula_svg(substrate, _substrate_label(substrate).removeprefix(substrate))}</text>",
         f'<text x="{_BAND_X - 8}" y="{y + 29}" font-size="13" text-anchor="end" '
         'fill="#52606d">sub.</text>',
         # Growth direction: up, from the substrate.
@@ -446,6 +463,7 @@ def stack_markdown(
     summary: str | None = None,
     source: str | None = None,
     status: Mapping[int, str] | None = None,
+    url: str | None = None,
 ) -> str:
     """The markdown artifact: a heading, one line of facts, the picture, the stack in words.
 
@@ -457,17 +475,74 @@ def stack_markdown(
         summary: What this run did, e.g. `40 created, 2 from the cache`.
         source: The stack file it came from, if any.
         status: Position -> `created`, `already there`, `failed` or `not attempted`.
+        url: Its page in the Atomscale web app, linked as "Open in Atomscale".
 
     Returns:
         Markdown text.
     """
-    name, substrate = _name(material), _substrate(material)
+    return _markdown(_Subject.of(material), layers, summary, source, status, url)
+
+
+@dataclass(frozen=True)
+class _Subject:
+    """Whose stack the artifacts show: a target material, or a file's that was not created."""
+
+    name: str
+    substrate: str | None
+    sample_id: int | None
+
+    @classmethod
+    def of(cls, material: TargetMaterial) -> _Subject:
+        # The service may leave a name or substrate out of a reply; say so, don't fail.
+        name = material.sample_name or f"target material {material.sample_id}"
+        return cls(name, material.substrate, material.sample_id)
+
+    @property
+    def drawn_substrate(self) -> str:
+        return self.substrate or "unnamed substrate"
+
+    @property
+    def said_substrate(self) -> str:
+        return self.substrate or "an unnamed substrate"
+
+    @property
+    def what(self) -> str:
+        """Its name and record, for descriptions: cards show their first words."""
+        record = (
+            f"target material {self.sample_id}" if self.sample_id is not None else "not created"
+        )
+        return f"{self.name} ({record}) on {self.said_substrate}"
+
+    @property
+    def key(self) -> str:
+        slug = re.sub(r"[^a-z0-9]+", "-", self.name.lower()).strip("-")
+        if len(slug) > 40:  # keys show in narrow cards; cut at a word
+            slug = slug[:41].rsplit("-", 1)[0]
+        record = f"s{self.sample_id}" if self.sample_id is not None else "not-created"
+        return f"{slug or 'stack'}-{record}"
+
+
+def _markdown(
+    subject: _Subject,
+    layers: Sequence[Layer],
+    summary: str | None,
+    source: str | None,
+    status: Mapping[int, str] | None,
+    url: str | None,
+) -> str:
+    substrate = subject.drawn_substrate
     svg = stack_svg(substrate, layers, status)
     image = base64.b64encode(svg.encode()).decode()
-    facts = [
-        f"Target material **{material.sample_id}** on **{_md(substrate)}**",
-        plural(len(layers), "layer"),
-    ]
+    if subject.sample_id is not None:
+        facts = [
+            f"Target material **{subject.sample_id}** on **{_md(subject.said_substrate)}**",
+            plural(len(layers), "layer"),
+        ]
+    else:
+        facts = [
+            f"**Not created**, on **{_md(subject.said_substrate)}**",
+            f"{plural(len(layers), 'layer')} in the file",
+        ]
     if status is not None:
         states = [status.get(layer.layer_id, "created") for layer in layers]
         missing = [state for state in ("failed", "not attempted") if state in states]
@@ -479,14 +554,17 @@ def stack_markdown(
                 )
             )
     if summary:
-        facts.append(summary)
+        facts.append(_md(summary))
     if source:
         facts.append(f"from `{source.replace('`', '')}`")
+    if url:
+        facts.append(_link("Open in Atomscale", url))
     # Alt text is plain: brackets or parentheses in it would end the image syntax.
-    alt = re.sub(r"[\[\]()]", "", f"Stack of {name} on {substrate}")
+    alt = re.sub(r"[\[\]()]", "", f"Stack of {subject.name} on {substrate}")
+    heading = subject.name if subject.sample_id is not None else f"{subject.name} (not created)"
     return "\n\n".join(
         [
-            f"### {_md(name)}",
+            f"### {_md(heading)}",
             " \u00b7 ".join(facts),
             f"![{alt}](data:image/svg+xml;base64,{image})",
             f"**Bottom to top:** {_md(describe_stack(substrate, layers))}",
@@ -494,18 +572,30 @@ def stack_markdown(
     )
 
 
-def _name(material: TargetMaterial) -> str:
-    # The service may leave a name or substrate out of a reply; say so, don't fail.
-    return material.sample_name or f"target material {material.sample_id}"
-
-
-def _substrate(material: TargetMaterial) -> str:
-    return material.substrate or "an unnamed substrate"
-
-
 def _md(text: str) -> str:
     """Escape what markdown would read as formatting or HTML in a name."""
     return re.sub(r"([\\`*_\[\]<>#|])", r"\\\1", text)
+
+
+def table_cell(text: str) -> str:
+    """Text for a table artifact's cell: Prefect's default UI renders a text cell as markdown.
+
+    Only what would change the text is escaped (a backslash shows as one in the newer
+    UI, which shows cells as plain text): emphasis, code and link marks, HTML, and a
+    heading, list or quote mark at the start. An underscore inside a word
+    (`space_group`) is not emphasis and stays as it is.
+    """
+    text = " ".join(text.split())
+    text = re.sub(r"([\\`*<>\[\]])", r"\\\1", text)
+    text = re.sub(r"(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])", r"\\_", text)
+    text = re.sub(r"^([#+-])", r"\\\1", text)
+    return re.sub(r"^(\d+)([.)])", r"\1\\\2", text)
+
+
+def _link(text: str, url: str) -> str:
+    """A markdown link; characters that would end its target are percent-encoded."""
+    target = re.sub(r"[\s()<>]", lambda found: f"%{ord(found[0]):02X}", url)
+    return f"[{text}]({target})"
 
 
 def artifact_key(material: TargetMaterial) -> str:
@@ -518,10 +608,7 @@ def artifact_key(material: TargetMaterial) -> str:
         E.g. `bto-sto-superlattice-s42`; only lowercase letters, digits and dashes, as
         Prefect requires, the name part cut to 40 characters.
     """
-    slug = re.sub(r"[^a-z0-9]+", "-", (material.sample_name or "").lower()).strip("-")
-    if len(slug) > 40:  # keys show in narrow cards; cut at a word
-        slug = slug[:41].rsplit("-", 1)[0]
-    return f"{slug or 'stack'}-s{material.sample_id}"
+    return _Subject(material.sample_name or "", material.substrate, material.sample_id).key
 
 
 class StackArtifacts(NamedTuple):
@@ -557,32 +644,55 @@ class StackArtifacts(NamedTuple):
 
 
 def _artifact_content(
-    material: TargetMaterial,
+    subject: _Subject,
     layers: Sequence[Layer],
     summary: str | None,
     source: str | None,
     status: Mapping[int, str] | None,
+    reasons: Mapping[int, str] | None = None,
+    url: str | None = None,
 ) -> tuple[str, dict[str, Any], dict[str, Any]]:
-    key = artifact_key(material)
-    # Cards in the UI show the first few words of a description: say what it is first.
-    what = f"{_name(material)} (target material {material.sample_id}) on {_substrate(material)}"
+    key = subject.key
     states = [(status or {}).get(layer.layer_id, "created") for layer in layers]
     failed = [
         f"{states.count(state)} {state}" for state in ("failed", "not attempted") if state in states
     ]
+    link = f" {_link('Open in Atomscale', url)}" if url else ""
     table = {
-        "table": stack_table(layers, status),
+        "table": stack_table(layers, status, reasons),
         "key": f"layers-{key}",
-        "description": f"Layer table of {what}: {plural(len(layers), 'layer')}"
+        # Cards in the UI show the first few words of a description: say what it is first.
+        "description": f"Layer table of {subject.what}: {plural(len(layers), 'layer')}"
         + (f" ({', '.join(failed)})" if failed else "")
-        + ", L1 on the substrate.",
+        + ", L1 on the substrate."
+        + link,
     }
     markdown = {
-        "markdown": stack_markdown(material, layers, summary=summary, source=source, status=status),
+        "markdown": _markdown(subject, layers, summary, source, status, url),
         "key": f"stack-{key}",
-        "description": f"Stack picture of {what}, substrate at the bottom.",
+        "description": f"Stack picture of {subject.what}, substrate at the bottom.",
     }
     return key, table, markdown
+
+
+def _publish(
+    subject: _Subject,
+    layers: Sequence[Layer],
+    summary: str | None,
+    source: str | None,
+    status: Mapping[int, str] | None,
+    reasons: Mapping[int, str] | None,
+    url: str | None,
+) -> StackArtifacts:
+    # Imported here: the rest of this module is useful without a Prefect API.
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    key, table, markdown = _artifact_content(subject, layers, summary, source, status, reasons, url)
+    table_id = create_table_artifact(**table)
+    markdown_id = create_markdown_artifact(**markdown)
+    if not isinstance(table_id, UUID) or not isinstance(markdown_id, UUID):
+        raise TypeError("publish_stack_artifacts runs in sync code; await apublish_stack_artifacts")
+    return StackArtifacts(table=table_id, markdown=markdown_id, key=key)
 
 
 def publish_stack_artifacts(
@@ -592,6 +702,8 @@ def publish_stack_artifacts(
     summary: str | None = None,
     source: str | None = None,
     status: Mapping[int, str] | None = None,
+    reasons: Mapping[int, str] | None = None,
+    url: str | None = None,
 ) -> StackArtifacts:
     """Publish the layer table and the stack picture as artifacts of the current run.
 
@@ -610,6 +722,10 @@ def publish_stack_artifacts(
             for a run that did not write every layer: the table gets a status column
             and the picture marks the layers that are not in place. Positions left
             out count as `created`.
+        reasons: Position -> why that layer is not in place; with `status`, the
+            table gets a reason column.
+        url: The target material's page in the Atomscale web app: the picture's
+            caption and the table's description link to it ("Open in Atomscale").
 
     Returns:
         The artifacts' ids and key.
@@ -641,15 +757,28 @@ def publish_stack_artifacts(
         gan_hemt()
         ```
     """
-    # Imported here: the rest of this module is useful without a Prefect API.
-    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+    subject = _Subject.of(material)
+    return _publish(subject, layers, summary, source, status, reasons, url)
 
-    key, table, markdown = _artifact_content(material, layers, summary, source, status)
-    table_id = create_table_artifact(**table)
-    markdown_id = create_markdown_artifact(**markdown)
-    if not isinstance(table_id, UUID) or not isinstance(markdown_id, UUID):
-        raise TypeError("publish_stack_artifacts runs in sync code; await apublish_stack_artifacts")
-    return StackArtifacts(table=table_id, markdown=markdown_id, key=key)
+
+def publish_unwritten_stack(
+    name: str,
+    substrate: str,
+    layers: Sequence[Layer],
+    *,
+    summary: str,
+    source: str,
+    status: Mapping[int, str],
+    reasons: Mapping[int, str],
+) -> StackArtifacts:
+    """The artifacts of a stack whose target material was not created, drawn as asked for.
+
+    For the stack-file flows' failures before a target material exists (the service
+    refused the whole stack, or was unreachable, or the name is taken): keys
+    `layers-<name>-not-created` and `stack-<name>-not-created`.
+    """
+    subject = _Subject(name, substrate, None)
+    return _publish(subject, layers, summary, source, status, reasons, None)
 
 
 async def apublish_stack_artifacts(
@@ -659,11 +788,15 @@ async def apublish_stack_artifacts(
     summary: str | None = None,
     source: str | None = None,
     status: Mapping[int, str] | None = None,
+    reasons: Mapping[int, str] | None = None,
+    url: str | None = None,
 ) -> StackArtifacts:
     """Async twin of `publish_stack_artifacts`: same arguments, result and errors."""
     from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
 
-    key, table, markdown = _artifact_content(material, layers, summary, source, status)
+    key, table, markdown = _artifact_content(
+        _Subject.of(material), layers, summary, source, status, reasons, url
+    )
     table_id = await acreate_table_artifact(**table)
     markdown_id = await acreate_markdown_artifact(**markdown)
     return StackArtifacts(table=table_id, markdown=markdown_id, key=key)

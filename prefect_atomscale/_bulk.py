@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from prefect import task
@@ -66,7 +68,13 @@ from prefect_atomscale._tasks import (
 )
 from prefect_atomscale._views import StackView
 
-__all__ = ["DEFAULT_MAX_CONCURRENCY", "acreate_layers", "create_layers", "layer_outcomes"]
+__all__ = [
+    "DEFAULT_MAX_CONCURRENCY",
+    "acreate_layers",
+    "create_layers",
+    "layer_outcomes",
+    "made_with_material",
+]
 
 # Writes in flight at once when posting layer by layer; at or below the default pool
 # size (AtomscaleCredentials.max_connections), so every write has a connection ready.
@@ -87,6 +95,29 @@ def layer_outcomes(error: BaseException) -> dict[int, Layer | str] | None:
     """
     outcomes: dict[int, Layer | str] | None = vars(error).get(LAYER_OUTCOMES)
     return outcomes
+
+
+# Positions of one target material that the caller created together with the material,
+# in the same request, just before: `create_layers` finds them there and adopts them,
+# and its `atomscale.stack.completed` counts them as created, which they were.
+_MADE_WITH_MATERIAL: ContextVar[tuple[int, frozenset[int]] | None] = ContextVar(
+    "prefect_atomscale_made_with_material", default=None
+)
+
+
+@contextmanager
+def made_with_material(sample_id: int, positions: Iterable[int]) -> Iterator[None]:
+    """Within it, `create_layers` counts these layers as created in its completed event.
+
+    For a flow that created the target material with its layers in one request, then
+    calls `create_layers` to read them back: without it, the event of a brand-new
+    stack would say `created: 0`.
+    """
+    token = _MADE_WITH_MATERIAL.set((sample_id, frozenset(positions)))
+    try:
+        yield
+    finally:
+        _MADE_WITH_MATERIAL.reset(token)
 
 
 def _stack_request(inputs: dict[str, Any]) -> StackRequest:
@@ -155,9 +186,13 @@ def _written(
 
 
 def _counts(plan: list[tuple[LayerRequest, Any]]) -> dict[str, int]:
+    """Layers created, adopted and updated; those made with the material count as created."""
     counts = {"created": 0, "adopted": 0, "updated": 0}
-    for _request, decision in plan:
+    made = _MADE_WITH_MATERIAL.get()
+    for request, decision in plan:
         kind = {Adopt: "adopted", Update: "updated", Create: "created"}[type(decision)]
+        if kind == "adopted" and made is not None and made[0] == request.sample_id:
+            kind = "created" if request.layer_id in made[1] else kind
         counts[kind] += 1
     return counts
 
@@ -322,7 +357,11 @@ def create_layers(
     fresh_look(service, stack.sample_id)
     with stack_section(service, stack.sample_id) as held:
         view = held.view() or held.load(
-            *stack_from_rows(client.rows_of(stack.sample_id, _reading(stack)))
+            *stack_from_rows(
+                _events.materials_listed(
+                    credentials, client.rows_of(stack.sample_id, _reading(stack))
+                )
+            )
         )
         plan = _plan(stack, view, policy)
         if _updates(plan):  # whose it is matters only to a change
@@ -366,7 +405,11 @@ async def acreate_layers(
     fresh_look(service, stack.sample_id)
     async with astack_section(service, stack.sample_id) as held:
         view = await held.aview() or held.load(
-            *stack_from_rows(await client.rows_of(stack.sample_id, _reading(stack)))
+            *stack_from_rows(
+                _events.materials_listed(
+                    credentials, await client.rows_of(stack.sample_id, _reading(stack))
+                )
+            )
         )
         plan = _plan(stack, view, policy)
         if _updates(plan):  # whose it is matters only to a change

@@ -21,9 +21,13 @@ A cached re-run sends nothing, because the task body does not run. The resource 
 `atomscale.target-material.<host>.<sample_id>` (`atomscale.growth-run.<host>.<id>` for a
 growth run), where `<host>` is the host (and port)
 of the account's base URL: sample ids of two services never meet, and nothing derived
-from the API key is ever part of an event. Prefect itself adds the flow run, task run,
-flow, deployment, work pool and tags as related resources, from the run context
-(`prefect.events.related`), so the events here name none of them.
+from the API key is ever part of an event. Every target-material resource carries the
+material's name (`prefect.resource.name`) when this process knows it: it created or
+adopted the material, or a create task read the material's rows from the listing
+(`materials_listed`), as it does before writing layers of a material created elsewhere.
+Prefect itself adds the flow run, task run, flow, deployment, work pool and tags as
+related resources, from the run context (`prefect.events.related`), so the events here
+name none of them.
 
 Emitting never fails a task: an error is logged at DEBUG and swallowed. See
 `docs/guides/events.md` for the payloads and an Automation.
@@ -41,7 +45,8 @@ from urllib.parse import urlsplit
 from prefect.events import emit_event
 
 from prefect_atomscale._credentials import AtomscaleCredentials
-from prefect_atomscale._models import GrowthRun, Layer, TargetMaterial
+from prefect_atomscale._models import GrowthRun, Layer, TargetMaterial, TargetMaterialRow
+from prefect_atomscale._web_app import web_app_url
 
 __all__ = [
     "GROWTH_RUN_CREATED",
@@ -54,6 +59,7 @@ __all__ = [
     "growth_run_linked",
     "layers_created",
     "material_resource",
+    "materials_listed",
     "stack_completed",
     "target_material_created",
     "target_material_known",
@@ -67,10 +73,11 @@ GROWTH_RUN_LINKED = "atomscale.growth-run.linked"
 
 _logger = logging.getLogger(__name__)
 
-# Names of the target materials this process created or adopted, by (host, sample_id),
-# so that layer events carry `prefect.resource.name` without asking the service.
+# Name and substrate of the target materials this process created, adopted or read rows
+# of, by (host, sample_id), so that every event about one carries its name (and
+# `stack.completed` its substrate) without asking the service.
 _MAX_NAMES = 10_000
-_names: OrderedDict[tuple[str, int], str] = OrderedDict()
+_names: OrderedDict[tuple[str, int], tuple[str | None, str | None]] = OrderedDict()
 _names_lock = threading.Lock()
 
 
@@ -88,19 +95,23 @@ def account_label(credentials: AtomscaleCredentials) -> str:
     return f"{host}:{parts.port}" if parts.port else host
 
 
-def _remember(account: str, sample_id: int, name: str | None) -> None:
-    if not name:
+def _remember(account: str, sample_id: int, name: str | None, substrate: str | None) -> None:
+    """Keep what is known; a reply that leaves a field out does not forget it."""
+    if not name and not substrate:
         return
+    key = (account, sample_id)
     with _names_lock:
-        _names[(account, sample_id)] = name
-        _names.move_to_end((account, sample_id))
+        old_name, old_substrate = _names.get(key, (None, None))
+        _names[key] = (name or old_name, substrate or old_substrate)
+        _names.move_to_end(key)
         while len(_names) > _MAX_NAMES:
             _names.popitem(last=False)
 
 
-def _name_of(account: str, sample_id: int) -> str | None:
+def _known(account: str, sample_id: int) -> tuple[str | None, str | None]:
+    """The name and substrate this process last saw for a target material, if any."""
     with _names_lock:
-        return _names.get((account, sample_id))
+        return _names.get((account, sample_id), (None, None))
 
 
 def material_resource(account: str, sample_id: int, name: str | None = None) -> dict[str, str]:
@@ -120,7 +131,7 @@ def material_resource(account: str, sample_id: int, name: str | None = None) -> 
         "atomscale.sample-id": str(sample_id),
         "atomscale.host": account,
     }
-    known = name or _name_of(account, sample_id)
+    known = name or _known(account, sample_id)[0]
     if known:
         resource["prefect.resource.name"] = known
     return resource
@@ -147,10 +158,42 @@ def _account(credentials: AtomscaleCredentials) -> str | None:
 
 
 def target_material_known(credentials: AtomscaleCredentials, material: TargetMaterial) -> None:
-    """Remember an adopted target material's name for its layer events; emit nothing."""
+    """Remember an adopted or changed target material's name for its events; emit nothing."""
     account = _account(credentials)
     if account is not None:
-        _remember(account, material.sample_id, material.sample_name)
+        _remember(account, material.sample_id, material.sample_name, material.substrate)
+
+
+def materials_listed(
+    credentials: AtomscaleCredentials, rows: list[TargetMaterialRow]
+) -> list[TargetMaterialRow]:
+    """Remember the name and substrate of the listed rows' materials; emit nothing.
+
+    For a target material created elsewhere, the rows a create task reads before
+    writing its layers are where this process learns its name.
+
+    Args:
+        credentials: The account the rows were listed from.
+        rows: Rows of `GET /target-materials/`.
+
+    Returns:
+        `rows`, unchanged, so that it wraps a listing where the rows are used.
+    """
+    account = _account(credentials)
+    if account is not None:
+        for row in rows:
+            if row.sample_id is not None:
+                _remember(account, row.sample_id, row.sample_name, row.substrate)
+    return rows
+
+
+def _web_url(credentials: AtomscaleCredentials, sample_id: int) -> str | None:
+    """The material's "Open in Atomscale" link (a guess, see `_web_app`); None if unknown."""
+    try:
+        return web_app_url(credentials.resolve().base_url, sample_id)
+    except Exception as exc:  # an event is never worth a failed flow
+        _logger.debug("No web app link for events: %r", exc)
+        return None
 
 
 def target_material_created(
@@ -166,12 +209,13 @@ def target_material_created(
     account = _account(credentials)
     if account is None:
         return
-    _remember(account, material.sample_id, material.sample_name)
+    _remember(account, material.sample_id, material.sample_name, material.substrate)
     payload = {
         "sample_id": material.sample_id,
         "sample_name": material.sample_name,
         "substrate": material.substrate,
         "layers": layers,
+        "url": _web_url(credentials, material.sample_id),
     }
     _emit(TARGET_MATERIAL_CREATED, material_resource(account, material.sample_id), payload)
 
@@ -212,6 +256,9 @@ def stack_completed(
 ) -> None:
     """Emit `atomscale.stack.completed`: every requested layer is in place.
 
+    Its payload names the material and its substrate (null where this process does not
+    know them), so that a report triggered by it can title its picture.
+
     Args:
         credentials: The account.
         sample_id: The target material.
@@ -222,11 +269,16 @@ def stack_completed(
     account = _account(credentials)
     if account is None:
         return
+    name, substrate = _known(account, sample_id)
     payload = {
+        "sample_id": sample_id,
+        "sample_name": name,
+        "substrate": substrate,
         "layers": created + already_there + updated,
         "created": created,
         "already_there": already_there,
         "updated": updated,
+        "url": _web_url(credentials, sample_id),
     }
     _emit(STACK_COMPLETED, material_resource(account, sample_id), payload)
 

@@ -28,6 +28,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 from prefect.runtime import task_run as current_task_run
 
+from prefect_atomscale import _events
 from prefect_atomscale._caching import invalidate_target_materials
 from prefect_atomscale._client import (
     AsyncAtomscaleClient,
@@ -339,8 +340,10 @@ def _record_identity(
 ) -> None:
     """Step U: record a material this domain made, or the person's, by its new identity.
 
-    So a create of that identity finds it (see `_identities`), even unlisted.
+    So a create of that identity finds it (see `_identities`), even unlisted. Its events
+    carry the new name too (see `_events`).
     """
+    _events.target_material_known(credentials, material)
     if material.sample_name is None or material.substrate is None:
         return
     if material.sample_metadata is None:

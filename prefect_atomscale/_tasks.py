@@ -686,7 +686,11 @@ def create_layer(
     fresh_look(service, request.sample_id)
     with layer_section(service, request.sample_id, request.layer_id, request.describe()) as held:
         view = held.view() or held.load(
-            *stack_from_rows(client.rows_of(request.sample_id, _looking(request)))
+            *stack_from_rows(
+                _events.materials_listed(
+                    credentials, client.rows_of(request.sample_id, _looking(request))
+                )
+            )
         )
         decision = decide_layer(request, view.at.get(request.layer_id, []), policy)
         if isinstance(decision, Adopt):
@@ -739,7 +743,11 @@ async def acreate_layer(
     where = request.describe()
     async with alayer_section(service, request.sample_id, request.layer_id, where) as held:
         view = await held.aview() or held.load(
-            *stack_from_rows(await client.rows_of(request.sample_id, _looking(request)))
+            *stack_from_rows(
+                _events.materials_listed(
+                    credentials, await client.rows_of(request.sample_id, _looking(request))
+                )
+            )
         )
         decision = decide_layer(request, view.at.get(request.layer_id, []), policy)
         if isinstance(decision, Adopt):

@@ -27,6 +27,7 @@ LAYERS: dict[str, int] = {
     "_reconcile": 0,
     "_growth_runs": 0,
     "_stacks": 0,
+    "_web_app": 0,
     # 1 credentials: the Prefect block
     "_credentials": 1,
     # 2 client: HTTP, no Prefect beyond the block it is built from

@@ -30,9 +30,16 @@ from prefect.logging.handlers import APILogWorker
 
 from atomscale_sandbox import SandboxHandle
 from flows.build_stack import LayerSpec, build_stack
-from prefect_atomscale import AtomscaleCredentials, AtomscaleValidationError, Layer, TargetMaterial
+from prefect_atomscale import (
+    AtomscaleCredentials,
+    AtomscaleValidationError,
+    InvalidStackFileError,
+    Layer,
+    TargetMaterial,
+)
 from prefect_atomscale._artifacts import (
     _artifact_content,
+    _Subject,
     artifact_key,
     collapse_repeats,
     describe_stack,
@@ -41,6 +48,7 @@ from prefect_atomscale._artifacts import (
     stack_table,
 )
 from prefect_atomscale._stacks import load_stack_file
+from prefect_atomscale._web_app import web_app_url
 from prefect_atomscale.flows import stack_from_file
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -165,6 +173,16 @@ def test_a_stack_flow_run_publishes_a_layer_table_and_a_picture(
     assert markdown.startswith(f"### {unique}\n")
     assert f"Target material **{outcome.sample_id}** on **SrTiO3** · 42 layers" in markdown
     assert f"from `{path}`" in markdown
+    # The record in the Atomscale web app (its address a guess from the base URL): in the
+    # picture's caption, the table's description, the outcome and the run's state message.
+    url = f"{sandbox.url}/target-materials/{outcome.sample_id}"
+    assert outcome.url == url
+    assert f" · [Open in Atomscale]({url})" in markdown.split("\n\n")[1]
+    assert str(artifacts["table"].description).endswith(f" [Open in Atomscale]({url})")
+    assert state.message == (
+        f"Target material {outcome.sample_id} ({unique!r}): 42 created now. "
+        f"Open in Atomscale: {url}"
+    )
     lines = [text for _, _, text in texts(picture(markdown))]
     # Top to bottom: the top electrode, one period marked x 20, the bottom one, the substrate.
     assert lines[:4] == ["L42", "SrRuO3", "(001)", "Pnma"]
@@ -202,7 +220,9 @@ def test_task_runs_have_readable_names_and_the_flow_logs_each_layer(
     with get_client(sync_client=True) as client:
         flow_run = client.read_flow_run(flow_run_id)
     task_runs = task_runs_of(flow_run_id, 3)
-    assert flow_run.name == "stack-from-file-bto_sto_superlattice.yaml"
+    # Named after its file, then after its target material once it exists; tagged too.
+    assert flow_run.name == f"stack-from-file-bto_sto_superlattice.yaml-s{sample_id}"
+    assert f"target-material-{sample_id}" in flow_run.tags
     names = {task_run.name for task_run in task_runs}
     # A new stack is sent with its target material in one request, then read back by
     # one create_layers task: three task runs, whatever the stack's length.
@@ -220,7 +240,7 @@ def test_task_runs_have_readable_names_and_the_flow_logs_each_layer(
     )
 
 
-def test_a_failed_layer_says_which_layer_and_why(
+def test_a_new_stack_refused_whole_publishes_its_stack_and_says_why_once(
     tmp_path: Path, sandbox: SandboxHandle, block: AtomscaleCredentials, unique: str
 ) -> None:
     # Fine locally, but longer than the service stores: refused with a 422, not retried.
@@ -238,14 +258,59 @@ def test_a_failed_layer_says_which_layer_and_why(
     task_runs = task_runs_of(flow_run_id, 2)
     [failed] = [run for run in task_runs if run.state and run.state.is_failed()]
     assert failed.name == f"create-target-material-{unique}"
-    message = failed.state.message if failed.state else ""
-    assert "layer 2 (BaTiO3 001) of target material" in (message or "")
-    assert "422" in (message or "") and "space_group" in (message or "")
-    # The flow's own state says the same. A new stack is written in one request, all
-    # or nothing: no half-written target material is left behind.
-    assert "layer 2 (BaTiO3 001)" in (state.message or "")
+    # A new stack is written in one request, all or nothing: nothing is left behind.
     assert not [
         m for m in sandbox.target_materials(organisation="lab-a") if m["sample_name"] == unique
+    ]
+
+    reason = "space_group: String should have at most 32 characters (422)"
+    summary = (
+        f"{path}: target material {unique!r} not created: the service refused L2 (BaTiO3 001): "
+        f"{reason}; none of its 3 layers was written. Fix L2 in {path} and run again."
+    )
+    message = state.message or ""
+    assert message.endswith(summary), message
+    assert message.count("at most 32 characters") == 1  # the reason, once
+    assert "layers.1" not in message  # the service counts from 0; the message from L1
+    with pytest.raises(AtomscaleValidationError) as caught:
+        state.result()
+    assert str(caught.value) == summary and caught.value.status_code == 422
+
+    # The table and the picture of the stack as the file asks for it, not created.
+    artifacts = artifacts_of(flow_run_id)
+    assert artifacts["table"].key == f"layers-{unique}-not-created"
+    assert artifacts["markdown"].key == f"stack-{unique}-not-created"
+    rows = cast(list[dict[str, Any]], json.loads(cast(str, artifacts["table"].data)))
+    one_request = "not written: the stack is one request, refused for L2"
+    assert [(row["status"], row["reason"]) for row in rows] == [
+        ("not attempted", one_request),
+        ("failed", reason),
+        ("not attempted", one_request),
+    ]
+    assert rows[1]["space group"] == long_symbol and rows[1]["record id"] == "—"
+    assert str(artifacts["table"].description).startswith(
+        f"Layer table of {unique} (not created) on SrTiO3: 3 layers (1 failed, 2 not attempted)"
+    )
+    markdown = cast(str, artifacts["markdown"].data)
+    assert markdown.startswith(f"### {unique} (not created)\n")
+    assert "**Not created**, on **SrTiO3** · 3 layers in the file" in markdown
+    assert "**0 in place**, **1 failed**, **2 not attempted**" in markdown
+    drawn = [text for _, _, text in texts(picture(markdown))]
+    assert drawn.count("\u2717 failed") == 1
+
+    # The run's first ERROR line, its task runs' lines included, is the summary; the
+    # task's own "Finished in state Failed" is a warning before it.
+    logs = run_logs(flow_run_id, until="Finished in state Failed")
+    errors = [message for level, _, message in logs if level >= 40]
+    assert errors[0] == summary, errors
+    assert "Encountered exception" in errors[1]
+    task_lines = [(level, message) for level, task, message in logs if task is not None]
+    assert any(level == 30 and m.startswith("Finished in state Failed") for level, m in task_lines)
+    per_layer = [message for level, task, message in logs if level == 30 and task is None]
+    assert per_layer == [
+        f"L1 SrRuO3 001: not attempted: {one_request}.",
+        f"L2 BaTiO3 001: failed: {reason}.",
+        f"L3 SrRuO3 001: not attempted: {one_request}.",
     ]
 
 
@@ -396,7 +461,8 @@ def test_a_partly_failed_stack_says_what_happened_to_every_layer(
     reason = "space_group: String should have at most 32 characters (422)"
     summary = (
         f"{path}: 2 of 42 layers failed (L4, L30: {reason}); "
-        f"the other 40 are in place in target material {sample_id}"
+        f"the other 40 are in place in target material {sample_id}. "
+        f"Fix L4, L30 in {path} and run again; the 40 layers in place are not rewritten."
     )
     assert state.message is not None and state.message.endswith(summary), state.message
     # Still the service's error type, with its attributes: a caller's except clauses work.
@@ -418,18 +484,24 @@ def test_a_partly_failed_stack_says_what_happened_to_every_layer(
         30: "failed",
     }
     assert rows[3]["record id"] == "—"
+    reasons = {row["position"]: row["reason"] for row in rows}
+    assert reasons == {**dict.fromkeys(range(1, 43), "—"), 4: reason, 30: reason}
     assert "(2 failed)" in (artifacts["table"].description or "")
     markdown = cast(str, artifacts["markdown"].data)
     assert "**40 in place**, **2 failed**" in markdown
     drawn = [text for _, _, text in texts(picture(markdown))]
     assert drawn.count("\u2717 failed") == 2
     assert "failed: not written, see the run\u2019s log" in drawn  # the legend
+    url = web_app_url(block.resolve().base_url, sample_id)
+    assert f"[Open in Atomscale]({url})" in markdown
 
-    # The first ERROR line of the flow itself is the summary, readable, before Prefect's
-    # "Encountered exception" line with the repr.
-    errors = error_lines(flow_run_id, until="Finished in state Failed")
+    # The first ERROR line of the run, its task runs' included, is the summary, readable,
+    # before Prefect's "Encountered exception" line with the repr.
+    logs = run_logs(flow_run_id, until="Finished in state Failed")
+    errors = [message for level, _, message in logs if level >= 40]
     assert errors[0] == summary, errors
     assert "Encountered exception" in errors[1]
+    assert len(errors) == 2  # create_layers' own failure lines are warnings
 
 
 def test_the_first_error_line_of_a_run_with_a_bad_file_is_the_readable_message(
@@ -439,11 +511,44 @@ def test_the_first_error_line_of_a_run_with_a_bad_file_is_the_readable_message(
     path.write_text("name: x\nsubstrate: y\nlayers:\n  - composition: Xx2O3\n  - composition: Q\n")
     state = stack_from_file(str(path), block, return_state=True)
     assert state.is_failed()
-    errors = error_lines(state.state_details.flow_run_id, until="Finished in state Failed")
+    flow_run_id = state.state_details.flow_run_id
+    errors = error_lines(flow_run_id, until="Finished in state Failed")
     first = errors[0]
     assert first.startswith(f"{path} has 2 problems") and "\n" in first, first
     assert "\\n" not in first
     assert "Encountered exception" in errors[1] and "\\n" in errors[1]
+    # No stack to draw: one markdown artifact lists the problems, one per line.
+    artifact = artifacts_of(flow_run_id)["markdown"]
+    assert artifact.key == "stack-file-bad-yaml-invalid"
+    lines = cast(str, artifact.data).splitlines()
+    assert lines[0] == "### bad.yaml cannot be used"
+    assert [line for line in lines if line.startswith("- ")] == [
+        f"- {problem.describe().splitlines()[0]}" for problem in caught_problems(path)
+    ]
+
+
+def caught_problems(path: Path) -> list[Any]:
+    """The problems `load_stack_file` finds in `path`."""
+    with pytest.raises(InvalidStackFileError) as caught:
+        load_stack_file(path)
+    return list(caught.value.problems)
+
+
+def run_logs(flow_run_id: UUID, until: str) -> list[tuple[int, UUID | None, str]]:
+    """Every log line of a flow run, its task runs' included, as the UI's log shows them."""
+
+    def read() -> list[Any]:
+        with get_client(sync_client=True) as client:
+            return client.read_logs(
+                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])),
+                limit=200,
+            )
+
+    logs = eventually(read, lambda found: any(until in log.message for log in found))
+    return [
+        (log.level, log.task_run_id, log.message)
+        for log in sorted(logs, key=lambda log: log.timestamp)
+    ]
 
 
 def error_lines(flow_run_id: UUID, until: str) -> list[str]:
@@ -471,6 +576,19 @@ def test_the_table_and_picture_show_each_layers_status() -> None:
     assert [row["status"] for row in rows] == [status[p] for p in range(1, 6)]
     assert [row["record id"] for row in rows] == [101, 102, "—", "—", "—"]
     assert "status" not in stack_table(stack)[0]  # unchanged without a status
+    assert "reason" not in rows[0]  # and without reasons
+    # A reason per layer not in place, after the status; the default UI renders a text
+    # cell as markdown, so what would change the text is escaped.
+    reasons = {3: "space_group: at most 32 characters (422)", 4: "*not* sent: <L3>"}
+    with_reasons = stack_table(stack, status, reasons)
+    assert list(with_reasons[0])[-2:] == ["status", "reason"]
+    assert [row["reason"] for row in with_reasons] == [
+        "—",
+        "—",
+        "space_group: at most 32 characters (422)",
+        "\\*not\\* sent: \\<L3\\>",
+        "—",
+    ]
     svg = ET.fromstring(stack_svg("SrTiO3", stack, status))
     drawn = [text for _, _, text in texts(svg)]
     assert drawn.count("\u2717 failed") == 1 and drawn.count("not attempted") == 3  # 2 + legend
@@ -498,6 +616,37 @@ def test_every_formula_in_a_picture_has_a_colour_of_its_own() -> None:
 
 def test_one_layer_is_one_layer_not_one_layers() -> None:
     material = TargetMaterial(sample_id=7, sample_name="TiO2 film", substrate="MgO")
-    _, table, markdown = _artifact_content(material, layers("TiO2"), None, None, None)
+    _, table, markdown = _artifact_content(_Subject.of(material), layers("TiO2"), None, None, None)
     assert "TiO2 film (target material 7) on MgO: 1 layer, L1" in table["description"]
     assert " · 1 layer" in markdown["markdown"] and "1 layers" not in markdown["markdown"]
+
+
+def test_a_material_without_a_name_or_substrate_is_still_drawn_and_said_once() -> None:
+    markdown = stack_markdown(TargetMaterial(sample_id=6), layers("TiO2"))
+    assert markdown.startswith("### target material 6\n")
+    assert "Target material **6** on **an unnamed substrate**" in markdown
+    assert "substrate substrate" not in markdown
+    drawn = [text for _, _, text in texts(picture(markdown))]
+    assert "unnamed substrate" in drawn and "unnamed substrate substrate" not in drawn
+    assert describe_stack("unnamed substrate", layers("TiO2")).startswith("unnamed substrate →")
+
+
+@pytest.mark.parametrize(
+    ("base_url", "page"),
+    [
+        ("https://api.atomscale.ai", "https://app.atomscale.ai/target-materials/42"),
+        ("https://api.atomscale.ai/", "https://app.atomscale.ai/target-materials/42"),
+        # Another service: the same rule, api. -> app., the path dropped.
+        (
+            "https://API.staging.example.org/v1/",
+            "https://app.staging.example.org/target-materials/42",
+        ),
+        # No api. host: the web app is guessed to be where the API is.
+        ("http://127.0.0.1:8000", "http://127.0.0.1:8000/target-materials/42"),
+        ("http://[::1]:8000", "http://[::1]:8000/target-materials/42"),
+        # A user and password in the base URL never reach a link.
+        ("https://lab:s3cret@proxy.lab.org:8443", "https://proxy.lab.org:8443/target-materials/42"),
+    ],
+)
+def test_the_web_apps_address_is_derived_from_the_base_url(base_url: str, page: str) -> None:
+    assert web_app_url(base_url, 42) == page

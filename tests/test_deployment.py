@@ -1,6 +1,9 @@
 """Scheduled deployments end to end: a real Prefect server, `prefect.yaml`, a process worker,
 and `flows/serve.py`, each running the stack-folder flow against the sandbox over HTTP.
 
+Both store the credentials block by id, looked up when they deploy (the form the run
+form's picker shows selected), so both refuse, saying so, a block that is not saved.
+
 Every subprocess gets its own PREFECT_HOME (the worker's differs from the deployer's, as
 on a real worker machine) and is stopped in `finally`; every wait has a deadline, so a
 broken setup fails in minutes instead of hanging CI. The slow start-ups overlap: the
@@ -30,6 +33,7 @@ from helpers import LAYERS, TARGET_MATERIALS, posts, requests_to
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from prefect.deployments import run_deployment
+from prefect.exceptions import ObjectNotFound
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from atomscale_sandbox import SandboxConfig, SandboxHandle, run_sandbox
@@ -44,6 +48,14 @@ EXPECTED = {
     spec.name: len(spec.layer_specs()) for spec in (load_stack_file(p) for p in EXAMPLE_FILES)
 }
 POOL = "atomscale-process"  # as in prefect.yaml
+BLOCK_TYPE = "atomscale-credentials"  # the slug of AtomscaleCredentials blocks
+# Every deployment prefect.yaml defines, as <flow name>/<deployment name>.
+YAML_DEPLOYMENTS = (
+    "stacks-from-folder/nightly",
+    "stack-from-file/on-demand",
+    "growth-run-from-file/growth-run",
+    "stack-report/on-stack-completed",
+)
 E2E_KEY = "test-key-e2e-deployments-0123"
 SERVER_START_SECONDS = 120
 RUN_SECONDS = 120
@@ -112,18 +124,24 @@ def _tail(log: Path, lines: int = 60) -> str:
     return "\n".join(log.read_text(errors="replace").splitlines()[-lines:]) if log.exists() else ""
 
 
+def _run(command: list[str], env: dict[str, str]) -> tuple[int, str]:
+    """Run a command to its end; its exit status and its output (stdout, then stderr)."""
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    return result.returncode, result.stdout + result.stderr
+
+
 def _prefect(args: list[str], env: dict[str, str]) -> str:
-    result = subprocess.run(
-        [*PREFECT, *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, f"prefect {' '.join(args)} failed:\n{output}"
+    status, output = _run([*PREFECT, *args], env)
+    assert status == 0, f"prefect {' '.join(args)} failed:\n{output}"
     return output
+
+
+def _not_saved_message(block: str, server: PrefectServer) -> str:
+    """How `credentials_block_reference` says that the block is not saved yet."""
+    return (
+        f"No AtomscaleCredentials block named {block!r} is saved on the Prefect server at "
+        f"{server.api_url}. Save it first"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -162,6 +180,7 @@ class Served:
     log: Path
     folder: Path
     block: str
+    block_id: str
     name: str
 
 
@@ -172,21 +191,27 @@ def served(
     """`flows/serve.py`, started once the server answers and stopped with the module.
 
     Its start-up (a Prefect import, then registering the deployment) overlaps whatever
-    test runs first. The block it names is saved by the test that runs it, pointing at
-    that test's sandbox: a served run loads the block only when it starts.
+    test runs first. The block it names is saved first, without a base URL: the test
+    that runs it saves it over with its sandbox's, as a user edits a block in the UI.
+    A served run loads the block only when it starts.
     """
     home = tmp_path_factory.mktemp("served")
     folder = stack_folder(home)
     block = f"atomscale-{uuid.uuid4().hex[:8]}"
     name = f"served-{uuid.uuid4().hex[:6]}"
     log = home / "serve.log"
+    with api(prefect_server), get_client(sync_client=True) as client:
+        AtomscaleCredentials(api_key=E2E_KEY).save(block)
+        block_id = str(client.read_block_document_by_name(block, BLOCK_TYPE).id)
     process = _start(
         [*SERVE, "--folder", str(folder), "--block", block, "--name", name, "--cron", "15 4 * * 1"],
         _environment(home / "serve", PREFECT_API_URL=prefect_server.api_url),
         log,
     )
     try:
-        yield Served(process=process, log=log, folder=folder, block=block, name=name)
+        yield Served(
+            process=process, log=log, folder=folder, block=block, block_id=block_id, name=name
+        )
     finally:
         _stop(process)
 
@@ -279,30 +304,43 @@ def _deploy_and_run(
     deployer: dict[str, str],
     worker_log: Path,
 ) -> None:
-    output = _prefect(["--no-prompt", "deploy", "--all"], deployer)
-    assert "stacks-from-folder/nightly" in output and "stack-from-file/on-demand" in output
+    # The block is not saved yet: the build step stops `prefect deploy` before any
+    # deployment is created, and says what to do.
+    status, output = _run([*PREFECT, "--no-prompt", "deploy", "--all"], deployer)
+    assert status != 0, output
+    assert _not_saved_message("atomscale", prefect_server) in output, output
+    with api(prefect_server), get_client(sync_client=True) as client:
+        for name in YAML_DEPLOYMENTS:
+            with pytest.raises(ObjectNotFound):
+                client.read_deployment_by_name(name)
 
-    with api(prefect_server):
+    with api(prefect_server), get_client(sync_client=True) as client:
         AtomscaleCredentials(api_key=E2E_KEY, base_url=e2e_sandbox.url).save("atomscale")
-        with get_client(sync_client=True) as client:
-            deployment = client.read_deployment_by_name("stacks-from-folder/nightly")
-            assert [s.schedule.model_dump(exclude_none=True) for s in deployment.schedules] == [
-                {"cron": "0 6 * * *", "timezone": "UTC", "day_or": True}
-            ]
-            assert deployment.parameters == {
-                "folder": "flows/examples",
-                "credentials": {"$ref": {"block_document_slug": "atomscale-credentials/atomscale"}},
-            }
-            assert_block_picker(deployment.parameter_openapi_schema)
-            assert deployment.enforce_parameter_schema is False
-            on_demand = client.read_deployment_by_name("stack-from-file/on-demand")
-            assert_block_picker(on_demand.parameter_openapi_schema)
-            assert deployment.work_pool_name == POOL
-            assert deployment.pull_steps == [
-                {"prefect.deployments.steps.set_working_directory": {"directory": str(ROOT)}}
-            ]
-            # So that a 06:00 run cannot start in the middle of this test.
-            client.pause_deployment(deployment.id)
+        block_id = str(client.read_block_document_by_name("atomscale", BLOCK_TYPE).id)
+    output = _prefect(["--no-prompt", "deploy", "--all"], deployer)
+    assert all(name in output for name in YAML_DEPLOYMENTS), output
+
+    # By id, as the server stores it: the form the run form's picker shows selected.
+    by_id = {"$ref": {"block_document_id": block_id}}
+    with api(prefect_server), get_client(sync_client=True) as client:
+        for name in YAML_DEPLOYMENTS:
+            stored = client.read_deployment_by_name(name).parameters["credentials"]
+            assert stored == by_id, (name, stored)
+        deployment = client.read_deployment_by_name("stacks-from-folder/nightly")
+        assert [s.schedule.model_dump(exclude_none=True) for s in deployment.schedules] == [
+            {"cron": "0 6 * * *", "timezone": "UTC", "day_or": True}
+        ]
+        assert deployment.parameters == {"folder": "flows/examples", "credentials": by_id}
+        assert_block_picker(deployment.parameter_openapi_schema)
+        assert deployment.enforce_parameter_schema is False
+        on_demand = client.read_deployment_by_name("stack-from-file/on-demand")
+        assert_block_picker(on_demand.parameter_openapi_schema)
+        assert deployment.work_pool_name == POOL
+        assert deployment.pull_steps == [
+            {"prefect.deployments.steps.set_working_directory": {"directory": str(ROOT)}}
+        ]
+        # So that a 06:00 run cannot start in the middle of this test.
+        client.pause_deployment(deployment.id)
 
     with api(prefect_server):
         first = run_and_wait("stacks-from-folder/nightly", {"folder": str(folder)}, worker_log)
@@ -324,10 +362,14 @@ def _deploy_and_run(
             pictures = client.read_artifacts(
                 artifact_filter=ArtifactFilter(key=ArtifactFilterKey(like_="stack-bto-sto"))
             )
-    assert {run.name for run in subflows if run.parent_task_run_id} >= {
-        f"stack-from-file-{path.name}" for path in EXAMPLE_FILES
-    }
-    assert [picture.type for picture in pictures] == ["markdown"]
+    names = {run.name for run in subflows if run.parent_task_run_id}
+    # Named after the file, then after its target material once it exists: `...-s<id>`.
+    for path in EXAMPLE_FILES:
+        assert any(name.startswith(f"stack-from-file-{path.name}-s") for name in names), names
+    # The subflow's picture; the on-stack-completed automation's `stack-report-s<id>`
+    # runs, not subflows, publish it again under the same key once they have run.
+    subflow_ids = {run.id for run in subflows if run.parent_task_run_id}
+    assert [p.type for p in pictures if p.flow_run_id in subflow_ids] == ["markdown"]
     assert "Traceback" not in _tail(worker_log, 400)
     _typed_names_are_kept(prefect_server, folder, first.id, worker_log)
     _growth_run_deployment(prefect_server, e2e_sandbox, folder, worker_log)
@@ -386,8 +428,15 @@ def test_serve_py_serves_the_same_flow(
     prefect_server: PrefectServer, served: Served, e2e_sandbox: SandboxHandle
 ) -> None:
     log, name = served.log, served.name
-    with api(prefect_server):
-        AtomscaleCredentials(api_key=E2E_KEY, base_url=e2e_sandbox.url).save(served.block)
+    with api(prefect_server), get_client(sync_client=True) as client:
+        # Saved over, as a user edits the block in the UI: its id stays, so the served
+        # deployment's runs read the new base URL.
+        AtomscaleCredentials(api_key=E2E_KEY, base_url=e2e_sandbox.url).save(
+            served.block, overwrite=True
+        )
+        assert str(client.read_block_document_by_name(served.block, BLOCK_TYPE).id) == (
+            served.block_id
+        )
 
     with api(prefect_server), get_client(sync_client=True) as client:
 
@@ -406,9 +455,7 @@ def test_serve_py_serves_the_same_flow(
         ]
         assert deployment.parameters == {
             "folder": str(served.folder),
-            "credentials": {
-                "$ref": {"block_document_slug": f"atomscale-credentials/{served.block}"}
-            },
+            "credentials": {"$ref": {"block_document_id": served.block_id}},
         }
         assert_block_picker(deployment.parameter_openapi_schema)
         run_and_wait(f"stacks-from-folder/{name}", {}, log)
@@ -421,3 +468,20 @@ def test_serve_py_serves_the_same_flow(
     assert posts(e2e_sandbox) == 0
     assert requests_to(e2e_sandbox, "GET", TARGET_MATERIALS) >= 1  # it did look
     assert stacks_at(e2e_sandbox) == EXPECTED
+
+
+def test_serve_py_refuses_a_block_that_is_not_saved(
+    prefect_server: PrefectServer, tmp_path: Path
+) -> None:
+    block, name = f"never-saved-{uuid.uuid4().hex[:8]}", f"served-{uuid.uuid4().hex[:6]}"
+    env = _environment(tmp_path / "serve", PREFECT_API_URL=prefect_server.api_url)
+    status, output = _run([*SERVE, "--block", block, "--name", name], env)
+    assert status == 2, output
+    assert f"flows/serve.py: {_not_saved_message(block, prefect_server)}" in output
+    assert "Traceback" not in output
+    with (
+        api(prefect_server),
+        get_client(sync_client=True) as client,
+        pytest.raises(ObjectNotFound),
+    ):
+        client.read_deployment_by_name(f"stacks-from-folder/{name}")

@@ -5,9 +5,10 @@ are read back through its API (`POST /api/events/filter`). Each check waits for 
 expects with a deadline; a check that nothing arrived first waits for the run's own
 `prefect.flow-run.Completed` event, which Prefect sends after the tasks' events.
 
-The trigger test deploys `prefect.yaml`'s `stack-report` deployment on that server
+The trigger test deploys `prefect.yaml`'s `on-stack-completed` deployment on that server
 (whose ephemeral services include Prefect's triggers and actions), starts a process
-worker, completes a stack, and waits for the triggered run to finish.
+worker, completes a stack, and waits for the triggered run to finish; then starts a run
+by hand, as the UI's Custom run form does, and waits for that one.
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ from typing import Any
 from urllib.parse import urlsplit
 from uuid import UUID
 
+import httpx
 import pytest
+import yaml
 from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import WorkPoolCreate
@@ -38,7 +41,8 @@ from prefect.client.schemas.filters import (
     DeploymentFilterId,
     FlowRunFilter,
 )
-from prefect.client.schemas.objects import State
+from prefect.client.schemas.objects import FlowRun, State
+from prefect.deployments import run_deployment
 from prefect.events.filters import (
     EventFilter,
     EventNameFilter,
@@ -53,6 +57,7 @@ from prefect.settings import PREFECT_API_URL
 from atomscale_sandbox import SandboxConfig, SandboxHandle, run_sandbox
 from prefect_atomscale import (
     AtomscaleCredentials,
+    acreate_layer,
     acreate_layers,
     acreate_target_material,
     create_layer,
@@ -61,7 +66,7 @@ from prefect_atomscale import (
 )
 
 from conftest import KEY_A  # isort: skip
-from helpers import ROOT, clean_environment  # isort: skip
+from helpers import LAYERS, ROOT, TARGET_MATERIALS, clean_environment  # isort: skip
 
 OURS = [
     "atomscale.target-material.created",
@@ -155,6 +160,11 @@ def _check_resource(
     }
 
 
+def _page(credentials: AtomscaleCredentials, sample_id: int) -> str:
+    """The "Open in Atomscale" link of a sandbox material: its host, the API's path."""
+    return f"{str(credentials.base_url).rstrip('/')}/target-materials/{sample_id}"
+
+
 def _check_related(event: ReceivedEvent, flow_run_id: UUID) -> None:
     flow_runs = [r for r in event.related if r.role == "flow-run"]
     assert [r.id for r in flow_runs] == [f"prefect.flow-run.{flow_run_id}"]  # once, not twice
@@ -232,6 +242,7 @@ def test_each_creation_is_one_event_with_the_material_and_the_flow_run(
         "sample_name": unique,
         "substrate": "SrTiO3",
         "layers": 0,
+        "url": _page(credentials, sample_id),
     }
     created = [event.payload for event in events if event.event == "atomscale.layer.created"]
     assert sorted((p["layer_id"], p["composition_string"]) for p in created) == [
@@ -241,10 +252,14 @@ def test_each_creation_is_one_event_with_the_material_and_the_flow_run(
     ]
     assert all(isinstance(p["record_id"], int) and p["orientation"] == "001" for p in created)
     assert by_name["atomscale.stack.completed"].payload == {
+        "sample_id": sample_id,
+        "sample_name": unique,
+        "substrate": "SrTiO3",
         "layers": 3,
         "created": 2,
         "already_there": 1,
         "updated": 0,
+        "url": _page(credentials, sample_id),
     }
 
     # The same flow again: every task is a cache hit and sends nothing.
@@ -258,7 +273,16 @@ def test_each_creation_is_one_event_with_the_material_and_the_flow_run(
     _settled(adopted)
     events = _of_run(adopted)
     assert _names(events) == ["atomscale.stack.completed"]
-    assert events[0].payload == {"layers": 3, "created": 0, "already_there": 3, "updated": 0}
+    assert events[0].payload == {
+        "sample_id": sample_id,
+        "sample_name": unique,
+        "substrate": "SrTiO3",
+        "layers": 3,
+        "created": 0,
+        "already_there": 3,
+        "updated": 0,
+        "url": _page(credentials, sample_id),
+    }
     _check_resource(events[0], credentials, sample_id, unique)
 
 
@@ -284,11 +308,90 @@ def test_a_new_stack_written_by_the_async_twin_is_an_event_per_layer(
         _check_resource(event, credentials, sample_id, unique)
         _check_related(event, flow_run_id)
     completed = [event for event in events if event.event == "atomscale.stack.completed"]
-    assert completed[0].payload == {"layers": 3, "created": 3, "already_there": 0, "updated": 0}
+    assert completed[0].payload == {
+        "sample_id": sample_id,
+        "sample_name": unique,
+        "substrate": "SrTiO3",
+        "layers": 3,
+        "created": 3,
+        "already_there": 0,
+        "updated": 0,
+        "url": _page(credentials, sample_id),
+    }
     created = [
         event.payload["layer_id"] for event in events if event.event == "atomscale.layer.created"
     ]
     assert sorted(created) == [1, 2, 3]
+
+
+def _made_elsewhere(sandbox: SandboxHandle, name: str, substrate: str) -> int:
+    """A target material with L1, made over HTTP as the web app or another worker would."""
+    headers = {"X-API-KEY": KEY_A}
+    body = {"sample": {"sample_name": name, "substrate": substrate, "sample_metadata": {}}}
+    reply = httpx.post(f"{sandbox.url}{TARGET_MATERIALS}", headers=headers, json=body)
+    reply.raise_for_status()
+    sample_id: int = reply.json()["sample_id"]
+    layer = {"layer_id": 1, "sample_id": sample_id, **STACK[0]}
+    httpx.post(f"{sandbox.url}{LAYERS}", headers=headers, json=layer).raise_for_status()
+    return sample_id
+
+
+@flow
+def _extend(credentials: AtomscaleCredentials, one: int, whole: int) -> None:
+    create_layer(credentials, 2, one, "SrTiO3", "001")
+    create_layers(credentials, whole, STACK)
+
+
+@flow
+async def _aextend(credentials: AtomscaleCredentials, one: int, whole: int) -> None:
+    await acreate_layer(credentials, 2, one, "SrTiO3", "001")
+    await acreate_layers(credentials, whole, STACK)
+
+
+@pytest.mark.parametrize("twin", ["sync", "async"])
+def test_layers_added_to_a_material_made_elsewhere_carry_its_name(
+    credentials: AtomscaleCredentials, sandbox: SandboxHandle, unique: str, twin: str
+) -> None:
+    # This process never saw these materials: their names come from the listing the
+    # tasks read before writing (one layer with create_layer, the stack with create_layers).
+    one = _made_elsewhere(sandbox, f"{unique}-one", "DyScO3")
+    whole = _made_elsewhere(sandbox, f"{unique}-whole", "GdScO3")
+    if twin == "sync":
+        state = _extend(credentials, one, whole, return_state=True)
+    else:
+
+        async def run() -> State[None]:
+            return await _aextend(credentials, one, whole, return_state=True)
+
+        state = asyncio.run(run())
+    flow_run_id = _run_id(state)
+    _settled(flow_run_id)
+    events = _of_run(flow_run_id)
+
+    of_one = [event for event in events if event.resource["atomscale.sample-id"] == str(one)]
+    assert _names(of_one) == ["atomscale.layer.created"]
+    _check_resource(of_one[0], credentials, one, f"{unique}-one")
+    of_whole = [event for event in events if event.resource["atomscale.sample-id"] == str(whole)]
+    assert sorted(_names(of_whole)) == sorted(
+        ["atomscale.layer.created"] * 2 + ["atomscale.stack.completed"]
+    )
+    for event in of_whole:
+        _check_resource(event, credentials, whole, f"{unique}-whole")
+    completed = [event for event in of_whole if event.event == "atomscale.stack.completed"]
+    assert completed[0].payload == {
+        "sample_id": whole,
+        "sample_name": f"{unique}-whole",
+        "substrate": "GdScO3",
+        "layers": 3,
+        "created": 2,
+        "already_there": 1,
+        "updated": 0,
+        "url": _page(credentials, whole),
+    }
+    assert len(events) == len(of_one) + len(of_whole)
+    for event in events:
+        _check_related(event, flow_run_id)
+    _check_no_secret(events, credentials)
 
 
 @flow
@@ -375,6 +478,15 @@ def _tail(log: Path) -> str:
     return "\n".join(log.read_text(errors="replace").splitlines()[-60:]) if log.exists() else ""
 
 
+def _report_trigger() -> dict[str, Any]:
+    """prefect.yaml's trigger of the on-stack-completed deployment, as written there."""
+    config = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    [deployment] = [d for d in config["deployments"] if d["name"] == "on-stack-completed"]
+    [trigger] = deployment["triggers"]
+    assert isinstance(trigger, dict)
+    return trigger
+
+
 def test_a_completed_stack_runs_the_stack_report_deployment(
     credentials: AtomscaleCredentials, sandbox: SandboxHandle, unique: str, tmp_path: Path
 ) -> None:
@@ -400,27 +512,89 @@ def test_a_completed_stack_runs_the_stack_report_deployment(
         assert deployed.returncode == 0, deployed.stdout + deployed.stderr
         with get_client(sync_client=True) as client:
             deployment = client.read_deployment_by_name(REPORT)
+            automations = client.read_resource_related_automations(
+                f"prefect.deployment.{deployment.id}"
+            )
         try:
             sample_id = _run_id_and_result(_build(credentials, unique, return_state=True))
-            run = _triggered_run(deployment.id, sample_id, worker, log)
+            triggered = _finished_run(
+                deployment.id,
+                f"the triggered run for sample_id {sample_id}",
+                lambda run: str(run.parameters.get("sample_id")) == str(sample_id),
+                worker,
+                log,
+            )
+            # A run started by hand, as the UI's Custom run form starts one: a typed name
+            # and only the sample_id; the name and substrate come from the listing.
+            started = run_deployment(
+                REPORT,
+                parameters={"sample_id": sample_id},
+                flow_run_name="Lab check of the BTO stack",
+                timeout=0,
+            )
+            assert isinstance(started, FlowRun)
+            by_hand = _finished_run(
+                deployment.id,
+                "the run started by hand",
+                lambda run: run.id == started.id,
+                worker,
+                log,
+            )
+            triggered_artifacts = _artifacts_of(triggered.id)
+            by_hand_artifacts = _artifacts_of(by_hand.id)
             with get_client(sync_client=True) as client:
-                artifacts = client.read_artifacts(
-                    artifact_filter=ArtifactFilter(
-                        flow_run_id=ArtifactFilterFlowRunId(any_=[run.id])
-                    )
+                runs = client.read_flow_runs(
+                    deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id]))
                 )
         finally:
             with get_client(sync_client=True) as client:
                 # Later tests complete stacks too: no run of this deployment for them.
                 client.delete_resource_owned_automations(f"prefect.deployment.{deployment.id}")
                 client.delete_deployment(deployment.id)
-    # get_stack read the three layers back; publish_stack_artifacts showed them.
-    tables = [a for a in artifacts if a.type == "table"]
-    assert len(tables) == 1, tables
-    assert str(tables[0].key).startswith("layers-") and str(tables[0].key).endswith(
-        f"-s{sample_id}"
-    )
-    assert "3 layers" in str(tables[0].description)
+
+    # The Automation the UI lists: prefect.yaml's name and description, not Prefect's
+    # `on-stack-completed__automation_1` with an empty description.
+    trigger = _report_trigger()
+    assert [(a.name, a.description) for a in automations] == [
+        ("Report each completed stack", trigger["description"])
+    ]
+    assert "stack-report-s<sample_id>" in automations[0].description
+    assert "atomscale.stack.completed" in automations[0].description
+    key = credentials.resolve().api_key.get_secret_value()
+    assert key not in automations[0].model_dump_json()
+
+    # The triggered run: named for its material, with the event's name and substrate.
+    assert triggered.name == f"stack-report-s{sample_id}"
+    assert triggered.parameters["sample_name"] == unique
+    assert triggered.parameters["substrate"] == "SrTiO3"
+    _check_report(triggered_artifacts, unique, sample_id)
+    # The run by hand keeps its typed name and titles the picture the same way.
+    assert by_hand.name == "Lab check of the BTO stack"
+    assert "sample_name" not in by_hand.parameters
+    _check_report(by_hand_artifacts, unique, sample_id)
+    # One run for the completed stack and one by hand; the reports send no event.
+    assert sorted(run.id for run in runs) == sorted([triggered.id, by_hand.id])
+
+
+def _artifacts_of(flow_run_id: UUID) -> list[Any]:
+    with get_client(sync_client=True) as client:
+        return client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
+
+
+def _check_report(artifacts: Sequence[Any], name: str, sample_id: int) -> None:
+    """get_stack read the three layers back; the table and picture name the material."""
+    by_type = {artifact.type: artifact for artifact in artifacts}
+    assert sorted(by_type) == ["markdown", "table"], artifacts
+    table, picture = by_type["table"], by_type["markdown"]
+    assert table.key == f"layers-{name}-s{sample_id}"
+    assert picture.key == f"stack-{name}-s{sample_id}"
+    what = f"{name} (target material {sample_id}) on SrTiO3"
+    assert what in str(table.description) and "3 layers" in str(table.description)
+    assert what in str(picture.description)
+    assert f"### {name}" in str(picture.data) and "**SrTiO3**" in str(picture.data)
+    assert "unnamed substrate" not in str(picture.data)
 
 
 def _run_id_and_result(state: State[int]) -> int:
@@ -428,10 +602,14 @@ def _run_id_and_result(state: State[int]) -> int:
     return state.result()
 
 
-def _triggered_run(
-    deployment_id: UUID, sample_id: int, worker: subprocess.Popen[bytes], log: Path
-) -> Any:
-    """Wait for the deployment's run for `sample_id` to finish; fail if it did not complete."""
+def _finished_run(
+    deployment_id: UUID,
+    what: str,
+    wanted: Callable[[FlowRun], bool],
+    worker: subprocess.Popen[bytes],
+    log: Path,
+) -> FlowRun:
+    """Wait for the deployment's one run that is `wanted` to finish; fail if it did not complete."""
     deadline = time.monotonic() + RUN_SECONDS
     while True:
         assert worker.poll() is None, f"the worker exited:\n{_tail(log)}"
@@ -440,15 +618,15 @@ def _triggered_run(
                 deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
                 flow_run_filter=FlowRunFilter(),
             )
-        ours = [run for run in runs if str(run.parameters.get("sample_id")) == str(sample_id)]
-        assert len(ours) <= 1, f"{len(ours)} runs for one completed stack"
+        ours = [run for run in runs if wanted(run)]
+        assert len(ours) <= 1, f"{len(ours)} runs, {what}"
         if ours and ours[0].state is not None and ours[0].state.is_final():
             assert ours[0].state.is_completed(), f"{ours[0].state!r}\n{_tail(log)}"
             return ours[0]
         if time.monotonic() > deadline:
-            found = [(run.parameters, run.state_name) for run in runs]
+            found = [(run.name, run.parameters, run.state_name) for run in runs]
             raise AssertionError(
-                f"no completed run of {REPORT} for sample_id {sample_id} within "
-                f"{RUN_SECONDS} s; runs: {found}\n{_tail(log)}"
+                f"{what} of {REPORT} did not complete within {RUN_SECONDS} s; runs: {found}"
+                f"\n{_tail(log)}"
             )
         time.sleep(1)

@@ -11,7 +11,7 @@ from uuid import UUID
 
 import pytest
 from conftest import KEY_A
-from helpers import LAYERS, TARGET_MATERIALS, requests_to
+from helpers import LAYERS, TARGET_MATERIALS, only_material, requests_to
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
     ArtifactFilter,
@@ -107,37 +107,53 @@ def test_a_failed_folder_run_says_why_for_each_file_and_links_its_run(
     with temporary_settings(updates={PREFECT_UI_URL: UI}):
         state = stacks_from_folder(str(folder), block, return_state=True)
     assert state.is_failed()
-    refused = "space_group: String should have at most 32 characters (422)"
+    refused = "L2 refused: space_group: String should have at most 32 characters (422)"
     message = state.message or ""
     assert "2 of 3 stack files" in message
-    assert "b_bad_layer.yaml (failed: target material" in message and refused in message
+    assert f"b_bad_layer.yaml (failed: {refused})" in message
     assert "c_typo.yaml (invalid: layer L1 (line 4), field 'composition': invalid" in message
-    assert "The log has the reasons" not in message
+    assert message.endswith(". The table artifact stack-folder-stacks links each file's run.")
 
     parent = cast(UUID, state.state_details.flow_run_id)
     errors = parent_errors(parent)
     # One readable line per file that was not created, in the folder run's own log.
     assert errors[0].startswith("c_typo.yaml: invalid: layer L1 (line 4)"), errors
-    assert errors[1].startswith("b_bad_layer.yaml: failed: target material"), errors
-    assert refused in errors[1]
+    assert errors[1] == f"b_bad_layer.yaml: failed: {refused}", errors
     assert errors[2].startswith("2 of 3 stack files"), errors
 
     [good_run, bad_run] = sorted(subflows_of(parent), key=lambda run: run.name)
     table, markdown = folder_artifacts(parent)
+    # What a user opens first, first: the file's run, then its target material.
+    assert list(table[0]) == [
+        "run",
+        "sample id",
+        "file",
+        "status",
+        "reason",
+        "target material",
+        "layers",
+    ]
     rows = {row["file"]: row for row in table}
-    assert rows["a_good.yaml"]["status"] == "created"
-    assert rows["a_good.yaml"]["reason"] == "—"
+    good = rows["a_good.yaml"]
+    assert (good["status"], good["reason"], good["layers"]) == ("created", "—", 2)
+    sample_id = only_material(sandbox, f"{unique}-good")
+    atomscale = f"{sandbox.url}/target-materials/{sample_id}"  # the guessed web app page
+    assert good["sample id"] == f"[{sample_id}]({atomscale})"
     assert rows["b_bad_layer.yaml"]["status"] == "failed"
-    assert refused in rows["b_bad_layer.yaml"]["reason"]
+    assert rows["b_bad_layer.yaml"]["sample id"] == "—"  # not created
+    assert rows["b_bad_layer.yaml"]["reason"] == refused
     assert rows["c_typo.yaml"]["reason"].startswith("layer L1 (line 4), field 'composition'")
-    assert rows["c_typo.yaml"]["run id"] == "—"  # no subflow: nothing sent
-    # Prefect's UI shows table cells as text: the links are in the markdown artifact.
+    assert rows["c_typo.yaml"]["run"] == "—"  # no subflow: nothing sent
+    # A short reason: the table is read at a glance; the whole one is in the log.
+    assert all(len(row["reason"]) <= 80 for row in table)
+    # Prefect's default UI renders a text cell as markdown: the cells are links there,
+    # and in the markdown twin, whose rows are the same.
     for file, run in (("a_good.yaml", good_run), ("b_bad_layer.yaml", bad_run)):
-        assert rows[file]["run id"] == str(run.id)
         link = f"{UI}/runs/flow-run/{run.id}"
-        line = next(line for line in markdown.splitlines() if line.startswith(f"| {file[0]}"))
-        assert line.endswith(f"| [run]({link}) · [artifacts]({link}?tab=Artifacts) |"), line
-    assert "| c\\_typo.yaml | invalid | layer L1 (line 4), field 'composition'" in markdown
+        assert rows[file]["run"] == f"[run]({link}) · [artifacts]({link}?tab=Artifacts)"
+        line = next(line for line in markdown.splitlines() if f"| {file[0]}" in line)
+        assert line.startswith(f"| {rows[file]['run']} | {rows[file]['sample id']} | "), line
+    assert "| — | — | c\\_typo.yaml | invalid | layer L1 (line 4), field 'composition'" in markdown
     assert "**1 created**, **1 invalid**, **1 failed**" in markdown
 
 
@@ -152,8 +168,12 @@ def test_without_a_ui_url_the_table_shows_the_run_id(
     parent = cast(UUID, state.state_details.flow_run_id)
     [run] = subflows_of(parent)
     [row], markdown = folder_artifacts(parent)
-    assert row["run id"] == str(run.id)
-    assert markdown.splitlines()[-1] == f"| one.yaml | created | — | `{run.id}` |"
+    assert row["run"] == str(run.id)
+    sample_id = only_material(sandbox, unique)
+    assert markdown.splitlines()[-1] == (
+        f"| {run.id} | [{sample_id}]({sandbox.url}/target-materials/{sample_id}) | one.yaml | "
+        "created | — |"
+    )
 
 
 def test_subflows_use_the_folder_runs_listing(

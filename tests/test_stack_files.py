@@ -14,8 +14,13 @@ import httpx
 import pytest
 from conftest import KEY_A, KEY_A2
 from helpers import LAYERS, TARGET_MATERIALS, requests_to
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+from prefect.events.filters import EventFilter, EventNameFilter, EventRelatedFilter
+from prefect.events.worker import EventsWorker
+from test_artifacts import LONG_SPACE_GROUP, artifacts_of, eventually
 
-from atomscale_sandbox import SandboxHandle
+from atomscale_sandbox import SandboxHandle, run_sandbox
 from prefect_atomscale import AtomscaleCredentials, AtomscaleValidationError, TargetMaterialRow
 from prefect_atomscale._payloads import OWNER_KEY, owner_token
 from prefect_atomscale._stacks import (
@@ -515,7 +520,7 @@ def test_a_different_stack_of_the_same_name_is_left_alone(
     tmp_path: Path, sandbox: SandboxHandle, block: AtomscaleCredentials, unique: str
 ) -> None:
     path = copy_as(HEMT, tmp_path, unique)
-    create_directly(
+    other = create_directly(
         sandbox, unique, "Al2O3", [{"composition_string": "GaN", "orientation": "0001"}]
     )
     sandbox.reset_stats()
@@ -528,6 +533,13 @@ def test_a_different_stack_of_the_same_name_is_left_alone(
     assert (
         requests_to(sandbox, "POST", LAYERS) == requests_to(sandbox, "POST", TARGET_MATERIALS) == 0
     )
+    # The file's stack, nothing of it sent, and where it differs.
+    artifacts = artifacts_of(state.state_details.flow_run_id)
+    assert artifacts["markdown"].key == f"stack-{unique}-not-created"
+    rows = layer_table(state.state_details.flow_run_id)
+    assert {row["status"] for row in rows} == {"not attempted"}
+    assert rows[0]["reason"] == f"target material {other} has GaN 0001 here"
+    assert rows[1]["reason"] == "not sent: the account has a different stack of this name"
 
 
 def test_a_folder_run_creates_new_files_reports_bad_ones_and_skips_created_ones(
@@ -656,3 +668,132 @@ def test_only_names_prefect_made_up_are_replaced_by_ours() -> None:
         "Ada's HEMT",
     ):
         assert not _generated(typed), typed
+
+
+# --------------------------------------------------------------------------- what a run shows
+
+
+def layer_table(flow_run_id: Any) -> list[dict[str, Any]]:
+    """The rows of a run's layer table artifact."""
+    table = artifacts_of(flow_run_id)["table"]
+    return cast(list[dict[str, Any]], json.loads(cast(str, table.data)))
+
+
+def test_a_run_carries_its_target_materials_id_in_its_name_tags_and_message(
+    tmp_path: Path, sandbox: SandboxHandle, block: AtomscaleCredentials, unique: str
+) -> None:
+    path = copy_as(FILM, tmp_path, unique)
+    for expected in ("1 created now", "already created, nothing written"):
+        state = stack_from_file(str(path), block, return_state=True)
+        outcome = state.result()
+        url = f"{sandbox.url}/target-materials/{outcome.sample_id}"
+        assert outcome.url == url
+        assert state.message == (
+            f"Target material {outcome.sample_id} ({unique!r}): {expected}. "
+            f"Open in Atomscale: {url}"
+        )
+        with get_client(sync_client=True) as client:
+            run = client.read_flow_run(state.state_details.flow_run_id)
+        assert run.name == f"stack-from-file-bto_film_on_sto.csv-s{outcome.sample_id}"
+        assert run.tags == [f"target-material-{outcome.sample_id}"]
+    # A name a person typed is kept; the tag is still added.
+    typed = stack_from_file.with_options(flow_run_name="Ada's BTO film")
+    state = typed(str(path), block, return_state=True)
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(state.state_details.flow_run_id)
+    assert (run.name, run.tags) == ("Ada's BTO film", [f"target-material-{outcome.sample_id}"])
+
+
+def test_a_json_files_refused_layer_is_l2_in_every_reason(
+    tmp_path: Path, sandbox: SandboxHandle, block: AtomscaleCredentials, unique: str
+) -> None:
+    """The service counts layers from 0 (`layers.1.space_group`); every reason says L2."""
+    folder = tmp_path / "stacks"
+    folder.mkdir()
+    stack = {
+        "name": unique,
+        "substrate": "Al2O3",
+        "layers": [
+            {"composition": "AlN", "orientation": "0001"},
+            {"composition": "GaN", "orientation": "0001", "space_group": LONG_SPACE_GROUP},
+        ],
+    }
+    (folder / "hemt.json").write_text(json.dumps(stack))
+    state = stacks_from_folder(str(folder), block, return_state=True)
+    assert state.is_failed()
+    refused = "space_group: String should have at most 32 characters (422)"
+    assert f"hemt.json (failed: L2 refused: {refused})" in (state.message or "")
+    parent = state.state_details.flow_run_id
+    with get_client(sync_client=True) as client:
+        [run] = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent])
+            )
+        )
+    said = f"the service refused L2 (GaN 0001): {refused}; none of its 2 layers was written."
+    assert f"{said} Fix L2 in " in (run.state.message if run.state else "")
+    rows = layer_table(run.id)
+    assert rows[1]["reason"] == refused
+    texts = [state.message, run.state.message if run.state else "", json.dumps(rows)]
+    texts += [str(a.data) for a in artifacts_of(parent).values()]
+    assert not [text for text in texts if "layers.1" in str(text)]
+
+
+def test_a_new_file_in_an_outage_publishes_its_stack_and_says_to_run_again(
+    tmp_path: Path, sandbox: SandboxHandle, block: AtomscaleCredentials, unique: str
+) -> None:
+    path = copy_as(HEMT, tmp_path, unique)
+    sandbox.faults.set(rate=1.0, kinds={"503"})  # every write refused, the listing works
+    state = stack_from_file(str(path), block, return_state=True)
+    assert state.is_failed()
+    message = state.message or ""
+    assert f"{path}: target material {unique!r} not created, none of its 5 layers written: " in (
+        message
+    )
+    assert message.endswith("Run again once the service answers.")
+    rows = layer_table(state.state_details.flow_run_id)
+    assert {row["status"] for row in rows} == {"not attempted"}
+    assert {row["reason"] for row in rows} == {rows[0]["reason"]}
+    assert rows[0]["reason"].startswith("not written: ") and "(503)" in rows[0]["reason"]
+
+
+def test_a_service_that_is_down_still_gets_the_files_stack_published(
+    tmp_path: Path, unique: str
+) -> None:
+    with run_sandbox() as stopped:
+        url, key = stopped.url, stopped.api_key
+    name = f"atomscale-{uuid.uuid4().hex[:8]}"
+    AtomscaleCredentials(api_key=key, base_url=url, timeout=2.0).save(name)
+    credentials = cast(AtomscaleCredentials, AtomscaleCredentials.load(name))
+    path = copy_as(FILM, tmp_path, unique)
+    state = stack_from_file(str(path), credentials, return_state=True)
+    assert state.is_failed()
+    assert "Could not connect to " in (state.message or "")
+    assert (state.message or "").endswith("Run again once the service answers.")
+    [row] = layer_table(state.state_details.flow_run_id)
+    assert row["status"] == "not attempted" and "Could not connect" in row["reason"]
+
+
+def test_a_new_stacks_completed_event_counts_the_layers_created_with_it(
+    tmp_path: Path, block: AtomscaleCredentials, unique: str
+) -> None:
+    """Created with the material in one request, read back by create_layers: created."""
+    path = copy_as(HEMT, tmp_path, unique)
+    state = stack_from_file(str(path), block, return_state=True)
+    flow_run_id = state.state_details.flow_run_id
+    EventsWorker.drain_all(timeout=30)
+
+    def completed() -> list[Any]:
+        with get_client(sync_client=True) as client:
+            page = client.read_events(
+                filter=EventFilter(
+                    event=EventNameFilter(name=["atomscale.stack.completed"]),
+                    related=EventRelatedFilter(id=[f"prefect.flow-run.{flow_run_id}"]),
+                ),
+                limit=10,
+            )
+        return list(page.events)
+
+    [event] = eventually(completed, lambda found: len(found) == 1)
+    counts = {key: event.payload[key] for key in ("layers", "created", "already_there", "updated")}
+    assert counts == {"layers": 5, "created": 5, "already_there": 0, "updated": 0}

@@ -13,9 +13,16 @@ Both are built on the package's own tasks, `create_target_material` and
 `create_layers`, and decide what exists from the account itself, with one listing per
 run. `credentials` is an `AtomscaleCredentials` block, so a deployment's run form
 offers a block picker. A stack file is YAML, JSON or CSV; see `load_stack_file`.
+
+`credentials_block_reference(block_name)` is a `prefect.yaml` build step: it gives a
+deployment its saved block by id, the form the run form's picker shows selected.
+`is_made_up_run_name(name)` tells a run name Prefect or its UI made up from one a
+person typed, for a flow that names its runs (as `flows/stack_report.py` does).
 """
 
+from prefect_atomscale.flows._deploy_steps import credentials_block_reference
 from prefect_atomscale.flows._growth_run_flow import GrowthRunOutcome, growth_run_from_file
+from prefect_atomscale.flows._made_up_names import is_made_up_run_name
 from prefect_atomscale.flows._stack_files import (
     StackFolderError,
     StackOutcome,
@@ -27,7 +34,9 @@ __all__ = [
     "GrowthRunOutcome",
     "StackFolderError",
     "StackOutcome",
+    "credentials_block_reference",
     "growth_run_from_file",
+    "is_made_up_run_name",
     "stack_from_file",
     "stacks_from_folder",
 ]

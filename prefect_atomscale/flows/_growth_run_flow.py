@@ -128,7 +128,8 @@ def growth_run_from_file(
 
     Args:
         path: The stack file (.yaml, .yml, .json or .csv).
-        credentials: The Atomscale account: a saved `AtomscaleCredentials` block.
+        credentials: The Atomscale account to write to: a saved Atomscale Credentials
+            block, which holds the account's API key.
         run_name: The growth run's name; None takes the file's `growth_run` field.
         if_linked: For a growth run of that name linked to another target material:
             `"error"` (fail, change nothing), `"relink"` or `"keep"`.

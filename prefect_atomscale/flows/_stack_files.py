@@ -12,30 +12,31 @@ is left alone and the run fails naming the file. A new target material is create
 together with its layers in one request (`create_target_material(..., layers=...)`),
 so it is never left empty; the package's `create_layers` task then adopts or writes
 each layer.
+
+What a run shows in the Prefect UI lives beside this module: its name and tags
+(`_run_names`), what a failed run reports (`_stack_failures`), and a folder run's
+table (`_folder_artifacts`).
 """
 
 # No `from __future__ import annotations`: Prefect checks a flow's parameters with a
 # model of its signature, and a served run could not resolve the string "Credentials"
 # ("`Stacks_From_FolderModel` is not fully defined").
-import copy
-import functools
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
-from prefect.settings import PREFECT_UI_URL
+from prefect.states import Completed
 from pydantic import BaseModel, GetJsonSchemaHandler
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema
 
-from prefect_atomscale._artifacts import IN_PLACE, plural, publish_stack_artifacts
-from prefect_atomscale._bulk import LAYER_OUTCOMES, create_layers, layer_outcomes
+from prefect_atomscale._artifacts import plural, publish_stack_artifacts
+from prefect_atomscale._bulk import create_layers, made_with_material
 from prefect_atomscale._credentials import AtomscaleCredentials
 from prefect_atomscale._exceptions import AtomscaleError
 from prefect_atomscale._models import Layer, TargetMaterial
@@ -57,6 +58,22 @@ from prefect_atomscale._stacks import (
     load_stack_file,
 )
 from prefect_atomscale._tasks import create_target_material
+from prefect_atomscale._web_app import web_app_url
+from prefect_atomscale.flows._folder_artifacts import publish_folder_summary
+from prefect_atomscale.flows._run_names import (
+    _generated as _generated,  # re-exported: the other flows import it from here
+)
+from prefect_atomscale.flows._run_names import file_run_name, show_material
+from prefect_atomscale.flows._stack_failures import (
+    SAMPLE_ID,
+    SHORT,
+    not_created,
+    positions,
+    publish_invalid_file,
+    reported_by_the_flow,
+    short_reason,
+    stack_failed,
+)
 
 __all__ = [
     "StackFolderError",
@@ -130,6 +147,9 @@ class StackOutcome(BaseModel):
         layers: How many layers it has, when it exists.
         message: What was done, or what is wrong.
         flow_run_id: The file's `stack-from-file` run, when the folder flow ran one.
+        url: The target material's page in the Atomscale web app, when it exists (the
+            address is derived from the API's base URL, a guess: see the stack-files
+            guide).
 
     Example:
         ```python
@@ -148,6 +168,7 @@ class StackOutcome(BaseModel):
     layers: int | None = None
     message: str = ""
     flow_run_id: str | None = None
+    url: str | None = None
 
 
 class StackFolderError(Exception):
@@ -198,67 +219,11 @@ def find_existing_stacks(
     return [compare_with_existing(spec, rows, owner) for spec in specs]
 
 
-@functools.cache
-def _slug_words() -> frozenset[str]:
-    """The words of Prefect's generated run names (`generate_slug(2)`, from coolname)."""
-    try:
-        import coolname
-        from coolname.loader import load_config
-
-        config = load_config(Path(coolname.__file__).parent / "data")
-    except Exception:  # coolname changed: fall back on the names' shape alone
-        return frozenset()
-    words: set[str] = set()
-    for spec in config.values():
-        listed = spec.get("words") if spec.get("type") == "words" else None
-        if isinstance(listed, list):
-            words.update(str(word) for word in listed)
-    return frozenset(words)
-
-
-# The first word of the names the classic UI's run form proposes, e.g. `xi309-emila-manifold`.
-_GREEK = (
-    "alpha|beta|gamma|delta|epsilon|zeta|eta|theta|iota|kappa|lambda|mu|nu|xi|omicron|pi|rho"
-    "|sigma|tau|upsilon|phi|chi|psi|omega"
-)
-
-
-def _generated(name: str | None) -> bool:
-    """Whether a run's name was made up by Prefect or its UI, not typed by a person.
-
-    A run started from a deployment without a name, or as a subflow, gets a name from
-    `prefect.utilities.names.generate_slug(2)`: two words of coolname's lists joined by
-    a hyphen (`smart-dugong`). The UI's run form proposes one too, which a person may
-    leave as it is: an adjective and an animal of its own lists, capitalised
-    (`Small-Jacana`), or, in the classic UI, a Greek letter with digits, a star and
-    maybe a cosmic noun (`xi309-emila-manifold`). Names of those shapes are replaced;
-    any other name was typed (in the form, or given to `run_deployment`) and is kept.
-    A person who types exactly such a shape loses it: the price of not reading the UI's
-    word lists.
-    """
-    if not name:
-        return True
-    if re.fullmatch(rf"(?:{_GREEK})\d*(?:-[a-z]+)+", name):  # the classic UI's
-        return True
-    if re.fullmatch(r"[A-Z][a-z]+-[A-Z][a-z]+", name):  # the new UI's
-        return True
-    if not re.fullmatch(r"[a-z]+(?:-[a-z]+)+", name):
-        return False
-    words = _slug_words()
-    if not words:
-        return name.count("-") == 1
-    parts = name.split("-")
-    return any(
-        "-".join(parts[:cut]) in words and "-".join(parts[cut:]) in words
-        for cut in range(1, len(parts))
-    )
-
-
 def _run_name() -> str:
     current = flow_run.get_name()
     if not _generated(current):
         return str(current)  # typed by a person: keep it
-    return f"stack-from-file-{Path(str(flow_run.parameters.get('path', ''))).name}"
+    return file_run_name(str(flow_run.parameters.get("path", "")))
 
 
 def _folder_run_name() -> str:
@@ -275,10 +240,13 @@ def _create(
     """Create what `existing` says is missing, publish the artifacts, say what happened."""
     logger = get_run_logger()
     layers = spec.layer_specs()
+    base_url = credentials.resolve().base_url
     if existing.status == "conflict":
-        raise StackConflictError(path, spec.name, existing.problems)
+        raise not_created(spec, path, StackConflictError(path, spec.name, existing.problems))
     if existing.status == "complete" and existing.material is not None:
         material = existing.material
+        url = web_app_url(base_url, material.sample_id)
+        show_material(path, material.sample_id)
         ordered = [existing.layers[position] for position in sorted(existing.layers)]
         summary = "already created, nothing written"
         logger.info(
@@ -287,7 +255,7 @@ def _create(
             material.sample_id,
             plural(len(ordered), "layer"),
         )
-        publish_stack_artifacts(material, ordered, summary=summary, source=path)
+        publish_stack_artifacts(material, ordered, summary=summary, source=path, url=url)
         return StackOutcome(
             path=path,
             status="already created",
@@ -295,8 +263,12 @@ def _create(
             sample_id=material.sample_id,
             layers=len(ordered),
             message=summary,
+            url=url,
         )
     wanted = [layer.arguments() for layer in layers]
+    # Layers created with the material: create_layers adopts them, and counts them as
+    # created in its atomscale.stack.completed.
+    made_with: list[int] = []
     # The service, just asked, is the truth here: a cache entry from an earlier run
     # (whose layers may since have been deleted) must not stop the writes.
     if existing.status == "partial" and existing.material is not None:
@@ -307,7 +279,7 @@ def _create(
             material.sample_id,
             len(existing.layers),
             plural(len(layers), "layer"),
-            _positions(existing.missing),
+            positions(existing.missing),
         )
         status: Status = "completed"
         summary = f"{len(existing.missing)} created now, {len(existing.layers)} already there"
@@ -317,21 +289,20 @@ def _create(
                 credentials, spec.name, spec.substrate, spec.metadata, layers=wanted
             )
         except AtomscaleError as exc:
-            message = (
-                f"{path}: target material {spec.name!r} not created (none of its "
-                f"{plural(len(layers), 'layer')} written): {exc}"
-            )
-            short = f"target material not created: {_short_reason(str(exc))}"
-            raise _retyped(exc, message, short) from exc
+            raise not_created(spec, path, exc) from exc
         status = "created"
         summary = f"{len(wanted)} created now"
+        made_with = list(range(1, len(wanted) + 1))
+    url = web_app_url(base_url, material.sample_id)
+    show_material(path, material.sample_id)
     # One listing of the account: adopts what is there, writes what is still missing.
     try:
-        written = create_layers.with_options(refresh_cache=True)(
-            credentials, material.sample_id, wanted
-        )
+        with made_with_material(material.sample_id, made_with):
+            written = create_layers.with_options(refresh_cache=True)(
+                credentials, material.sample_id, wanted
+            )
     except AtomscaleError as exc:
-        raise _stack_failed(spec, existing, material, path, exc) from exc
+        raise stack_failed(spec, existing, material, path, exc, url) from exc
     _log_layers(material, written, existing)
     logger.info(
         "Target material %s %r on %s has %s: %s.",
@@ -341,7 +312,7 @@ def _create(
         plural(len(written), "layer"),
         summary,
     )
-    publish_stack_artifacts(material, written, summary=summary, source=path)
+    publish_stack_artifacts(material, written, summary=summary, source=path, url=url)
     return StackOutcome(
         path=path,
         status=status,
@@ -349,143 +320,21 @@ def _create(
         sample_id=material.sample_id,
         layers=len(written),
         message=summary,
+        url=url,
     )
 
 
-# The attribute of a stack run's error that holds its reason in a few words, for the
-# folder run's table and message.
-_SHORT = "_short_reason"
+def _completed(outcome: StackOutcome) -> Any:
+    """The run's final state: Completed, its message naming the target material and its link.
 
-
-def _retyped(error: AtomscaleError, message: str, short: str) -> AtomscaleError:
-    """The same error, same type and attributes (`transient`, ...), saying `message`.
-
-    `short` is the reason in a few words, which a folder run shows for the file.
+    A flow that returns a state ends in it; calling the flow still returns `outcome`.
+    Typed `Any` because the flow is declared to return a `StackOutcome`, which callers get.
     """
-    copied = copy.copy(error)
-    copied.message = message
-    copied.args = (message,)
-    vars(copied).pop(LAYER_OUTCOMES, None)
-    vars(copied)[_SHORT] = short
-    return copied
-
-
-def _short_reason(message: str, limit: int = 140) -> str:
-    """The gist of an error message for a summary.
-
-    What the service said, or the first sentence, cut to `limit` characters.
-    """
-    said = re.search(r"Atomscale answered (\d+) to .+? while .+?: (.+?)\.(?:\s|$)", message)
-    if said:
-        text = f"{said[2]} ({said[1]})"
-    else:
-        text = re.split(r"(?<=[.!?])\s", message.strip(), maxsplit=1)[0].rstrip(".")
-    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
-
-
-def _stack_failed(
-    spec: StackSpec,
-    existing: ExistingStack,
-    material: TargetMaterial,
-    path: str,
-    error: AtomscaleError,
-) -> AtomscaleError:
-    """Report a stack `create_layers` could not finish.
-
-    Logs each layer, publishes the artifacts with a status per layer, and returns the
-    error to raise, whose message is the stack's summary.
-    """
-    outcomes = layer_outcomes(error)
-    specs = spec.layer_specs()
-    layers: list[Layer] = []
-    status: dict[int, str] = {}
-    reasons: dict[int, str] = {}
-    for position, layer_spec in enumerate(specs, start=1):
-        outcome = outcomes.get(position) if outcomes is not None else existing.layers.get(position)
-        if isinstance(outcome, Layer):
-            layers.append(outcome)
-            status[position] = "already there" if position in existing.layers else "created"
-            continue
-        # Not at the service: drawn as it was asked for, without a record id.
-        layers.append(
-            Layer(
-                id=0,
-                layer_id=position,
-                sample_id=material.sample_id,
-                composition_string=layer_spec.composition,
-                orientation=layer_spec.orientation,
-            )
-        )
-        if isinstance(outcome, str):
-            status[position], reasons[position] = "failed", _short_reason(outcome)
-        else:  # the task failed before it tried the layers one by one
-            status[position], reasons[position] = "not attempted", _short_reason(str(error))
-    summary = _stack_summary(material.sample_id, status, reasons)
-    _log_statuses(layers, status, reasons)
-    publish_stack_artifacts(material, layers, summary=summary, source=path, status=status)
-    return _retyped(error, f"{path}: {summary}", summary)
-
-
-def _stack_summary(sample_id: int, status: Mapping[int, str], reasons: Mapping[int, str]) -> str:
-    """What a stack that was not finished came to, in one sentence.
-
-    E.g. `2 of 42 layers failed (L4: <reason>; L30: <reason>); the other 40 are in
-    place in target material 17`. A reason several layers share is said once.
-    """
-    total = len(status)
-    parts = []
-    for state in ("failed", "not attempted"):
-        positions = [position for position, s in sorted(status.items()) if s == state]
-        if not positions:
-            continue
-        by_reason: dict[str, list[int]] = {}
-        for position in positions:
-            by_reason.setdefault(reasons.get(position, ""), []).append(position)
-        said = [
-            f"{_positions(where)}: {reason}" if reason else _positions(where)
-            for reason, where in list(by_reason.items())[:_MAX_REASONS]
-        ]
-        if len(by_reason) > _MAX_REASONS:
-            said.append(f"{len(by_reason) - _MAX_REASONS} more reasons in the log")
-        parts.append(f"{len(positions)} of {plural(total, 'layer')} {state} ({'; '.join(said)})")
-    in_place = sum(s in IN_PLACE for s in status.values())
-    if in_place == 0:
-        tail = f"no layer is in place in target material {sample_id}"
-    elif in_place == total:
-        tail = f"all {plural(total, 'layer')} are in place in target material {sample_id}"
-    else:
-        verb = "is" if in_place == 1 else "are"
-        tail = f"the other {in_place} {verb} in place in target material {sample_id}"
-    return "; ".join([*parts, tail])
-
-
-_MAX_REASONS = 5
-
-
-def _positions(positions: Sequence[int]) -> str:
-    """L4, L30 or L4-L41 (a run of consecutive positions), at most 8 named."""
-    runs: list[list[int]] = []
-    for position in positions:
-        if runs and position == runs[-1][-1] + 1:
-            runs[-1].append(position)
-        else:
-            runs.append([position])
-    names = [f"L{run[0]}" if len(run) == 1 else f"L{run[0]}-L{run[-1]}" for run in runs]
-    return ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
-
-
-def _log_statuses(
-    layers: Sequence[Layer], status: Mapping[int, str], reasons: Mapping[int, str]
-) -> None:
-    """One line per layer of a stack that was not finished; the summary follows."""
-    logger = get_run_logger()
-    for layer in layers:
-        what = " ".join(filter(None, [layer.composition_string, layer.orientation]))
-        state = status[layer.layer_id]
-        if state in IN_PLACE:
-            logger.info("L%s %s: record %s, %s.", layer.layer_id, what, layer.id, state)
-        else:
-            logger.warning("L%s %s: %s: %s.", layer.layer_id, what, state, reasons[layer.layer_id])
+    said = f"Target material {outcome.sample_id} ({outcome.name!r}): {outcome.message}."
+    return Completed(
+        message=f"{said} Open in Atomscale: {outcome.url}" if outcome.url else said,
+        data=outcome,
+    )
 
 
 def _log_layers(material: TargetMaterial, written: list[Layer], existing: ExistingStack) -> None:
@@ -508,12 +357,18 @@ def _log_layers(material: TargetMaterial, written: list[Layer], existing: Existi
 def stack_from_file(path: str, credentials: Credentials) -> StackOutcome:
     """Create the target material a stack file describes, unless it was created already.
 
+    The run publishes the layer table and the stack picture, also when it fails after
+    reading the file; a failure's message says which layers (L1 on the substrate), why,
+    and what to do next. Once the target material exists, the run is renamed
+    `stack-from-file-<file>-s<sample_id>` (a typed name is kept), tagged
+    `target-material-<sample_id>`, and its Completed message links the material's page
+    in the Atomscale web app.
+
     Args:
         path: The stack file (.yaml, .yml, .json or .csv), relative to the working
             directory or absolute.
-        credentials: The Atomscale account: a saved `AtomscaleCredentials` block (the
-            run form in the UI offers a picker; a deployment passes
-            `{"$ref": {"block_document_slug": "atomscale-credentials/<name>"}}`).
+        credentials: The Atomscale account to write to: a saved Atomscale Credentials
+            block, which holds the account's API key.
 
     Returns:
         What happened: created, completed (missing layers added) or already created.
@@ -546,24 +401,33 @@ def stack_from_file(path: str, credentials: Credentials) -> StackOutcome:
         ```
     """
     logger = get_run_logger()
-    try:
-        spec = load_stack_file(path)  # a bad file fails here, before any request
-        logger.info(
-            "%s: %r on %s, %s.",
-            path,
-            spec.name,
-            spec.substrate,
-            plural(len(spec.layer_specs()), "layer"),
-        )
-        existing = _listed_by_parent(path, spec)  # the folder run just listed the account
-        if existing is None:
-            [existing] = find_existing_stacks(credentials, [spec])
-        return _create(credentials, spec, existing, path)
-    except Exception as exc:
-        # Readable first: Prefect's own line ("Encountered exception ...") shows the
-        # exception's repr, with a multi-line message as one line of literal \n.
-        logger.error("%s", exc)
-        raise
+    # The summary below is the run's first ERROR line: the tasks' own are warnings here.
+    with reported_by_the_flow(flow_run.get_id()):
+        try:
+            spec = load_stack_file(path)  # a bad file fails here, before any request
+            logger.info(
+                "%s: %r on %s, %s.",
+                path,
+                spec.name,
+                spec.substrate,
+                plural(len(spec.layer_specs()), "layer"),
+            )
+            existing = _listed_by_parent(path, spec)  # the folder run just listed the account
+            if existing is None:
+                try:
+                    [existing] = find_existing_stacks(credentials, [spec])
+                except AtomscaleError as exc:
+                    raise not_created(spec, path, exc) from exc
+            outcome = _create(credentials, spec, existing, path)
+        except Exception as exc:
+            # Readable first: Prefect's own line ("Encountered exception ...") shows the
+            # exception's repr, with a multi-line message as one line of literal \n.
+            logger.error("%s", exc)
+            if isinstance(exc, InvalidStackFileError):
+                publish_invalid_file(path, exc)
+            raise
+    # A Completed state with a message: the run ends in it; a caller gets `outcome`.
+    return _completed(outcome)  # type: ignore[no-any-return]
 
 
 def stack_files(folder: str | Path) -> list[Path]:
@@ -596,18 +460,18 @@ def stacks_from_folder(folder: str, credentials: Credentials) -> list[StackOutco
     listing or in a subflow), the service is taken as unreachable and the files left
     are `not attempted`, so an outage fails the run at once instead of file by file.
     Each file that is not created gets one ERROR line in this run's log, with its
-    reason; the table artifact `stack-folder-<folder>` has each file's status, reason
-    and links to its subflow run and that run's artifacts. The run fails at the end,
+    reason; the table artifact `stack-folder-<folder>` has, per file, links to its
+    subflow run and that run's artifacts, its target material's id (linked to the
+    Atomscale web app), its status and reason. The run fails at the end,
     naming the files and why, if any file was invalid, in conflict, failed or not
     attempted.
 
     Args:
         folder: Folder of stack files (.yaml, .yml, .json, .csv), relative to the
             working directory or absolute. Subfolders are not read.
-        credentials: The Atomscale account: a saved `AtomscaleCredentials` block (the
-            run form in the UI offers a picker; a deployment passes
-            `{"$ref": {"block_document_slug": "atomscale-credentials/<name>"}}`).
-            Each file's subflow gets the same block.
+        credentials: The Atomscale account to write to: a saved Atomscale Credentials
+            block, which holds the account's API key. Each file's run uses the same
+            block.
 
     Returns:
         One outcome per file.
@@ -658,7 +522,7 @@ def stacks_from_folder(folder: str, credentials: Credentials) -> list[StackOutco
         for path, outcome in _create_all(credentials, specs).items():
             outcomes[path] = outcome
     results = [outcomes[path] for path in sorted(outcomes)]
-    _publish_folder_summary(folder, results)
+    key = publish_folder_summary(folder, results, PROBLEMS, get_args(Status))
     problems = [outcome for outcome in results if outcome.status in PROBLEMS]
     counts = {status: sum(o.status == status for o in results) for status in get_args(Status)}
     logger.info(
@@ -670,7 +534,7 @@ def stacks_from_folder(folder: str, credentials: Credentials) -> list[StackOutco
         message = (
             f"{len(problems)} of {len(results)} stack files in {folder} were not created: "
             + _grouped(problems)
-            + ". The table artifact links each file's run."
+            + f". The table artifact {key} links each file's run."
         )
         logger.error("%s", message)
         raise StackFolderError(message)
@@ -698,7 +562,7 @@ def _reason_of(path: str, message: str) -> str:
     for prefix in (f"{path}: ", f"{path} "):
         if message.startswith(prefix):
             message = message[len(prefix) :]
-    return _short_reason(message)
+    return short_reason(message)
 
 
 def _grouped(problems: Sequence[StackOutcome]) -> str:
@@ -710,7 +574,7 @@ def _grouped(problems: Sequence[StackOutcome]) -> str:
     for outcome in problems:
         groups.setdefault((outcome.status, outcome.message), []).append(Path(outcome.path).name)
     return "; ".join(
-        f"{', '.join(names)} ({status}: {_short_reason(reason, 100)})"
+        f"{', '.join(names)} ({status}: {short_reason(reason, 100)})"
         for (status, reason), names in groups.items()
     )
 
@@ -727,8 +591,9 @@ def _create_all(
     outcomes: dict[str, StackOutcome] = {}
     try:
         found = find_existing_stacks(credentials, list(specs.values()))
+        base_url = credentials.resolve().base_url
     except AtomscaleError as exc:
-        reason = _unreachable(exc) or _short_reason(str(exc))
+        reason = _unreachable(exc) or short_reason(str(exc))
         status: Status = "not attempted"
         return {
             path: _problem(path, status, reason, name=spec.name) for path, spec in specs.items()
@@ -748,6 +613,7 @@ def _create_all(
                 sample_id=existing.material.sample_id,
                 layers=len(existing.layers),
                 message="skipped",
+                url=web_app_url(base_url, existing.material.sample_id),
             )
         elif existing.status == "conflict":
             message = str(StackConflictError(path, spec.name, existing.problems))
@@ -767,11 +633,22 @@ def _create_all(
                 continue
             error = state.result(raise_on_failure=False)
             reason = (
-                vars(error).get(_SHORT) or _reason_of(path, str(error))
+                vars(error).get(SHORT) or _reason_of(path, str(error))
                 if isinstance(error, BaseException)
                 else state.message or "no reason given"
             )
-            outcomes[path] = _problem(path, "failed", reason, name=spec.name, flow_run_id=run_id)
+            # A stack that failed halfway has a target material: the table links it.
+            sample_id = vars(error).get(SAMPLE_ID) if isinstance(error, BaseException) else None
+            url = web_app_url(base_url, sample_id) if isinstance(sample_id, int) else None
+            outcomes[path] = _problem(
+                path,
+                "failed",
+                reason,
+                name=spec.name,
+                flow_run_id=run_id,
+                sample_id=sample_id,
+                url=url,
+            )
             if isinstance(error, AtomscaleError):
                 unreachable = _unreachable(error)
     return outcomes
@@ -789,72 +666,4 @@ def _unreachable(error: AtomscaleError) -> str | None:
     cause = re.sub(r" \((?:GET|POST|PATCH|PUT|DELETE) [^)]*\)", "", str(error))
     # A stack summary names the layers first; the cause is what the service did.
     said = re.search(r"(Could not connect to .*|No reply from .*|Atomscale answered .*)", cause)
-    return f"service unreachable: {_short_reason(said[1] if said else cause, 120)}"
-
-
-def _publish_folder_summary(folder: str, results: list[StackOutcome]) -> None:
-    """A table of the files (searchable, paged) and the same as markdown, with links.
-
-    Prefect's UI shows a table artifact's cells as plain text, so the links to each
-    file's run and its artifacts are in the markdown artifact, where they are links.
-    """
-    slug = "".join(c if c.isalnum() else "-" for c in Path(folder).resolve().name.lower())
-    key = f"stack-folder-{slug.strip('-') or 'stacks'}"
-    create_table_artifact(
-        table=[
-            {
-                "file": Path(outcome.path).name,
-                "status": outcome.status,
-                "reason": _reason_cell(outcome),
-                "target material": outcome.name or "\u2014",
-                "sample id": outcome.sample_id if outcome.sample_id is not None else "\u2014",
-                "layers": outcome.layers if outcome.layers is not None else "\u2014",
-                "run id": outcome.flow_run_id or "\u2014",
-            }
-            for outcome in results
-        ],
-        key=key,
-        description=f"Stack files in {folder} and what this run did with each.",
-    )
-    counts = {status: sum(o.status == status for o in results) for status in get_args(Status)}
-    rows = [
-        "| file | status | reason | run |",
-        "|---|---|---|---|",
-        *(
-            f"| {_cell(Path(o.path).name)} | {o.status} | {_cell(_reason_cell(o))} | "
-            f"{_run_links(o.flow_run_id)} |"
-            for o in results
-        ),
-    ]
-    create_markdown_artifact(
-        markdown="\n\n".join(
-            [
-                f"### Stack files in `{folder.replace('`', '')}`",
-                ", ".join(f"**{n} {status}**" for status, n in counts.items() if n)
-                or "No stack files.",
-                "\n".join(rows),
-            ]
-        ),
-        key=f"{key}-runs",
-        description=f"Stack files in {folder}: status, reason, and links to each file's run.",
-    )
-
-
-def _reason_cell(outcome: StackOutcome) -> str:
-    return _short_reason(outcome.message, 120) if outcome.status in PROBLEMS else "\u2014"
-
-
-def _cell(text: str) -> str:
-    """Text for a markdown table cell: no line breaks, pipes and markup escaped."""
-    return re.sub(r"([\\`*_\[\]<>|])", r"\\\1", " ".join(text.split()))
-
-
-def _run_links(flow_run_id: str | None) -> str:
-    """Markdown links to a file's subflow run and its artifacts; the bare id without a UI."""
-    if flow_run_id is None:
-        return "\u2014"
-    ui = PREFECT_UI_URL.value()
-    if not ui:
-        return f"`{flow_run_id}`"
-    run = f"{str(ui).rstrip('/')}/runs/flow-run/{flow_run_id}"
-    return f"[run]({run}) \u00b7 [artifacts]({run}?tab=Artifacts)"
+    return f"service unreachable: {short_reason(said[1] if said else cause, 120)}"
