@@ -31,7 +31,7 @@ from prefect_atomscale import _events
 from prefect_atomscale._caching import invalidate_target_materials
 from prefect_atomscale._client import target_material_changes
 from prefect_atomscale._credentials import AtomscaleCredentials
-from prefect_atomscale._exceptions import AtomscaleConfigurationError, AtomscaleNotFoundError
+from prefect_atomscale._exceptions import AtomscaleNotFoundError
 from prefect_atomscale._identities import identity_of, moved, scope_of
 from prefect_atomscale._locks import domain
 from prefect_atomscale._models import Layer, TargetMaterial, TargetMaterialRow
@@ -41,6 +41,7 @@ from prefect_atomscale._protocol import astack_section, stack_section
 from prefect_atomscale._retries import aretry_if_transient, retry_if_transient
 from prefect_atomscale._task_support import (
     async_client_to,
+    check_credentials,
     client_to,
     listing_purpose,
     listing_run_name,
@@ -253,10 +254,7 @@ def _checked_update(
     changes = target_material_changes(
         sample_id, sample_name=sample_name, substrate=substrate, sample_metadata=sample_metadata
     )
-    try:
-        credentials.key_fingerprint()
-    except AtomscaleConfigurationError as exc:
-        raise AtomscaleConfigurationError(f"Cannot {_updating(sample_id)}: {exc}") from None
+    check_credentials(credentials, _updating(sample_id))
     return changes
 
 

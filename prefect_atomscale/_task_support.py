@@ -28,6 +28,7 @@ from prefect_atomscale._retries import (
 
 __all__ = [
     "async_client_to",
+    "check_credentials",
     "client_to",
     "listing_purpose",
     "listing_run_name",
@@ -75,12 +76,28 @@ def listing_purpose(records: str, name: str | None) -> str:
     return f"listing {records}" + (f" named {name!r}" if name is not None else "")
 
 
+def _cannot(what: str, error: AtomscaleConfigurationError) -> AtomscaleConfigurationError:
+    return AtomscaleConfigurationError(f"Cannot {what}: {error}")
+
+
+def check_credentials(credentials: AtomscaleCredentials, what: str) -> None:
+    """Fail before any request when the credentials cannot be used, naming `what` was to be done.
+
+    Why: steps before the first request (the ownership mark) read the key too, and
+    their error would not say what the task was doing.
+    """
+    try:
+        credentials.key_fingerprint()
+    except AtomscaleConfigurationError as exc:
+        raise _cannot(what, exc) from None
+
+
 def client_to(credentials: AtomscaleCredentials, what: str) -> AtomscaleClient:
     """This process's shared client; unusable credentials fail naming `what` was to be done."""
     try:
         return client_for(credentials)
     except AtomscaleConfigurationError as exc:
-        raise AtomscaleConfigurationError(f"Cannot {what}: {exc}") from None
+        raise _cannot(what, exc) from None
 
 
 def async_client_to(credentials: AtomscaleCredentials, what: str) -> AsyncAtomscaleClient:
@@ -88,4 +105,4 @@ def async_client_to(credentials: AtomscaleCredentials, what: str) -> AsyncAtomsc
     try:
         return async_client_for(credentials)
     except AtomscaleConfigurationError as exc:
-        raise AtomscaleConfigurationError(f"Cannot {what}: {exc}") from None
+        raise _cannot(what, exc) from None
