@@ -37,9 +37,9 @@ from prefect_atomscale._exceptions import (
     AtomscaleValidationError,
 )
 from prefect_atomscale._growth_runs import (
+    checked_create_inputs,
     checked_optional_id,
     checked_physical_sample_id,
-    checked_run_name,
     name_key,
 )
 from prefect_atomscale._listing import ListingReader
@@ -279,24 +279,6 @@ def _linked_run(sample_id: int | None) -> Callable[[Any], GrowthRun]:
         return run.model_copy(update={"sample_id": sample_id, "target_material": None})
 
     return parse
-
-
-def _growth_run_inputs(
-    name: Any, sample_id: Any, growth_instrument_id: Any
-) -> tuple[str, int | None, int | None]:
-    where = f"create_growth_run({name!r:.40})"
-    return (
-        checked_run_name(name, where),
-        checked_optional_id(
-            "sample_id", sample_id, where, "the sample_id that create_target_material returned"
-        ),
-        checked_optional_id(
-            "growth_instrument_id",
-            growth_instrument_id,
-            where,
-            "the growth instrument's id (the SDK's list_growth_instruments: synth_source_id)",
-        ),
-    )
 
 
 def _link_inputs(physical_sample_id: Any, sample_id: Any) -> tuple[str, int | None]:
@@ -1041,7 +1023,7 @@ class AtomscaleClient(_Base):
                 print(run.name == name, run.target_material_id)  # True None
             ```
         """
-        name, sample_id, instrument = _growth_run_inputs(name, sample_id, growth_instrument_id)
+        name, sample_id, instrument = checked_create_inputs(name, sample_id, growth_instrument_id)
         call = _create_physical_sample(name, sample_id, instrument)
         return self._parse(call, self._send(call), _created_run(name, sample_id, instrument))
 
@@ -1340,7 +1322,7 @@ class AsyncAtomscaleClient(_Base):
         growth_instrument_id: int | None = None,
     ) -> GrowthRun:
         """Async twin of `AtomscaleClient.create_growth_run`: same arguments, result and errors."""
-        name, sample_id, instrument = _growth_run_inputs(name, sample_id, growth_instrument_id)
+        name, sample_id, instrument = checked_create_inputs(name, sample_id, growth_instrument_id)
         call = _create_physical_sample(name, sample_id, instrument)
         reply = await self._send(call)
         return self._parse(call, reply, _created_run(name, sample_id, instrument))

@@ -22,7 +22,6 @@ from collections import OrderedDict
 from typing import Any
 
 from prefect import task
-from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 from prefect.runtime import task_run as current_task_run
 
@@ -30,7 +29,6 @@ from prefect_atomscale._client import AsyncAtomscaleClient, AtomscaleClient
 from prefect_atomscale._credentials import AtomscaleCredentials
 from prefect_atomscale._events import growth_run_created, growth_run_linked
 from prefect_atomscale._exceptions import (
-    AtomscaleConfigurationError,
     AtomscaleConflictError,
     AtomscaleError,
     AtomscaleNotFoundError,
@@ -39,23 +37,27 @@ from prefect_atomscale._exceptions import (
 )
 from prefect_atomscale._growth_runs import (
     IfLinked,
+    LinkDecision,
+    checked_create_inputs,
     checked_if_linked,
     checked_optional_id,
     checked_physical_sample_id,
     checked_run_name,
+    create_call,
     link_decision,
     name_key,
     taken_id,
 )
 from prefect_atomscale._models import GrowthRun
-from prefect_atomscale._pool import async_client_for, client_for
 from prefect_atomscale._protocol import aidentity_section, identity_section, service_of
-from prefect_atomscale._retries import (
-    DEFAULT_RETRIES,
-    DEFAULT_RETRY_DELAYS,
-    RETRY_JITTER_FACTOR,
-    aretry_if_transient,
-    retry_if_transient,
+from prefect_atomscale._retries import aretry_if_transient, retry_if_transient
+from prefect_atomscale._task_support import (
+    async_client_to,
+    client_to,
+    listing_purpose,
+    listing_run_name,
+    shortened,
+    uncached_task_options,
 )
 
 __all__ = [
@@ -70,55 +72,21 @@ __all__ = [
 ]
 
 
-def _options(name: str, condition: Any, run_name: Any) -> dict[str, Any]:
-    """The `@task` settings: the create tasks' retries, no cache (see the module)."""
-    return {
-        "name": name,
-        "task_run_name": run_name,
-        "retries": DEFAULT_RETRIES,
-        "retry_delay_seconds": DEFAULT_RETRY_DELAYS,
-        "retry_jitter_factor": RETRY_JITTER_FACTOR,
-        "retry_condition_fn": condition,
-        "cache_policy": NO_CACHE,
-    }
-
-
-def _short(value: object, limit: int = 40) -> str:
-    text = str(value).strip()
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def _create_run_name() -> str:
-    return f"create-growth-run-{_short(current_task_run.parameters.get('name'))}"
+    return f"create-growth-run-{shortened(current_task_run.parameters.get('name'))}"
 
 
 def _link_run_name() -> str:
     parameters = current_task_run.parameters
-    run = _short(parameters.get("physical_sample_id"), 8)
-    return f"link-target-material-{run}-s{_short(parameters.get('sample_id'))}"
+    run = shortened(parameters.get("physical_sample_id"), 8)
+    return f"link-target-material-{run}-s{shortened(parameters.get('sample_id'))}"
 
 
 def _get_run_name() -> str:
-    return f"get-growth-run-{_short(current_task_run.parameters.get('physical_sample_id'), 8)}"
+    return f"get-growth-run-{shortened(current_task_run.parameters.get('physical_sample_id'), 8)}"
 
 
-def _find_run_name() -> str:
-    name = current_task_run.parameters.get("name")
-    return "find-growth-runs" + (f"-{_short(name)}" if name is not None else "")
-
-
-def _client(credentials: AtomscaleCredentials, what: str) -> AtomscaleClient:
-    try:
-        return client_for(credentials)
-    except AtomscaleConfigurationError as exc:
-        raise AtomscaleConfigurationError(f"Cannot {what}: {exc}") from None
-
-
-def _async_client(credentials: AtomscaleCredentials, what: str) -> AsyncAtomscaleClient:
-    try:
-        return async_client_for(credentials)
-    except AtomscaleConfigurationError as exc:
-        raise AtomscaleConfigurationError(f"Cannot {what}: {exc}") from None
+_find_run_name = listing_run_name("find-growth-runs")
 
 
 def _lock_key(credentials: AtomscaleCredentials, name: str) -> str:
@@ -158,20 +126,9 @@ def _claim_unsure(credentials: AtomscaleCredentials, name: str) -> bool:
 def _create_inputs(
     name: Any, sample_id: Any, growth_instrument_id: Any, if_linked: Any
 ) -> tuple[str, int | None, int | None, IfLinked]:
-    where = f"create_growth_run({name!r:.40})"
-    return (
-        checked_run_name(name, where),
-        checked_optional_id(
-            "sample_id", sample_id, where, "the sample_id that create_target_material returned"
-        ),
-        checked_optional_id(
-            "growth_instrument_id",
-            growth_instrument_id,
-            where,
-            "the growth instrument's id (the SDK's list_growth_instruments: synth_source_id)",
-        ),
-        checked_if_linked(if_linked, where),
-    )
+    """The client's checks of a create (one rule for both), then `if_linked`."""
+    name_sent, wanted, instrument = checked_create_inputs(name, sample_id, growth_instrument_id)
+    return name_sent, wanted, instrument, checked_if_linked(if_linked, create_call(name))
 
 
 def _link_inputs(
@@ -190,8 +147,24 @@ def _link_inputs(
     return run_id, linked, checked_if_linked(if_linked, where)
 
 
-def _is_name_taken(error: AtomscaleConflictError) -> bool:
-    return not isinstance(error, GrowthRunLinkedError) and error.status_code == 409
+def _linking(run_id: str, sample_id: int) -> str:
+    return f"link growth run {run_id} to target material {sample_id}"
+
+
+def _after_failed_create(
+    credentials: AtomscaleCredentials, name: str, error: AtomscaleError
+) -> AtomscaleConflictError | None:
+    """The 409 of a taken name, to resolve to the growth run of that name; None to raise.
+
+    A transient failure is noted first: the create may have landed, so the retry's 409
+    is this task run's own create (see `_note_unsure`).
+    """
+    if isinstance(error, AtomscaleConflictError):
+        taken = not isinstance(error, GrowthRunLinkedError) and error.status_code == 409
+        return error if taken else None
+    if error.transient:
+        _note_unsure(credentials, name)
+    return None
 
 
 def _vanished(name: str, error: AtomscaleConflictError) -> AtomscaleConflictError:
@@ -224,27 +197,52 @@ def _found_by_id(error: AtomscaleConflictError) -> str | None:
 def _existing(client: AtomscaleClient, name: str, error: AtomscaleConflictError) -> GrowthRun:
     """The growth run a 409 is about: by the id it names, else by name (as the SDK does)."""
     found = _found_by_id(error)
-    run = None if found is None else client.get_growth_run(found, f"reading growth run {name!r}")
-    return run or _the_one(
-        client.find_growth_runs(name, f"finding growth run {name!r}"), name, error
-    )
+    run = None if found is None else client.get_growth_run(found, _reading(repr(name)))
+    return run or _the_one(client.find_growth_runs(name, _finding(name)), name, error)
 
 
 async def _aexisting(
     client: AsyncAtomscaleClient, name: str, error: AtomscaleConflictError
 ) -> GrowthRun:
     found = _found_by_id(error)
-    run = None
-    if found is not None:
-        run = await client.get_growth_run(found, f"reading growth run {name!r}")
+    run = None if found is None else await client.get_growth_run(found, _reading(repr(name)))
+    return run or _the_one(await client.find_growth_runs(name, _finding(name)), name, error)
+
+
+def _reading(run: str) -> str:
+    """What reading a growth run is for, quoted in errors: `run` is a quoted name or an id."""
+    return f"reading growth run {run}"
+
+
+def _finding(name: str) -> str:
+    return f"finding growth run {name!r}"
+
+
+def _not_found(physical_sample_id: str) -> AtomscaleNotFoundError:
+    return AtomscaleNotFoundError(
+        f"Growth run {physical_sample_id} is not among this API key's organisation's "
+        "physical samples. Check the id (GrowthRun.id from create_growth_run or "
+        "find_growth_runs) and the API key."
+    )
+
+
+def _present(run: GrowthRun | None, physical_sample_id: str) -> GrowthRun:
+    """The growth run read by id; the listing not showing it is `AtomscaleNotFoundError`."""
     if run is None:
-        run = _the_one(
-            await client.find_growth_runs(name, f"finding growth run {name!r}"), name, error
-        )
+        raise _not_found(physical_sample_id)
     return run
 
 
-def _log_created(run: GrowthRun, lost_reply: bool) -> None:
+def _named(run: GrowthRun) -> str:
+    """The name a growth run is locked by; its id when the reply has no name."""
+    return run.name if run.name else run.id
+
+
+def _announce_created(
+    credentials: AtomscaleCredentials, run: GrowthRun, *, lost_reply: bool
+) -> GrowthRun:
+    """Send `atomscale.growth-run.created` and log it; the run, for the task to return."""
+    growth_run_created(credentials, run)
     linked = run.target_material_id
     get_run_logger().info(
         "Created growth run %r (%s)%s%s.",
@@ -253,17 +251,63 @@ def _log_created(run: GrowthRun, lost_reply: bool) -> None:
         f", linked to target material {linked}" if linked is not None else "",
         " (its first reply was lost; the retry found it)" if lost_reply else "",
     )
+    return run
+
+
+def _announce_linked(
+    credentials: AtomscaleCredentials,
+    linked: GrowthRun,
+    previous: int | None,
+    decision: LinkDecision,
+) -> GrowthRun:
+    """Send `atomscale.growth-run.linked` and log why; the run, for the task to return."""
+    growth_run_linked(credentials, linked, previous)
+    _log_found(linked, decision.why)
+    return linked
 
 
 def _log_found(run: GrowthRun, why: str) -> None:
     get_run_logger().info("Growth run %r (%s) exists already: %s.", run.name, run.id, why)
 
 
-def _warn_kept(run: GrowthRun, why: str) -> None:
-    get_run_logger().warning("Growth run %r (%s) is %s.", run.name, run.id, why)
+def _log_left_as_is(run: GrowthRun, decision: LinkDecision) -> None:
+    """Log a decision not to link: found as asked, or kept linked elsewhere (a warning)."""
+    if decision.kept:
+        get_run_logger().warning("Growth run %r (%s) is %s.", run.name, run.id, decision.why)
+    else:
+        _log_found(run, decision.why)
 
 
-@task(**_options("create_growth_run", retry_if_transient, _create_run_name))
+def _decision_on_taken_name(
+    credentials: AtomscaleCredentials,
+    name: str,
+    run: GrowthRun,
+    wanted: int | None,
+    if_linked: IfLinked,
+) -> LinkDecision:
+    """What to do with the growth run of a taken name (`link_decision`), logged.
+
+    When this task run's own create made it (its reply was lost), it is announced as
+    created first.
+    """
+    lost_reply = _claim_unsure(credentials, name)
+    decision = link_decision(run, wanted, if_linked)
+    if lost_reply:
+        _announce_created(credentials, run, lost_reply=True)
+    if not decision.link:
+        _log_left_as_is(run, decision)
+    return decision
+
+
+def _decision_on_link(run: GrowthRun, wanted: int, if_linked: IfLinked) -> LinkDecision:
+    """What to do with a growth run asked to be linked (`link_decision`), logged."""
+    decision = link_decision(run, wanted, if_linked)
+    if not decision.link:
+        _log_left_as_is(run, decision)
+    return decision
+
+
+@task(**uncached_task_options("create_growth_run", retry_if_transient, _create_run_name))
 def create_growth_run(
     credentials: AtomscaleCredentials,
     name: str,
@@ -335,42 +379,28 @@ def create_growth_run(
     name, wanted, instrument, if_linked = _create_inputs(
         name, sample_id, growth_instrument_id, if_linked
     )
-    what = f"create growth run {name!r}"
-    client = _client(credentials, what)
+    client = client_to(credentials, f"create growth run {name!r}")
     with identity_section(_lock_key(credentials, name), f"growth run {name!r}") as held:
         held.fence()
         try:
             run = client.create_growth_run(name, sample_id=wanted, growth_instrument_id=instrument)
-        except AtomscaleConflictError as exc:
-            if not _is_name_taken(exc):
-                raise
-            taken = exc
         except AtomscaleError as exc:
-            if exc.transient:  # the create may have landed: a retry's 409 is this run's
-                _note_unsure(credentials, name)
-            raise
+            taken = _after_failed_create(credentials, name, exc)
+            if taken is None:
+                raise
         else:
-            growth_run_created(credentials, run)
-            _log_created(run, lost_reply=False)
-            return run
+            return _announce_created(credentials, run, lost_reply=False)
         run = _existing(client, name, taken)
-        lost_reply = _claim_unsure(credentials, name)
-        decision = link_decision(run, wanted, if_linked)
-        if lost_reply:
-            growth_run_created(credentials, run)
-            _log_created(run, lost_reply=True)
+        decision = _decision_on_taken_name(credentials, name, run, wanted, if_linked)
         if not decision.link:
-            (_warn_kept if decision.kept else _log_found)(run, decision.why)
             return run
         held.fence()
         previous = run.target_material_id
         linked = client.link_target_material(run.id, wanted)
-    growth_run_linked(credentials, linked, previous)
-    _log_found(linked, decision.why)
-    return linked
+    return _announce_linked(credentials, linked, previous, decision)
 
 
-@task(**_options("acreate_growth_run", aretry_if_transient, _create_run_name))
+@task(**uncached_task_options("acreate_growth_run", aretry_if_transient, _create_run_name))
 async def acreate_growth_run(
     credentials: AtomscaleCredentials,
     name: str,
@@ -383,57 +413,30 @@ async def acreate_growth_run(
     name, wanted, instrument, if_linked = _create_inputs(
         name, sample_id, growth_instrument_id, if_linked
     )
-    what = f"create growth run {name!r}"
-    client = _async_client(credentials, what)
+    client = async_client_to(credentials, f"create growth run {name!r}")
     async with aidentity_section(_lock_key(credentials, name), f"growth run {name!r}") as held:
         await held.afence()
         try:
             run = await client.create_growth_run(
                 name, sample_id=wanted, growth_instrument_id=instrument
             )
-        except AtomscaleConflictError as exc:
-            if not _is_name_taken(exc):
-                raise
-            taken = exc
         except AtomscaleError as exc:
-            if exc.transient:  # the create may have landed: a retry's 409 is this run's
-                _note_unsure(credentials, name)
-            raise
+            taken = _after_failed_create(credentials, name, exc)
+            if taken is None:
+                raise
         else:
-            growth_run_created(credentials, run)
-            _log_created(run, lost_reply=False)
-            return run
+            return _announce_created(credentials, run, lost_reply=False)
         run = await _aexisting(client, name, taken)
-        lost_reply = _claim_unsure(credentials, name)
-        decision = link_decision(run, wanted, if_linked)
-        if lost_reply:
-            growth_run_created(credentials, run)
-            _log_created(run, lost_reply=True)
+        decision = _decision_on_taken_name(credentials, name, run, wanted, if_linked)
         if not decision.link:
-            (_warn_kept if decision.kept else _log_found)(run, decision.why)
             return run
         await held.afence()
         previous = run.target_material_id
         linked = await client.link_target_material(run.id, wanted)
-    growth_run_linked(credentials, linked, previous)
-    _log_found(linked, decision.why)
-    return linked
+    return _announce_linked(credentials, linked, previous, decision)
 
 
-def _not_found(physical_sample_id: str) -> AtomscaleNotFoundError:
-    return AtomscaleNotFoundError(
-        f"Growth run {physical_sample_id} is not among this API key's organisation's "
-        "physical samples. Check the id (GrowthRun.id from create_growth_run or "
-        "find_growth_runs) and the API key."
-    )
-
-
-def _named(run: GrowthRun) -> str:
-    """The name a growth run is locked by; its id when the reply has no name."""
-    return run.name if run.name else run.id
-
-
-@task(**_options("link_target_material", retry_if_transient, _link_run_name))
+@task(**uncached_task_options("link_target_material", retry_if_transient, _link_run_name))
 def link_target_material(
     credentials: AtomscaleCredentials,
     physical_sample_id: str,
@@ -492,29 +495,21 @@ def link_target_material(
         ```
     """
     run_id, wanted, if_linked = _link_inputs(physical_sample_id, sample_id, if_linked)
-    what = f"link growth run {run_id} to target material {wanted}"
-    client = _client(credentials, what)
-    reading = f"reading growth run {run_id}"
-    first = client.get_growth_run(run_id, reading)
-    if first is None:
-        raise _not_found(run_id)
+    client = client_to(credentials, _linking(run_id, wanted))
+    first = _present(client.get_growth_run(run_id, _reading(run_id)), run_id)
     with identity_section(_lock_key(credentials, _named(first)), f"growth run {run_id}") as held:
-        run = client.get_growth_run(run_id, reading)  # as it is now, under the lock
-        if run is None:
-            raise _not_found(run_id)
-        decision = link_decision(run, wanted, if_linked)
+        # As it is now, under the lock: another run may have linked it meanwhile.
+        run = _present(client.get_growth_run(run_id, _reading(run_id)), run_id)
+        decision = _decision_on_link(run, wanted, if_linked)
         if not decision.link:
-            (_warn_kept if decision.kept else _log_found)(run, decision.why)
             return run
         held.fence()
         previous = run.target_material_id
         linked = client.link_target_material(run_id, wanted)
-    growth_run_linked(credentials, linked, previous)
-    _log_found(linked, decision.why)
-    return linked
+    return _announce_linked(credentials, linked, previous, decision)
 
 
-@task(**_options("alink_target_material", aretry_if_transient, _link_run_name))
+@task(**uncached_task_options("alink_target_material", aretry_if_transient, _link_run_name))
 async def alink_target_material(
     credentials: AtomscaleCredentials,
     physical_sample_id: str,
@@ -524,27 +519,18 @@ async def alink_target_material(
 ) -> GrowthRun:
     """Async twin of `link_target_material`: same arguments, result and errors."""
     run_id, wanted, if_linked = _link_inputs(physical_sample_id, sample_id, if_linked)
-    what = f"link growth run {run_id} to target material {wanted}"
-    client = _async_client(credentials, what)
-    reading = f"reading growth run {run_id}"
-    first = await client.get_growth_run(run_id, reading)
-    if first is None:
-        raise _not_found(run_id)
+    client = async_client_to(credentials, _linking(run_id, wanted))
+    first = _present(await client.get_growth_run(run_id, _reading(run_id)), run_id)
     key = _lock_key(credentials, _named(first))
     async with aidentity_section(key, f"growth run {run_id}") as held:
-        run = await client.get_growth_run(run_id, reading)
-        if run is None:
-            raise _not_found(run_id)
-        decision = link_decision(run, wanted, if_linked)
+        run = _present(await client.get_growth_run(run_id, _reading(run_id)), run_id)
+        decision = _decision_on_link(run, wanted, if_linked)
         if not decision.link:
-            (_warn_kept if decision.kept else _log_found)(run, decision.why)
             return run
         await held.afence()
         previous = run.target_material_id
         linked = await client.link_target_material(run_id, wanted)
-    growth_run_linked(credentials, linked, previous)
-    _log_found(linked, decision.why)
-    return linked
+    return _announce_linked(credentials, linked, previous, decision)
 
 
 def _wanted_id(physical_sample_id: Any) -> str:
@@ -553,7 +539,7 @@ def _wanted_id(physical_sample_id: Any) -> str:
     )
 
 
-@task(**_options("get_growth_run", retry_if_transient, _get_run_name))
+@task(**uncached_task_options("get_growth_run", retry_if_transient, _get_run_name))
 def get_growth_run(credentials: AtomscaleCredentials, physical_sample_id: str) -> GrowthRun:
     """Read one growth run by its id, with its target material as the listing nests it.
 
@@ -597,33 +583,23 @@ def get_growth_run(credentials: AtomscaleCredentials, physical_sample_id: str) -
         ```
     """
     wanted = _wanted_id(physical_sample_id)
-    client = _client(credentials, f"read growth run {wanted}")
-    run = client.get_growth_run(wanted, f"reading growth run {wanted}")
-    if run is None:
-        raise _not_found(wanted)
-    return run
+    client = client_to(credentials, f"read growth run {wanted}")
+    return _present(client.get_growth_run(wanted, _reading(wanted)), wanted)
 
 
-@task(**_options("aget_growth_run", aretry_if_transient, _get_run_name))
+@task(**uncached_task_options("aget_growth_run", aretry_if_transient, _get_run_name))
 async def aget_growth_run(credentials: AtomscaleCredentials, physical_sample_id: str) -> GrowthRun:
     """Async twin of `get_growth_run`: same arguments, result and errors."""
     wanted = _wanted_id(physical_sample_id)
-    client = _async_client(credentials, f"read growth run {wanted}")
-    run = await client.get_growth_run(wanted, f"reading growth run {wanted}")
-    if run is None:
-        raise _not_found(wanted)
-    return run
+    client = async_client_to(credentials, f"read growth run {wanted}")
+    return _present(await client.get_growth_run(wanted, _reading(wanted)), wanted)
 
 
 def _checked_name(name: Any) -> str | None:
     return None if name is None else checked_run_name(name, f"find_growth_runs(name={name!r:.40})")
 
 
-def _listing(name: str | None) -> str:
-    return "listing growth runs" + (f" named {name!r}" if name is not None else "")
-
-
-@task(**_options("find_growth_runs", retry_if_transient, _find_run_name))
+@task(**uncached_task_options("find_growth_runs", retry_if_transient, _find_run_name))
 def find_growth_runs(credentials: AtomscaleCredentials, name: str | None = None) -> list[GrowthRun]:
     """List the organisation's growth runs, all or the one of a name.
 
@@ -658,15 +634,15 @@ def find_growth_runs(credentials: AtomscaleCredentials, name: str | None = None)
         ```
     """
     wanted = _checked_name(name)
-    client = _client(credentials, _listing(wanted))
-    return client.find_growth_runs(wanted, _listing(wanted))
+    purpose = listing_purpose("growth runs", wanted)
+    return client_to(credentials, purpose).find_growth_runs(wanted, purpose)
 
 
-@task(**_options("afind_growth_runs", aretry_if_transient, _find_run_name))
+@task(**uncached_task_options("afind_growth_runs", aretry_if_transient, _find_run_name))
 async def afind_growth_runs(
     credentials: AtomscaleCredentials, name: str | None = None
 ) -> list[GrowthRun]:
     """Async twin of `find_growth_runs`: same arguments, result and errors."""
     wanted = _checked_name(name)
-    client = _async_client(credentials, _listing(wanted))
-    return await client.find_growth_runs(wanted, _listing(wanted))
+    purpose = listing_purpose("growth runs", wanted)
+    return await async_client_to(credentials, purpose).find_growth_runs(wanted, purpose)

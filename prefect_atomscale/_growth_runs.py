@@ -27,10 +27,12 @@ from prefect_atomscale._payloads import _positive_int, _text
 __all__ = [
     "IfLinked",
     "LinkDecision",
+    "checked_create_inputs",
     "checked_if_linked",
     "checked_optional_id",
     "checked_physical_sample_id",
     "checked_run_name",
+    "create_call",
     "link_decision",
     "name_key",
     "taken_id",
@@ -91,6 +93,34 @@ def checked_physical_sample_id(value: Any, where: str) -> str:
 def checked_optional_id(name: str, value: Any, where: str, meaning: str) -> int | None:
     """An optional positive integer id (`sample_id`, `growth_instrument_id`)."""
     return None if value is None else _positive_int(name, value, where, meaning)
+
+
+def create_call(name: Any) -> str:
+    """How errors name a create of a growth run: `create_growth_run(<name>)`, kept short."""
+    return f"create_growth_run({name!r:.40})"
+
+
+def checked_create_inputs(
+    name: Any, sample_id: Any, growth_instrument_id: Any
+) -> tuple[str, int | None, int | None]:
+    """A create's name, target material and growth instrument, checked as they are sent.
+
+    One check for the client's `create_growth_run` and the tasks': the same input fails
+    with the same error, whichever is called.
+    """
+    where = create_call(name)
+    return (
+        checked_run_name(name, where),
+        checked_optional_id(
+            "sample_id", sample_id, where, "the sample_id that create_target_material returned"
+        ),
+        checked_optional_id(
+            "growth_instrument_id",
+            growth_instrument_id,
+            where,
+            "the growth instrument's id (the SDK's list_growth_instruments: synth_source_id)",
+        ),
+    )
 
 
 def checked_if_linked(value: Any, where: str) -> IfLinked:

@@ -24,32 +24,29 @@ from collections.abc import Mapping
 from typing import Any
 
 from prefect import task
-from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 from prefect.runtime import task_run as current_task_run
 
 from prefect_atomscale import _events
 from prefect_atomscale._caching import invalidate_target_materials
-from prefect_atomscale._client import (
-    AsyncAtomscaleClient,
-    AtomscaleClient,
-    target_material_changes,
-)
+from prefect_atomscale._client import target_material_changes
 from prefect_atomscale._credentials import AtomscaleCredentials
-from prefect_atomscale._exceptions import AtomscaleConfigurationError, AtomscaleNotFoundError
+from prefect_atomscale._exceptions import AtomscaleNotFoundError
 from prefect_atomscale._identities import identity_of, moved, scope_of
 from prefect_atomscale._locks import domain
 from prefect_atomscale._models import Layer, TargetMaterial, TargetMaterialRow
 from prefect_atomscale._ownership import Owner, aowner_of, owner_of
 from prefect_atomscale._payloads import OWNER_KEY, _positive_int, _text
-from prefect_atomscale._pool import async_client_for, client_for
 from prefect_atomscale._protocol import astack_section, stack_section
-from prefect_atomscale._retries import (
-    DEFAULT_RETRIES,
-    DEFAULT_RETRY_DELAYS,
-    RETRY_JITTER_FACTOR,
-    aretry_if_transient,
-    retry_if_transient,
+from prefect_atomscale._retries import aretry_if_transient, retry_if_transient
+from prefect_atomscale._task_support import (
+    async_client_to,
+    check_credentials,
+    client_to,
+    listing_purpose,
+    listing_run_name,
+    shortened,
+    uncached_task_options,
 )
 
 __all__ = [
@@ -62,49 +59,15 @@ __all__ = [
 ]
 
 
-def _options(name: str, condition: Any, run_name: Any) -> dict[str, Any]:
-    """The `@task` settings of the read and update tasks: the create tasks' retries, no cache."""
-    return {
-        "name": name,
-        "task_run_name": run_name,
-        "retries": DEFAULT_RETRIES,
-        "retry_delay_seconds": DEFAULT_RETRY_DELAYS,
-        "retry_jitter_factor": RETRY_JITTER_FACTOR,
-        "retry_condition_fn": condition,
-        "cache_policy": NO_CACHE,
-    }
-
-
-def _short(value: object, limit: int = 40) -> str:
-    text = str(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def _stack_run_name() -> str:
-    return f"get-stack-s{_short(current_task_run.parameters.get('sample_id'))}"
+    return f"get-stack-s{shortened(current_task_run.parameters.get('sample_id'))}"
 
 
-def _find_run_name() -> str:
-    name = current_task_run.parameters.get("name")
-    return "find-target-materials" + (f"-{_short(name)}" if name is not None else "")
+_find_run_name = listing_run_name("find-target-materials")
 
 
 def _update_run_name() -> str:
-    return f"update-target-material-s{_short(current_task_run.parameters.get('sample_id'))}"
-
-
-def _client(credentials: AtomscaleCredentials, what: str) -> AtomscaleClient:
-    try:
-        return client_for(credentials)
-    except AtomscaleConfigurationError as exc:
-        raise AtomscaleConfigurationError(f"Cannot {what}: {exc}") from None
-
-
-def _async_client(credentials: AtomscaleCredentials, what: str) -> AsyncAtomscaleClient:
-    try:
-        return async_client_for(credentials)
-    except AtomscaleConfigurationError as exc:
-        raise AtomscaleConfigurationError(f"Cannot {what}: {exc}") from None
+    return f"update-target-material-s{shortened(current_task_run.parameters.get('sample_id'))}"
 
 
 def _material_id(sample_id: Any, task_name: str) -> int:
@@ -146,7 +109,7 @@ def _reading(sample_id: int) -> str:
     return f"reading the stack of target material {sample_id}"
 
 
-@task(**_options("get_stack", retry_if_transient, _stack_run_name))
+@task(**uncached_task_options("get_stack", retry_if_transient, _stack_run_name))
 def get_stack(credentials: AtomscaleCredentials, sample_id: int) -> list[Layer]:
     """Read a target material's layers, in stack order (`layer_id` ascending).
 
@@ -197,15 +160,15 @@ def get_stack(credentials: AtomscaleCredentials, sample_id: int) -> list[Layer]:
         ```
     """
     material = _material_id(sample_id, "get_stack")
-    client = _client(credentials, _reading(material))
+    client = client_to(credentials, _reading(material))
     return _stack_of(material, client.rows_of(material, _reading(material)))
 
 
-@task(**_options("aget_stack", aretry_if_transient, _stack_run_name))
+@task(**uncached_task_options("aget_stack", aretry_if_transient, _stack_run_name))
 async def aget_stack(credentials: AtomscaleCredentials, sample_id: int) -> list[Layer]:
     """Async twin of `get_stack`: same arguments, result and errors."""
     material = _material_id(sample_id, "get_stack")
-    client = _async_client(credentials, _reading(material))
+    client = async_client_to(credentials, _reading(material))
     return _stack_of(material, await client.rows_of(material, _reading(material)))
 
 
@@ -220,11 +183,7 @@ def _checked_name(name: Any) -> str | None:
     )
 
 
-def _listing(name: str | None) -> str:
-    return "listing target materials" + (f" named {name!r}" if name is not None else "")
-
-
-@task(**_options("find_target_materials", retry_if_transient, _find_run_name))
+@task(**uncached_task_options("find_target_materials", retry_if_transient, _find_run_name))
 def find_target_materials(
     credentials: AtomscaleCredentials, name: str | None = None
 ) -> list[TargetMaterial]:
@@ -270,25 +229,33 @@ def find_target_materials(
         ```
     """
     wanted = _checked_name(name)
-    client = _client(credentials, _listing(wanted))
-    return client.target_materials(wanted, _listing(wanted))
+    purpose = listing_purpose("target materials", wanted)
+    return client_to(credentials, purpose).target_materials(wanted, purpose)
 
 
-@task(**_options("afind_target_materials", aretry_if_transient, _find_run_name))
+@task(**uncached_task_options("afind_target_materials", aretry_if_transient, _find_run_name))
 async def afind_target_materials(
     credentials: AtomscaleCredentials, name: str | None = None
 ) -> list[TargetMaterial]:
     """Async twin of `find_target_materials`: same arguments, result and errors."""
     wanted = _checked_name(name)
-    client = _async_client(credentials, _listing(wanted))
-    return await client.target_materials(wanted, _listing(wanted))
+    purpose = listing_purpose("target materials", wanted)
+    return await async_client_to(credentials, purpose).target_materials(wanted, purpose)
 
 
-def _account(credentials: AtomscaleCredentials, what: str) -> str:
-    try:
-        return credentials.key_fingerprint()
-    except AtomscaleConfigurationError as exc:
-        raise AtomscaleConfigurationError(f"Cannot {what}: {exc}") from None
+def _checked_update(
+    credentials: AtomscaleCredentials,
+    sample_id: int,
+    sample_name: str | None,
+    substrate: str | None,
+    sample_metadata: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The fields an update changes, and usable credentials, checked before any request."""
+    changes = target_material_changes(
+        sample_id, sample_name=sample_name, substrate=substrate, sample_metadata=sample_metadata
+    )
+    check_credentials(credentials, _updating(sample_id))
+    return changes
 
 
 def _updating(sample_id: int) -> str:
@@ -335,6 +302,26 @@ def _current(rows: list[TargetMaterialRow]) -> TargetMaterial | None:
     return next((m for row in rows for m in [row.as_target_material()] if m is not None), None)
 
 
+def _reads_the_mark(sample_name: str | None, sample_metadata: Mapping[str, Any] | None) -> bool:
+    """Whether an update lists the material first: a new name or metadata moves the mark."""
+    return sample_name is not None or sample_metadata is not None
+
+
+def _metadata_to_send(
+    owner: Owner,
+    rows: list[TargetMaterialRow] | None,
+    sample_name: str | None,
+    sample_metadata: Mapping[str, Any] | None,
+) -> tuple[Mapping[str, Any] | None, Mapping[str, Any] | None]:
+    """The metadata and ownership mark an update sends, from the rows listed for it.
+
+    No rows (None): the update did not need to read the mark (`_reads_the_mark`).
+    """
+    if rows is None:
+        return sample_metadata, None
+    return _marked(owner, _current(rows), sample_name, sample_metadata)
+
+
 def _record_identity(
     credentials: AtomscaleCredentials, owner: Owner, material: TargetMaterial
 ) -> None:
@@ -360,7 +347,7 @@ def _log_update(material: TargetMaterial, changes: dict[str, Any]) -> TargetMate
     return material
 
 
-@task(**_options("update_target_material", retry_if_transient, _update_run_name))
+@task(**uncached_task_options("update_target_material", retry_if_transient, _update_run_name))
 def update_target_material(
     credentials: AtomscaleCredentials,
     sample_id: int,
@@ -422,18 +409,14 @@ def update_target_material(
         print(fix_the_substrate())  # MgAl2O4
         ```
     """
-    changes = target_material_changes(
-        sample_id, sample_name=sample_name, substrate=substrate, sample_metadata=sample_metadata
-    )
-    _account(credentials, _updating(sample_id))
-    client = _client(credentials, _updating(sample_id))
+    changes = _checked_update(credentials, sample_id, sample_name, substrate, sample_metadata)
+    client = client_to(credentials, _updating(sample_id))
     owner = owner_of(credentials)
     with stack_section(None, sample_id) as held:
-        metadata: Mapping[str, Any] | None = sample_metadata
-        mark = None
-        if sample_name is not None or sample_metadata is not None:
+        rows = None
+        if _reads_the_mark(sample_name, sample_metadata):
             rows = client.rows_of(sample_id, _reading_mark(sample_id))
-            metadata, mark = _marked(owner, _current(rows), sample_name, sample_metadata)
+        metadata, mark = _metadata_to_send(owner, rows, sample_name, sample_metadata)
         try:
             material = held.write(
                 lambda: client.update_target_material(
@@ -451,7 +434,7 @@ def update_target_material(
     return _log_update(material, changes)
 
 
-@task(**_options("aupdate_target_material", aretry_if_transient, _update_run_name))
+@task(**uncached_task_options("aupdate_target_material", aretry_if_transient, _update_run_name))
 async def aupdate_target_material(
     credentials: AtomscaleCredentials,
     sample_id: int,
@@ -461,18 +444,14 @@ async def aupdate_target_material(
     sample_metadata: dict[str, Any] | None = None,
 ) -> TargetMaterial:
     """Async twin of `update_target_material`: same arguments, result and errors."""
-    changes = target_material_changes(
-        sample_id, sample_name=sample_name, substrate=substrate, sample_metadata=sample_metadata
-    )
-    _account(credentials, _updating(sample_id))
-    client = _async_client(credentials, _updating(sample_id))
+    changes = _checked_update(credentials, sample_id, sample_name, substrate, sample_metadata)
+    client = async_client_to(credentials, _updating(sample_id))
     owner = await aowner_of(credentials)
     async with astack_section(None, sample_id) as held:
-        metadata: Mapping[str, Any] | None = sample_metadata
-        mark = None
-        if sample_name is not None or sample_metadata is not None:
+        rows = None
+        if _reads_the_mark(sample_name, sample_metadata):
             rows = await client.rows_of(sample_id, _reading_mark(sample_id))
-            metadata, mark = _marked(owner, _current(rows), sample_name, sample_metadata)
+        metadata, mark = _metadata_to_send(owner, rows, sample_name, sample_metadata)
         try:
             material = await held.awrite(
                 lambda: client.update_target_material(

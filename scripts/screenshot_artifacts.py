@@ -34,71 +34,20 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 from typing import cast
 
-ROOT = Path(__file__).resolve().parent.parent
+from _screenshots import (  # scripts/ beside this file
+    ROOT,
+    artifacts_of,
+    find_chromium,
+    prefect_server,
+    screenshot,
+    work_folder,
+)
+
 DEFAULT_EXAMPLE = ROOT / "flows" / "examples" / "bto_sto_superlattice.yaml"
-PREFECT = [sys.executable, "-m", "prefect"]
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def _wait_healthy(url: str, server: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            sys.exit(f"prefect server start exited:\n{log.read_text(errors='replace')[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as reply:  # noqa: S310 - loopback
-                if reply.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    sys.exit(f"The Prefect server at {url} did not start within 120 s; see {log}.")
-
-
-def _screenshot(
-    chromium: str, url: str, out: Path, profile: Path, flags: list[str] | None = None
-) -> None:
-    """One page, rendered with 10 s of virtual time so the app's requests finish."""
-    shutil.rmtree(profile, ignore_errors=True)
-    subprocess.run(
-        [
-            chromium,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            f"--user-data-dir={profile}",
-            "--window-size=1400,1000",
-            "--virtual-time-budget=10000",
-            f"--screenshot={out}",
-            *(flags or []),
-            url,
-        ],
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
-    print(f"Saved {out}  ({url})")
 
 
 def _superlattice(path: Path, name: str, upto: int | None = None) -> Path:
@@ -116,18 +65,6 @@ def _superlattice(path: Path, name: str, upto: int | None = None) -> Path:
     return path
 
 
-def _artifacts(flow_run_id: object) -> dict[str, object]:
-    """A flow run's artifacts by type (table, markdown): their ids."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
-
-    with get_client(sync_client=True) as client:
-        artifacts = client.read_artifacts(
-            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
-        )
-    return {str(artifact.type): artifact.id for artifact in artifacts}
-
-
 def main(argv: list[str] | None = None) -> int:
     """Start a server, run the flow, save the screenshots; return 0 on success."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -139,39 +76,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--example", type=Path, default=DEFAULT_EXAMPLE, help="stack file to run")
     args = parser.parse_args(argv)
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        sys.exit("Chromium is not installed; on Debian: apt-get install -y chromium")
+    chromium = find_chromium()
 
-    work = Path(tempfile.mkdtemp(prefix="atomscale-ui-work-"))
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
-    api_url = f"{base}/api"
-    server_env = {
-        name: value for name, value in os.environ.items() if not name.startswith("PREFECT_")
-    }
-    (work / "server").mkdir()
-    server_env |= {
-        "PREFECT_HOME": str(work / "server"),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        # The UI calls the API at this address; by default it would try port 4200.
-        "PREFECT_UI_API_URL": api_url,
-    }
-    log = work / "server.log"
-    with log.open("wb") as out:
-        server = subprocess.Popen(
-            [*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-            env=server_env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        _wait_healthy(api_url, server, log)
+    with work_folder() as work, prefect_server(work) as base:
         # This process is the client: set it up before Prefect is imported.
         (work / "client").mkdir()
         os.environ.update(
-            PREFECT_API_URL=api_url,
+            PREFECT_API_URL=f"{base}/api",
             PREFECT_HOME=str(work / "client"),
             PREFECT_SERVER_ANALYTICS_ENABLED="false",
         )
@@ -209,9 +120,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"The folder run finished {folder_run.name}: {folder_run.message}")
         with get_client(sync_client=True) as client:
             document = client.read_block_document_by_name(block, "atomscale-credentials")
-        by_type = _artifacts(state.state_details.flow_run_id)
-        failed_by_type = _artifacts(failed.state_details.flow_run_id)
-        folder_by_type = _artifacts(folder_run.state_details.flow_run_id)
+        by_type = artifacts_of(state.state_details.flow_run_id)
+        failed_by_type = artifacts_of(failed.state_details.flow_run_id)
+        folder_by_type = artifacts_of(folder_run.state_details.flow_run_id)
         flow_run_id = state.state_details.flow_run_id
 
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -249,14 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         # The block type's logo URL is on GitHub; serve the shipped SVG in its place.
         with serve_logo() as logo_flags:
             for path, url in pages:
-                _screenshot(chromium, url, path, profile, logo_flags)
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-        shutil.rmtree(work, ignore_errors=True)
+                screenshot(chromium, url, path, profile, logo_flags)
     return 0
 
 

@@ -46,38 +46,28 @@ import argparse
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from screenshot_artifacts import (  # scripts/ beside this file
+from _screenshots import (  # scripts/ beside this file
     PREFECT,
     ROOT,
-    _artifacts,
-    _free_port,
-    _screenshot,
-    _wait_healthy,
+    artifacts_of,
+    find_chromium,
+    prefect_server,
+    screenshot,
+    started,
+    without_prefect_settings,
+    work_folder,
 )
 
 POOL = "atomscale-process"
 BLOCK = "atomscale"
 EXAMPLE = "flows/examples/bto_sto_superlattice.yaml"
 REFUSED_SPACE_GROUP = "P4mm" * 10  # 40 characters; the service stores 32
-
-
-def _stop(process: subprocess.Popen[bytes] | None) -> None:
-    """Stop a process started in its own session, and its children."""
-    if process is None or process.poll() is not None:
-        return
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
 
 
 def _write_stacks(work: Path) -> tuple[Path, Path]:
@@ -141,39 +131,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="folder for the screenshots")
     args = parser.parse_args(argv)
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        sys.exit("Chromium is not installed; on Debian: apt-get install -y chromium")
+    chromium = find_chromium()
 
-    work = Path(tempfile.mkdtemp(prefix="atomscale-ui-work-"))
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
-    api_url = f"{base}/api"
-    clean = {name: value for name, value in os.environ.items() if not name.startswith("PREFECT_")}
-    settings = {
-        "PREFECT_API_URL": api_url,
-        "PREFECT_UI_URL": base,
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    }
-    for home in ("server", "client", "deploy", "worker"):
-        (work / home).mkdir()
-    server_env = clean | {
-        "PREFECT_HOME": str(work / "server"),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_UI_API_URL": api_url,  # the UI calls the API here, not on port 4200
-    }
-    log = work / "server.log"
-    worker: subprocess.Popen[bytes] | None = None
-    with log.open("wb") as out:
-        server = subprocess.Popen(
-            [*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-            env=server_env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        _wait_healthy(api_url, server, log)
+    with work_folder() as work, prefect_server(work) as base:
+        clean = without_prefect_settings()
+        settings = {
+            "PREFECT_API_URL": f"{base}/api",
+            "PREFECT_UI_URL": base,
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        }
+        for home in ("client", "deploy", "worker"):
+            (work / home).mkdir()
         # This process is a client too: set it up before Prefect is imported.
         os.environ.update(settings, PREFECT_HOME=str(work / "client"))
         from offline_logo import serve_logo  # scripts/ beside this file; imports Prefect
@@ -202,37 +170,29 @@ def main(argv: list[str] | None = None) -> int:
                 "PREFECT_HOME": str(work / "worker"),
                 "PREFECT_WORKER_QUERY_SECONDS": "1",
             }
-            with (work / "worker.log").open("wb") as out:
-                worker = subprocess.Popen(
-                    [*PREFECT, "worker", "start", "--pool", POOL, "--type", "process"],
-                    cwd=ROOT,
-                    env=worker_env,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
+            worker_command = [*PREFECT, "worker", "start", "--pool", POOL, "--type", "process"]
+            with started(worker_command, env=worker_env, log=work / "worker.log", cwd=ROOT):
+                created = _run("stack-from-file/on-demand", path=EXAMPLE)
+                match = re.search(r"-s(\d+)$", created.name)
+                if match is None:
+                    sys.exit(f"The run's name {created.name!r} does not end in -s<sample_id>.")
+                failed = _run("stack-from-file/on-demand", path=str(refused))
+                nightly = _run("stacks-from-folder/nightly", folder=str(folder))
+                growth = _run("growth-run-from-file/growth-run", path=EXAMPLE)
+                with get_client(sync_client=True) as client:
+                    report_deployment = client.read_deployment_by_name(
+                        "stack-report/on-stack-completed"
+                    )
+                    on_demand = client.read_deployment_by_name("stack-from-file/on-demand")
+                    automation = client.read_resource_related_automations(
+                        f"prefect.deployment.{report_deployment.id}"
+                    )[0]
+                    document = client.read_block_document_by_name(BLOCK, "atomscale-credentials")
+                print(f"Automation: {automation.name!r}: {automation.description}")
+                report = _report_run(report_deployment.id, int(match.group(1)))
 
-            created = _run("stack-from-file/on-demand", path=EXAMPLE)
-            match = re.search(r"-s(\d+)$", created.name)
-            if match is None:
-                sys.exit(f"The run's name {created.name!r} does not end in -s<sample_id>.")
-            failed = _run("stack-from-file/on-demand", path=str(refused))
-            nightly = _run("stacks-from-folder/nightly", folder=str(folder))
-            growth = _run("growth-run-from-file/growth-run", path=EXAMPLE)
-            with get_client(sync_client=True) as client:
-                report_deployment = client.read_deployment_by_name(
-                    "stack-report/on-stack-completed"
-                )
-                on_demand = client.read_deployment_by_name("stack-from-file/on-demand")
-                automation = client.read_resource_related_automations(
-                    f"prefect.deployment.{report_deployment.id}"
-                )[0]
-                document = client.read_block_document_by_name(BLOCK, "atomscale-credentials")
-            print(f"Automation: {automation.name!r}: {automation.description}")
-            report = _report_run(report_deployment.id, int(match.group(1)))
-
-        created_a = _artifacts(created.id)
-        failed_a = _artifacts(failed.id)
+        created_a = artifacts_of(created.id)
+        failed_a = artifacts_of(failed.id)
         pages: list[tuple[str, str, list[str]]] = []
 
         def both(name: str, path: str, v2_path: str | None = None, *flags: str) -> None:
@@ -269,13 +229,13 @@ def main(argv: list[str] | None = None) -> int:
         both("04-automations", "/automations")
         both("04-automation", f"/automations/automation/{automation.id}")
         both("04-report-run", f"/runs/flow-run/{report.id}")
-        both("04-report-picture", f"/artifacts/artifact/{_artifacts(report.id)['markdown']}")
-        both("05-folder-table", f"/artifacts/artifact/{_artifacts(nightly.id)['table']}")
+        both("04-report-picture", f"/artifacts/artifact/{artifacts_of(report.id)['markdown']}")
+        both("05-folder-table", f"/artifacts/artifact/{artifacts_of(nightly.id)['table']}")
         both("06-block-create", "/blocks/catalog/atomscale-credentials/create")
         both("06-block", f"/blocks/block/{document.id}")
         both("06-block-catalog", "/blocks/catalog")
         both("06-block-type", "/blocks/catalog/atomscale-credentials")
-        both("07-growth-table", f"/artifacts/artifact/{_artifacts(growth.id)['table']}")
+        both("07-growth-table", f"/artifacts/artifact/{artifacts_of(growth.id)['table']}")
 
         args.out.mkdir(parents=True, exist_ok=True)
         saved: list[Path] = []
@@ -283,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         with serve_logo() as logo_flags:
             for name, url, flags in pages:
                 path = args.out / f"{name}.png"
-                _screenshot(
+                screenshot(
                     chromium,
                     url,
                     path,
@@ -294,10 +254,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n{len(saved)} screenshots in {args.out}:")
         for path in saved:
             print(f"  {path}")
-    finally:
-        _stop(worker)
-        _stop(server)
-        shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

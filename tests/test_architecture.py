@@ -42,6 +42,7 @@ LAYERS: dict[str, int] = {
     "_identities": 3,
     "_protocol": 3,
     "_events": 3,
+    "_task_support": 3,
     # 4 tasks and artifacts
     "_tasks": 4,
     "_bulk": 4,
