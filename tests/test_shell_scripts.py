@@ -11,6 +11,9 @@ from pathlib import Path
 import prefect.settings
 import pytest
 from conftest import KEY_A
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+from test_artifacts import log_lines
 
 from atomscale_sandbox import SandboxHandle
 from flows import stack_from_file as script
@@ -45,7 +48,7 @@ def test_an_invalid_file_prints_its_problems_and_no_traceback_and_the_others_go_
 ) -> None:
     block = f"atomscale-{uuid.uuid4().hex[:8]}"
     AtomscaleCredentials(api_key=KEY_A, base_url=sandbox.url).save(block)
-    bad = tmp_path / "bad.csv"
+    bad = tmp_path / f"bad-{unique}.csv"
     bad.write_text("# name: x\n# substrate: SrTiO3\nlayer;composition\n1;BaTiO4x\n")
     good = tmp_path / "good.yaml"
     good.write_text(f"name: {unique}\nsubstrate: SrTiO3\nlayers:\n  - composition: BaTiO3\n")
@@ -60,10 +63,19 @@ def test_an_invalid_file_prints_its_problems_and_no_traceback_and_the_others_go_
     assert any(line.startswith(reason) for line in result.stderr.splitlines()), output
     assert "^. Nothing was sent; fix the file and run again.\n" in result.stderr
     # ...and in the run's own ERROR line, as Prefect logs it to the console.
-    assert f"ERROR   | Flow run 'stack-from-file-bad.csv' - {reason}" in result.stderr
+    assert f"ERROR   | Flow run 'stack-from-file-{bad.name}' - {reason}" in result.stderr
     # The file after it was created all the same.
     assert "good.yaml: created 1 created now" in result.stdout
     assert sandbox.count_layers(organisation="lab-a") >= 1
+    # Only the console is spared the traceback: the run's log in the UI keeps it.
+    with get_client(sync_client=True) as client:
+        [run] = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                name=FlowRunFilterName(any_=[f"stack-from-file-{bad.name}"])
+            )
+        )
+    logged = log_lines(run.id, until="Encountered exception")
+    assert any("Traceback (most recent call last)" in line for line in logged)
 
 
 def test_a_block_that_does_not_exist_is_a_usage_error(tmp_path: Path) -> None:
