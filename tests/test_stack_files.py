@@ -326,7 +326,7 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
         (
             "columns.csv",
             "# name: x\n# substrate: y\ncomposition,thickness_nm\nGaN,20\n",
-            "line 3, field 'thickness_nm': unknown column",
+            "line 3, field 'thickness_nm': read as ','-separated: unknown column",
         ),
         (
             "bare.csv",
@@ -797,3 +797,125 @@ def test_a_new_stacks_completed_event_counts_the_layers_created_with_it(
     [event] = eventually(completed, lambda found: len(found) == 1)
     counts = {key: event.payload[key] for key in ("layers", "created", "already_there", "updated")}
     assert counts == {"layers": 5, "created": 5, "already_there": 0, "updated": 0}
+
+
+# ----------------------------------------------------------- CSV as spreadsheets write it
+#
+# Excel in much of Europe writes ';' (',' is the decimal mark there), a byte-order mark
+# with "CSV UTF-8", CRLF line ends, and pads short rows with empty cells; a tab-separated
+# export writes tabs. The files below are written as bytes, as those programs write them.
+
+BOM = b"\xef\xbb\xbf"
+
+
+def spreadsheet_file(
+    folder: Path, rows: list[list[str]], *, delimiter: str, name: str = "lab.csv"
+) -> Path:
+    """A CSV written as a spreadsheet writes it: a BOM, CRLF, every row padded to one width."""
+    width = max(len(row) for row in rows)
+    lines = []
+    for row in rows:
+        cells = [
+            f'"{cell}"' if delimiter in cell or '"' in cell else cell
+            for cell in row + [""] * (width - len(row))
+        ]
+        lines.append(delimiter.join(cells))
+    path = folder / name
+    path.write_bytes(BOM + "\r\n".join(lines).encode() + b"\r\n")
+    return path
+
+
+def lab_rows(name: str = "BTO on STO, PLD-0412") -> list[list[str]]:
+    """A two-layer stack as a lab keeps it in a spreadsheet (a decimal comma included)."""
+    return [
+        ["# Grown by PLD; 20 nm; the note has the delimiters in it"],
+        [f"# name: {name}"],
+        ["# substrate: SrTiO3"],
+        ["# metadata.temperature_C: 700,5"],
+        ["layer", "composition", "orientation", "space_group"],
+        ["1", "SrRuO3", "001", "Pnma"],
+        ["2", "Ba0,7Sr0,3TiO3", "001"],
+        [],
+    ]
+
+
+def as_written_in_yaml(name: str = "BTO on STO, PLD-0412") -> StackSpec:
+    return parse_stack(
+        {
+            "name": name,
+            "substrate": "SrTiO3",
+            "metadata": {"temperature_C": 700.5},
+            "layers": [
+                {"composition": "SrRuO3", "orientation": "001", "space_group": "Pnma"},
+                {"composition": "Ba0.7Sr0.3TiO3", "orientation": "001"},
+            ],
+        }
+    )
+
+
+@pytest.mark.parametrize("delimiter", [";", "\t", ","], ids=["semicolons", "tabs", "commas"])
+def test_a_spreadsheets_csv_reads_as_the_same_stack(tmp_path: Path, delimiter: str) -> None:
+    path = spreadsheet_file(tmp_path, lab_rows(), delimiter=delimiter)
+    assert path.read_bytes().startswith(BOM)
+    assert b"\r\n" in path.read_bytes()
+    spec = load_stack_file(path)
+    if delimiter == ",":
+        # Only a file whose cells are not comma-separated has decimal commas.
+        assert spec.metadata == {"temperature_C": "700,5"}
+        spec = spec.model_copy(update={"metadata": {"temperature_C": 700.5}})
+    assert spec == as_written_in_yaml()
+
+
+def test_old_mac_line_ends_and_a_file_without_bom_read_too(tmp_path: Path) -> None:
+    text = "# name: BTO on STO, PLD-0412\r# substrate: SrTiO3\r# metadata.temperature_C: 700,5\r"
+    text += "layer;composition;orientation;space_group\r1;SrRuO3;001;Pnma\r2;Ba0,7Sr0,3TiO3;001\r"
+    path = tmp_path / "mac.csv"
+    path.write_bytes(text.encode())
+    assert load_stack_file(path) == as_written_in_yaml()
+
+
+@pytest.mark.parametrize(
+    ("delimiter", "read_as"), [(";", "read as ';'-separated"), ("\t", "read as tab-separated")]
+)
+def test_an_unknown_column_says_which_delimiter_the_file_was_read_with(
+    tmp_path: Path, delimiter: str, read_as: str
+) -> None:
+    rows = lab_rows()
+    rows[4] = ["layer", "composition", "orientation", "thickness_nm"]
+    rows[5] = ["1", "SrRuO3", "001", "12,5"]
+    error = problems_of(spreadsheet_file(tmp_path, rows, delimiter=delimiter))
+    assert f"line 5, field 'thickness_nm': {read_as}: unknown column 'thickness_nm'" in str(error)
+    assert len(error.problems) == 1  # the decimal comma in the row did not split it
+
+
+def test_mistakes_in_a_spreadsheets_csv_keep_their_line_numbers(tmp_path: Path) -> None:
+    rows = lab_rows()
+    rows[5] = ["1", "SrRuO4x", "1"]  # a typo, and 001 saved as the number 1
+    rows[6] = ["3", "BaTiO3", "001", "", "12,5"]  # the wrong layer, a value with no column
+    error = problems_of(spreadsheet_file(tmp_path, rows, delimiter=";"))
+    described = [problem.describe() for problem in error.problems]
+    assert any(d.startswith("layer L1 (line 6), field 'orientation': '1' has") for d in described)
+    assert any(d.startswith("layer L1 (line 6), field 'composition'") for d in described)
+    assert any(d.startswith("layer L2 (line 7), field 'layer': the row says") for d in described)
+    assert "layer L2 (line 7): '12,5' is in column 5, which has no name" in str(error)
+
+
+def test_a_spreadsheets_csv_that_is_not_utf8_says_how_to_save_it(tmp_path: Path) -> None:
+    path = tmp_path / "ansi.csv"
+    path.write_bytes(
+        "# name: 20 \u00b5m film\r\n# substrate: SrTiO3\r\ncomposition\r\nGaN\r\n".encode("cp1252")
+    )
+    assert "not UTF-8 text (byte 0xb5 at offset 11); save it as UTF-8" in str(problems_of(path))
+
+
+def test_the_flow_creates_the_stack_of_an_excel_csv(
+    tmp_path: Path, sandbox: SandboxHandle, block: AtomscaleCredentials, unique: str
+) -> None:
+    path = spreadsheet_file(tmp_path, lab_rows(unique), delimiter=";")
+    outcome = stack_from_file(str(path), block)
+    assert (outcome.status, outcome.name, outcome.layers) == ("created", unique, 2)
+    stored = sandbox.layer_rows(organisation="lab-a", sample_id=outcome.sample_id)
+    assert [(row["layer_id"], row["composition_string"]) for row in stored] == [
+        (1, "SrRuO3"),
+        (2, "Ba0.7Sr0.3TiO3"),
+    ]

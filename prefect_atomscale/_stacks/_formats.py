@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import io
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -118,70 +117,144 @@ def _find_duplicates(value: Any, path: _Path, found: list[_Path]) -> None:
 
 
 _CSV_COLUMNS = ("layer", "composition", "orientation", "space_group", "mp_id")
+# What spreadsheets separate cells with: Excel in much of Europe writes ';', since
+# ',' is the decimal mark there; "Text (tab-delimited)" exports write tabs.
+_CSV_DELIMITERS = (",", ";", "\t")
+# A digit, a comma, a digit: a decimal comma (a formula has no other use for a comma).
+_DECIMAL_COMMA = re.compile(r"(?<=\d),(?=\d)")
+
+
+def _is_blank(line: str) -> bool:
+    """Empty, or only the empty cells a spreadsheet pads short rows with."""
+    return not line.strip().strip("".join(_CSV_DELIMITERS)).strip()
+
+
+def _is_row(line: str) -> bool:
+    """A header or layer row: neither blank nor a comment.
+
+    A spreadsheet quotes a comment cell that holds its delimiter: `"# name: a, b";;`.
+    """
+    return not _is_blank(line) and not line.lstrip().startswith(("#", '"#'))
+
+
+def _csv_delimiter(header: str) -> str:
+    """The delimiter of a header line: the one that finds the most known columns.
+
+    Only the header is looked at: a data row of a ';' file may hold decimal commas
+    (`12,5`). With no known column to tell, `csv.Sniffer` decides, and ',' if it
+    cannot.
+    """
+    try:
+        sniffed = csv.Sniffer().sniff(header, delimiters="".join(_CSV_DELIMITERS)).delimiter
+    except csv.Error:
+        sniffed = ","
+
+    def known_columns(delimiter: str) -> int:
+        row = next(csv.reader([header], delimiter=delimiter), [])
+        return sum(cell.strip().lower() in _CSV_COLUMNS for cell in row)
+
+    return max((sniffed, *_CSV_DELIMITERS), key=known_columns)
+
+
+def _delimiter_name(delimiter: str) -> str:
+    return "tab" if delimiter == "\t" else repr(delimiter)
+
+
+def _comment_text(line: str, delimiter: str) -> str:
+    """A comment line's text, without the quotes and empty cells a spreadsheet adds."""
+    cells = next(csv.reader([line], delimiter=delimiter), [])
+    if cells and not any(cell.strip() for cell in cells[1:]):
+        return cells[0].strip()
+    return line.strip()  # written by hand: a `,` in a note is part of it
 
 
 def _csv_document(text: str, problems: list[StackFileProblem]) -> tuple[Any, dict[_Path, int]]:
-    """Read a flat stack: `# key: value` lines on top, then one row per layer."""
+    """Read a flat stack: `# key: value` lines on top, then one row per layer.
+
+    Read as spreadsheets write it: cells separated by `,`, `;` or tabs (found from
+    the header line), CRLF or CR line ends, and decimal commas in a file whose cells
+    are not separated by commas. (A byte-order mark is stripped when the file is read.)
+    """
     document: dict[str, Any] = {}
     metadata: dict[str, Any] = {}
     lines: dict[_Path, int] = {}
-    body: list[tuple[int, str]] = []
-    in_preamble = True
-    for number, line in enumerate(text.splitlines(), start=1):
-        stripped = line.strip()
-        if not stripped or (stripped.startswith("#") and not in_preamble):
+    numbered = list(enumerate(text.splitlines(), start=1))
+    # The header is the first line that is neither blank nor a comment.
+    start = next(
+        (index for index, (_, line) in enumerate(numbered) if _is_row(line)), len(numbered)
+    )
+    delimiter = _csv_delimiter(numbered[start][1]) if start < len(numbered) else ","
+    decimal_commas = delimiter != ","
+    for number, line in numbered[:start]:
+        if _is_blank(line):
             continue
-        if in_preamble and stripped.startswith("#"):
-            # Any other comment line is free text, e.g. a note on the growth.
-            key, _, value = stripped.lstrip("#").partition(":")
-            key = key.strip()
-            if key.startswith("metadata.") and len(key) > len("metadata."):
-                metadata[key.removeprefix("metadata.")] = _csv_value(value.strip())
-                lines.setdefault(("metadata",), number)
-            elif key in ("name", "substrate", "growth_run"):
-                document[key] = value.strip()
-                lines[(key,)] = number
-            continue
-        in_preamble = False
-        body.append((number, line))
+        # Any other comment line is free text, e.g. a note on the growth.
+        key, _, value = _comment_text(line, delimiter).lstrip("#").partition(":")
+        key, value = key.strip(), value.strip()
+        if key.startswith("metadata.") and len(key) > len("metadata."):
+            if decimal_commas and re.fullmatch(r"-?\d+,\d+", value):
+                value = value.replace(",", ".")
+            metadata[key.removeprefix("metadata.")] = _csv_value(value)
+            lines.setdefault(("metadata",), number)
+        elif key in ("name", "substrate", "growth_run"):
+            document[key] = value
+            lines[(key,)] = number
     if metadata:
         document["metadata"] = metadata
+    body = [(number, line) for number, line in numbered[start:] if _is_row(line)]
     if not body:
         document["layers"] = []
         return document, lines
-    reader = csv.reader(io.StringIO("\n".join(line for _, line in body)))
+    reader = csv.reader((line for _, line in body), delimiter=delimiter)
     header = [column.strip().lower() for column in next(reader)]
     for column in header:
-        if column not in _CSV_COLUMNS:
+        if column not in _CSV_COLUMNS and column:
             problems.append(
                 StackFileProblem(
                     where=f"line {body[0][0]}",
                     field=column,
                     message=(
-                        f"unknown column {column!r}; the columns are "
-                        f"{', '.join(_CSV_COLUMNS)} (only composition is required)"
+                        f"read as {_delimiter_name(delimiter)}-separated: unknown column "
+                        f"{column!r}; the columns are {', '.join(_CSV_COLUMNS)} (only "
+                        "composition is required), separated by ',', ';' or tabs"
                     ),
                     line=body[0][0],
                 )
             )
     layers: list[dict[str, Any]] = []
     for (number, _), row in zip(body[1:], reader, strict=False):
-        cells = {
-            column: cell.strip()
-            for column, cell in zip(header, row, strict=False)
-            if column in _CSV_COLUMNS and cell.strip()
-        }
         if not any(cell.strip() for cell in row):
             continue  # spreadsheets often export trailing empty rows
         position = len(layers) + 1
+        where = f"layer L{position} (line {number})"
         lines[("layers", len(layers))] = number
+        cells: dict[str, str] = {}
+        for index, cell in enumerate(row):
+            column = header[index] if index < len(header) else ""
+            if column in _CSV_COLUMNS and cell.strip():
+                cells[column] = cell.strip()
+            elif not column and cell.strip():
+                problems.append(
+                    StackFileProblem(
+                        where=where,
+                        field=None,
+                        message=(
+                            f"{cell.strip()!r} is in column {index + 1}, which has no name "
+                            "in the header line; name the column or delete the value"
+                        ),
+                        position=position,
+                        line=number,
+                    )
+                )
+        if "composition" in cells:
+            cells["composition"] = _DECIMAL_COMMA.sub(".", cells["composition"])
         orientation = cells.get("orientation", "")
         if re.fullmatch(r"-?\d{1,2}", orientation):
             # Spreadsheets read 001 as the number 1 and save it that way.
             del cells["orientation"]
             problems.append(
                 StackFileProblem(
-                    where=f"layer L{position} (line {number})",
+                    where=where,
                     field="orientation",
                     message=(
                         f"{orientation!r} has fewer than 3 Miller indices; if a spreadsheet "
@@ -195,7 +268,7 @@ def _csv_document(text: str, problems: list[StackFileProblem]) -> tuple[Any, dic
         if given is not None and given.removeprefix("L") != str(position):
             problems.append(
                 StackFileProblem(
-                    where=f"layer L{position} (line {number})",
+                    where=where,
                     field="layer",
                     message=(
                         f"the row says layer {given!r} but it is row {position} of the "
@@ -223,7 +296,10 @@ def load_stack_file(path: str | Path) -> StackSpec:
     """Read and check a stack file: `.yaml`/`.yml`, `.json`, or `.csv` for flat stacks.
 
     Everything is checked before this returns: the file's shape, and every layer's
-    formula, orientation, space group, Materials Project id and element amounts.
+    formula, orientation, space group, Materials Project id and element amounts. A
+    CSV file is read as spreadsheets write it: cells separated by `,`, `;` or tabs
+    (found from the header row), with or without a byte-order mark, any line ends,
+    and decimal commas in a file not separated by commas.
 
     Args:
         path: The file.
@@ -280,7 +356,13 @@ def load_stack_file(path: str | Path) -> StackSpec:
         text = file.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        if not file.is_absolute():
+        if isinstance(exc, UnicodeDecodeError):
+            # A spreadsheet's plain "CSV" export is in the computer's own code page.
+            reason = (
+                f"it is not UTF-8 text (byte {exc.object[exc.start]:#x} at offset "
+                f"{exc.start}); save it as UTF-8 (in Excel: 'CSV UTF-8')"
+            )
+        elif not file.is_absolute():
             # A relative path is read from the working directory, which a worker or a
             # deployment's pull step chooses: say which one it was.
             cwd = Path.cwd()
