@@ -68,6 +68,7 @@ from prefect_atomscale._exceptions import (
     InvalidCompositionError,
     InvalidOrientationError,
     InvalidStackFileError,
+    LayerDifference,
     StackConflictError,
     StackFileProblem,
 )
@@ -203,6 +204,7 @@ __all__ = [
     "InvalidOrientationError",
     "InvalidStackFileError",
     "Layer",
+    "LayerDifference",
     "LayerRequest",
     "LayerSpec",
     "RepeatBlock",

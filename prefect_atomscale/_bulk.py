@@ -72,29 +72,12 @@ __all__ = [
     "DEFAULT_MAX_CONCURRENCY",
     "acreate_layers",
     "create_layers",
-    "layer_outcomes",
     "made_with_material",
 ]
 
 # Writes in flight at once when posting layer by layer; at or below the default pool
 # size (AtomscaleCredentials.max_connections), so every write has a connection ready.
 DEFAULT_MAX_CONCURRENCY = 16
-
-
-# The attribute of the error `create_layers` raises that holds each layer's outcome:
-# position -> the Layer in place, or the reason it failed. Read it with `layer_outcomes`.
-LAYER_OUTCOMES = "_layer_outcomes"
-
-
-def layer_outcomes(error: BaseException) -> dict[int, Layer | str] | None:
-    """What each layer came to when `create_layers` failed after trying every layer.
-
-    Returns:
-        Position -> the layer in place, or why it failed; None if the task failed
-        before it tried the layers one by one (a listing or a whole-stack write).
-    """
-    outcomes: dict[int, Layer | str] | None = vars(error).get(LAYER_OUTCOMES)
-    return outcomes
 
 
 # Positions of one target material that the caller created together with the material,
@@ -176,8 +159,8 @@ def _written(
         raised = (permanent or errors)[0]
         # What every layer came to, for a flow that reports the stack as a whole: the
         # layer in place, or why it failed (text, so the error holds no other errors).
-        vars(raised)[LAYER_OUTCOMES] = {
-            request.layer_id: request.complete(o) if isinstance(o, Layer) else str(o)
+        raised.layer_outcomes = {
+            request.layer_id: request.complete(o) if isinstance(o, Layer) else o.reason
             for (request, _), o in zip(plan, outcomes, strict=True)
         }
         raise raised
@@ -198,11 +181,34 @@ def _counts(plan: list[tuple[LayerRequest, Any]]) -> dict[str, int]:
 
 
 def _report(stack: StackRequest, plan: list[tuple[LayerRequest, Any]]) -> None:
+    """One line for the task, which counts as `_counts` does, as its completed event does.
+
+    Layers the caller created with the target material (`made_with_material`) were
+    found there and read back, not written: the line says so rather than claim they
+    were already there or that this task wrote them.
+    """
     counts = _counts(plan)
-    get_run_logger().info(
-        "Wrote %s: %s created, %s already there, %s updated.",
+    made = _MADE_WITH_MATERIAL.get()
+    with_material = sum(
+        isinstance(decision, Adopt)
+        and made is not None
+        and made[0] == request.sample_id
+        and request.layer_id in made[1]
+        for request, decision in plan
+    )
+    logger = get_run_logger()
+    if plan and with_material == len(plan):
+        logger.info(
+            "Read back %s: its %s created with the target material; nothing to write.",
+            stack.describe(),
+            "layer was" if with_material == 1 else f"{with_material} layers were",
+        )
+        return
+    logger.info(
+        "Wrote %s: %s created%s, %s already there, %s updated.",
         stack.describe(),
         counts["created"],
+        f" ({with_material} with the target material)" if with_material else "",
         counts["adopted"],
         counts["updated"],
     )

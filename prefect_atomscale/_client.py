@@ -194,7 +194,10 @@ def _create_physical_sample(
         body["growth_instrument_id"] = growth_instrument_id
     linked = f" linked to target material {sample_id}" if sample_id is not None else ""
     return _Call(
-        "POST", PHYSICAL_SAMPLES, f"creating growth run {name!r}{linked}", body,
+        "POST",
+        PHYSICAL_SAMPLES,
+        f"creating growth run {name!r}{linked}",
+        body,
         missing=f"target material {sample_id}",
     )
 
@@ -408,6 +411,8 @@ class _Base:
                 "and prefect-atomscale needs an update.",
                 status_code=status,
                 detail=data,
+                request=str(call),
+                reason=f"a reply of an unexpected shape ({problems})",
             )
         )
 
@@ -427,6 +432,8 @@ class _Base:
             f"JSON ({body}). Check that base_url "
             f"{self._base_url!r} is the Atomscale API and not a proxy or login page.",
             status_code=status,
+            request=str(call),
+            reason=f"a reply that is not JSON ({body})",
         )
 
     def _streamed_failure(
@@ -444,6 +451,12 @@ class _Base:
         detail = _detail(response)
         said = _detail_text(detail) if detail is not None else _describe_body(response)
         head = f"Atomscale answered {status} to {call} while {call.purpose}: {said}."
+        # What code needs of the answer, beside the message: see AtomscaleError.
+        answer: dict[str, Any] = {
+            "request": str(call),
+            "service_said": said if detail is not None else None,
+            "reason": f"{said.rstrip('.')} ({status})",
+        }
         # The settings to fix, named as the user set them when the client came from a
         # block: "base_url 'http://...' (the base_url of the AtomscaleCredentials block
         # 'lab-a')", and the block (or the environment variable) that holds the key.
@@ -464,6 +477,8 @@ class _Base:
                 "followed so the API key never leaves for another host: set base_url to the "
                 f"API's real address; it is now {base_url}.",
                 status_code=status,
+                request=str(call),
+                reason=f"redirected ({status})",
             )
         if status in (400, 413, 422):
             fix = (
@@ -471,13 +486,16 @@ class _Base:
                 if status == 413
                 else "Fix the field named above and run again; retrying as is cannot succeed."
             )
-            return AtomscaleValidationError(f"{head} {fix}", status_code=status, detail=detail)
+            return AtomscaleValidationError(
+                f"{head} {fix}", status_code=status, detail=detail, **answer
+            )
         if status in (401, 403) and detail is None:
             return AtomscaleAuthError(
                 f"{head} The reply is not the API's JSON: a proxy, firewall or login page "
                 f"answered. Check that {base_url} reaches the Atomscale API directly from "
                 "this machine.",
                 status_code=status,
+                **answer,
             )
         if status == 401:
             return AtomscaleAuthError(
@@ -485,6 +503,7 @@ class _Base:
                 f"Put a current key from the Atomscale dashboard in {key_home}.",
                 status_code=status,
                 detail=detail,
+                **answer,
             )
         if status == 403:
             return AtomscaleAuthError(
@@ -492,6 +511,7 @@ class _Base:
                 f"to this organisation, in {key_home}.",
                 status_code=status,
                 detail=detail,
+                **answer,
             )
         if status == 404:
             return AtomscaleNotFoundError(
@@ -499,6 +519,7 @@ class _Base:
                 f"organisation of this API key, and that {base_url} is right.",
                 status_code=status,
                 detail=detail,
+                **answer,
             )
         if status == 409:
             return AtomscaleConflictError(
@@ -506,6 +527,7 @@ class _Base:
                 "change the request.",
                 status_code=status,
                 detail=detail,
+                **answer,
             )
         if status == 429:
             retry_after = _retry_after(response)
@@ -515,6 +537,7 @@ class _Base:
                 status_code=status,
                 detail=detail,
                 retry_after=retry_after,
+                **answer,
             )
         if status == 408 or status >= 500:
             return AtomscaleServerError(
@@ -522,45 +545,60 @@ class _Base:
                 "failing, check the Atomscale status page or try later.",
                 status_code=status,
                 detail=detail,
+                **answer,
             )
         return AtomscaleProtocolError(
             f"{head} This status is not part of the documented API; check that {base_url} "
             "is the Atomscale API.",
             status_code=status,
             detail=detail,
+            **answer,
         )
 
     def _transport_error(self, call: _Call, exc: httpx.HTTPError) -> AtomscaleError:
         where = f"{self._base_url} ({call} while {call.purpose})"
         # Which setting holds that URL, when the client came from a block.
         source = f" (the URL is {self._url_from})" if self._block else ""
+        request = str(call)
         error: AtomscaleError
         if isinstance(exc, httpx.ConnectTimeout):
             error = AtomscaleTimeoutError(
                 f"Could not connect to {where} in time: {exc!s}. Check base_url and the "
-                f"network{source}."
+                f"network{source}.",
+                request=request,
+                reason=f"Could not connect to {self._base_url} in time: {exc!s}",
             )
         elif isinstance(exc, httpx.TimeoutException):
             error = AtomscaleTimeoutError(
                 f"No reply from {where} within the timeout ({type(exc).__name__}). The request "
                 "may or may not have been applied; a retry or a re-run looks before writing "
                 "again, so nothing is written twice. If this persists, check the service, or "
-                f"raise the timeout of {self._block or 'the block'}."
+                f"raise the timeout of {self._block or 'the block'}.",
+                request=request,
+                reason=f"No reply from {self._base_url} within the timeout ({type(exc).__name__})",
             )
         elif isinstance(exc, httpx.ConnectError):
             error = AtomscaleConnectionError(
-                f"Could not connect to {where}: {exc!s}. Check base_url and the network{source}."
+                f"Could not connect to {where}: {exc!s}. Check base_url and the network{source}.",
+                request=request,
+                reason=f"Could not connect to {self._base_url}: {exc!s}",
             )
         elif isinstance(exc, httpx.UnsupportedProtocol | httpx.InvalidURL):
             error = AtomscaleConfigurationError(
-                f"Cannot send {call} to {where}: {exc!s}. Check base_url{source}."
+                f"Cannot send {call} to {where}: {exc!s}. Check base_url{source}.",
+                reason=f"Cannot send to {self._base_url}: {exc!s}",
             )
         else:
             error = AtomscaleConnectionError(
                 f"The connection to {where} broke before a reply arrived "
                 f"({type(exc).__name__}: {exc!s}). The request may or may not have been "
                 "applied; a retry or a re-run looks before writing again, so nothing is "
-                f"written twice. If this persists, check the network and base_url{source}."
+                f"written twice. If this persists, check the network and base_url{source}.",
+                request=request,
+                reason=(
+                    f"The connection to {self._base_url} broke before a reply arrived "
+                    f"({type(exc).__name__}: {exc!s})"
+                ),
             )
         return self._scrub(error)
 
@@ -568,6 +606,10 @@ class _Base:
         if self._secret and self._secret in error.message:
             error.message = error.message.replace(self._secret, "[API key]")
             error.args = (error.message,)
+        if self._secret and self._secret in error.reason:
+            error.reason = error.reason.replace(self._secret, "[API key]")
+        if self._secret and error.service_said and self._secret in error.service_said:
+            error.service_said = error.service_said.replace(self._secret, "[API key]")
         if self._secret and self._secret in repr(error.detail):
             error.detail = "[withheld: contained the API key]"
         return error

@@ -3,7 +3,7 @@
 Every error is an `AtomscaleError`; catch that to handle them all. The tree:
 
 ```
-AtomscaleError                      base: .status_code, .detail, .transient
+AtomscaleError                      base: .status_code, .detail, .transient, .reason, ...
 ├── AtomscaleConfigurationError     credentials or base URL cannot be used (no request sent)
 ├── AtomscaleValidationError        the request is invalid: found locally, or a 400/413/422
 │   ├── InvalidCompositionError     a chemical formula that cannot be parsed
@@ -28,14 +28,19 @@ retried, everything else fails at once. `AtomscaleValidationError` is also a
 
 Messages say what went wrong, for which sample or layer, and what to do. They never
 contain the API key: the client builds them from the URL path, the status and the
-server's `detail`, never from request headers.
+server's `detail`, never from request headers. What code needs of an error travels in
+declared fields (the request, what the service said, the reason in a few words, each
+layer's outcome), so that nothing ever reads it back out of a message.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:  # at run time only an annotation: importing the errors stays cheap
+    from prefect_atomscale._models import Layer
 
 __all__ = [
     "AtomscaleAuthError",
@@ -54,6 +59,7 @@ __all__ = [
     "InvalidCompositionError",
     "InvalidOrientationError",
     "InvalidStackFileError",
+    "LayerDifference",
     "StackConflictError",
     "StackFileProblem",
 ]
@@ -62,11 +68,33 @@ __all__ = [
 class AtomscaleError(Exception):
     """Base class of every error raised by prefect-atomscale.
 
+    Every field survives pickling (Prefect pickles an exception into a failed state,
+    and across Dask workers), so a flow reads them from a failed run's result.
+
     Attributes:
         message: What went wrong and what to do about it.
         status_code: The HTTP status the service answered with, if it answered.
         detail: The service's `detail` field (string, object or list), kept as sent.
         transient: Whether trying the same request again later may succeed.
+        request: The request that failed, e.g. `POST /target-materials/`; None when
+            nothing was sent.
+        service_said: The service's `detail` as one line of text, as the client read
+            it (`space_group: String should have at most 32 characters`); None when it
+            did not answer or said nothing.
+        reason: What went wrong in a few words, without where or what to do next:
+            what the service said and its status (`...characters (422)`), or what
+            became of the request (`Could not connect to http://...: ...`). The whole
+            message when nothing shorter is known.
+        layer_outcomes: Set on the error `create_layers` raises after it tried every
+            layer: position (1 for the first layer) -> the `Layer` in place, or the
+            reason that layer failed. None when it failed before (a listing, a
+            refused request), and on every other error.
+        sample_id: The target material the error concerns, when known: the stack-file
+            flows set it on the error of a stack that failed after its target material
+            was created. None otherwise.
+        stack_summary: The stack-file flows set it on the error they raise: what came
+            of the whole stack in a few words (`L2 refused: ...`), as a folder run's
+            table shows it. None otherwise.
 
     Example:
         ```python
@@ -81,11 +109,26 @@ class AtomscaleError(Exception):
 
     transient: ClassVar[bool] = False
 
-    def __init__(self, message: str, *, status_code: int | None = None, detail: Any = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        detail: Any = None,
+        request: str | None = None,
+        service_said: str | None = None,
+        reason: str | None = None,
+    ):
         super().__init__(message)
         self.message = message
         self.status_code = status_code
         self.detail = detail
+        self.request = request
+        self.service_said = service_said
+        self.reason = reason if reason is not None else message
+        self.layer_outcomes: dict[int, Layer | str] | None = None
+        self.sample_id: int | None = None
+        self.stack_summary: str | None = None
 
     def __str__(self) -> str:
         return self.message
@@ -99,6 +142,15 @@ class AtomscaleError(Exception):
 def _rebuild(cls: type[AtomscaleError], state: dict[str, Any]) -> AtomscaleError:
     error = cls.__new__(cls)
     Exception.__init__(error, state.get("message", ""))
+    # Fields an older pickle may lack read as their defaults.
+    error.__dict__.update(
+        request=None,
+        service_said=None,
+        reason=state.get("message", ""),
+        layer_outcomes=None,
+        sample_id=None,
+        stack_summary=None,
+    )
     error.__dict__.update(state)
     return error
 
@@ -280,8 +332,10 @@ class GrowthRunLinkedError(AtomscaleConflictError):
         self.name = name
         self.linked_to = linked_to
         self.wanted = wanted
-        run = f"Growth run {name!r} ({physical_sample_id})" if name else (
-            f"Growth run {physical_sample_id}"
+        run = (
+            f"Growth run {name!r} ({physical_sample_id})"
+            if name
+            else (f"Growth run {physical_sample_id}")
         )
         super().__init__(
             f"{run} is linked to target material {linked_to}, not {wanted}; nothing was "
@@ -347,8 +401,18 @@ class AtomscaleRateLimitError(AtomscaleError):
         status_code: int | None = 429,
         detail: Any = None,
         retry_after: float | None = None,
+        request: str | None = None,
+        service_said: str | None = None,
+        reason: str | None = None,
     ):
-        super().__init__(message, status_code=status_code, detail=detail)
+        super().__init__(
+            message,
+            status_code=status_code,
+            detail=detail,
+            request=request,
+            service_said=service_said,
+            reason=reason,
+        )
         self.retry_after = retry_after
 
 
@@ -543,6 +607,31 @@ class InvalidStackFileError(AtomscaleValidationError):
         super().__init__(message)
 
 
+@dataclass(frozen=True)
+class LayerDifference:
+    """A position where a target material's layer differs from what a stack file says.
+
+    Attributes:
+        sample_id: The target material.
+        position: The layer's position, 1 for the first layer, on the substrate.
+        there: What the target material holds there, e.g. `GaN 0001`, or `empty`.
+        wanted: What the file says, e.g. `L1 AlN 0001`.
+
+    Example:
+        ```python
+        from prefect_atomscale import LayerDifference
+
+        print(LayerDifference(sample_id=7, position=1, there="GaN 0001", wanted="L1 AlN").there)
+        # GaN 0001
+        ```
+    """
+
+    sample_id: int
+    position: int
+    there: str
+    wanted: str
+
+
 class StackConflictError(AtomscaleConflictError):
     """The account already has a target material of this name whose stack is different.
 
@@ -552,6 +641,8 @@ class StackConflictError(AtomscaleConflictError):
     Attributes:
         path: The stack file.
         problems: What differs, one sentence each.
+        differences: The layers that differ, position by position (a different
+            substrate, or more target materials of the name, are in `problems` only).
 
     Example:
         ```python
@@ -562,11 +653,19 @@ class StackConflictError(AtomscaleConflictError):
         ```
     """
 
-    def __init__(self, path: str, name: str, problems: Sequence[str]):
+    def __init__(
+        self,
+        path: str,
+        name: str,
+        problems: Sequence[str],
+        differences: Sequence[LayerDifference] = (),
+    ):
         self.path = path
         self.problems = list(problems)
+        self.differences = list(differences)
+        said = f"the account already has a target material named {name!r} with a different stack"
         super().__init__(
-            f"{path}: the account already has a target material named {name!r} with a "
-            f"different stack: {'; '.join(self.problems)}. Nothing was sent. Give the "
-            "file a new name, or make it describe what exists."
+            f"{path}: {said}: {'; '.join(self.problems)}. Nothing was sent. Give the "
+            "file a new name, or make it describe what exists.",
+            reason=f"{said}: {'; '.join(self.problems)}",
         )

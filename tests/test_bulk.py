@@ -188,3 +188,27 @@ async def test_async_twin_writes_a_new_stack_then_completes_it(
     assert requests_to(sandbox, "POST", LAYERS) == 30
     assert requests_to(sandbox, "POST", TARGET_MATERIALS) == 1
     assert positions(sandbox, fresh[0].sample_id) == Counter(range(1, 31))
+
+
+def test_a_failed_stack_carries_each_layers_outcome_in_a_declared_field(
+    credentials: AtomscaleCredentials, sandbox: SandboxHandle, unique: str
+) -> None:
+    # Fine locally, longer than the service stores: L2 alone is refused, with a 422.
+    refused = {"composition_string": "BaTiO3", "orientation": "001", "space_group": "P4mm" * 10}
+
+    @flow
+    def stack() -> BaseException:
+        material = create_target_material(credentials, unique, "SrTiO3")
+        layers = [PERIOD[1], refused, PERIOD[1]]
+        state = create_layers(credentials, material.sample_id, layers, return_state=True)
+        value = state.result(raise_on_failure=False)
+        assert isinstance(value, BaseException)
+        return value
+
+    error = stack()
+    assert isinstance(error, AtomscaleValidationError) and error.status_code == 422
+    outcomes = error.layer_outcomes
+    assert outcomes is not None and sorted(outcomes) == [1, 2, 3]
+    assert isinstance(outcomes[1], Layer) and isinstance(outcomes[3], Layer)
+    assert outcomes[2] == error.reason
+    assert str(outcomes[2]).startswith("space_group: ") and str(outcomes[2]).endswith("(422)")

@@ -18,6 +18,7 @@ from prefect_atomscale import (
     AtomscaleAuthError,
     AtomscaleClient,
     AtomscaleConflictError,
+    AtomscaleConnectionError,
     AtomscaleCredentials,
     AtomscaleError,
     AtomscaleNotFoundError,
@@ -284,3 +285,93 @@ def test_reply_models_keep_fields_the_server_adds_later() -> None:
         {"sample_id": 2, "sample_name": "a", "substrate": "MgO", "project": {"id": 9}}
     )
     assert material.sample_id == 2
+
+
+def _error_with_every_field() -> AtomscaleError:
+    from prefect_atomscale import Layer
+
+    error = AtomscaleValidationError(
+        "Atomscale answered 422 to POST /target-materials/layers/ while ...: ... Fix it.",
+        status_code=422,
+        detail=[{"loc": ["body", "space_group"], "msg": "too long"}],
+        request="POST /target-materials/layers/",
+        service_said="space_group: too long",
+        reason="space_group: too long (422)",
+    )
+    error.layer_outcomes = {
+        1: Layer(id=7, layer_id=1, sample_id=3, composition_string="SrTiO3"),
+        2: "space_group: too long (422)",
+    }
+    error.sample_id = 3
+    error.stack_summary = "1 of 2 layers failed (L2: space_group: too long (422))"
+    return error
+
+
+def _fields(error: AtomscaleError) -> tuple[object, ...]:
+    return (
+        type(error),
+        error.message,
+        error.status_code,
+        error.detail,
+        error.request,
+        error.service_said,
+        error.reason,
+        error.layer_outcomes,
+        error.sample_id,
+        error.stack_summary,
+    )
+
+
+def test_every_declared_field_survives_pickling() -> None:
+    import pickle
+
+    error = _error_with_every_field()
+    assert _fields(pickle.loads(pickle.dumps(error))) == _fields(error)
+    # The defaults too: an error built without them reads None, and its message as reason.
+    plain = pickle.loads(pickle.dumps(AtomscaleError("plain")))
+    assert (plain.request, plain.service_said, plain.reason, plain.layer_outcomes) == (
+        None,
+        None,
+        "plain",
+        None,
+    )
+    assert (plain.sample_id, plain.stack_summary) == (None, None)
+
+
+def test_every_declared_field_survives_a_failed_prefect_state() -> None:
+    from prefect import flow
+
+    @flow
+    def fails() -> None:
+        raise _error_with_every_field()
+
+    state = fails(return_state=True)
+    assert state.is_failed()
+    assert _fields(state.result(raise_on_failure=False)) == _fields(_error_with_every_field())
+
+
+def test_a_refused_request_carries_what_the_service_said_and_which_request(
+    credentials: AtomscaleCredentials,
+) -> None:
+    with (
+        AtomscaleClient.from_credentials(credentials) as client,
+        pytest.raises(AtomscaleNotFoundError) as info,
+    ):
+        client.create_layer(LayerRequest.build(sample_id=999_999, layer_id=1))
+    error = info.value
+    assert error.request is not None and error.request.startswith("POST /")
+    assert error.service_said and error.service_said in error.message
+    assert error.reason == f"{error.service_said.rstrip('.')} (404)"
+    assert (error.layer_outcomes, error.sample_id, error.stack_summary) == (None, None, None)
+
+
+def test_an_unreachable_service_says_what_became_of_the_request_in_its_reason() -> None:
+    nowhere = AtomscaleCredentials(api_key="k" * 24, base_url="http://127.0.0.1:9")
+    with (
+        AtomscaleClient.from_credentials(nowhere) as client,
+        pytest.raises(AtomscaleConnectionError) as info,
+    ):
+        client.list_rows()
+    error = info.value
+    assert error.reason.startswith("Could not connect to http://127.0.0.1:9: ")
+    assert error.request == "GET /target-materials/" and error.service_said is None

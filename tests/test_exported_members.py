@@ -51,6 +51,7 @@ DOCUMENTED = {
         "InvalidOrientationError",
         "InvalidStackFileError",
         "Layer",
+        "LayerDifference",
         "LayerRequest",
         "LayerSpec",
         "RepeatBlock",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 import shutil
 import subprocess
 import uuid
@@ -33,8 +34,8 @@ from prefect_atomscale._stacks import (
     load_stack_file,
     parse_stack,
 )
-from prefect_atomscale.flows import stack_from_file, stacks_from_folder
-from prefect_atomscale.flows._stack_files import _generated, stack_files
+from prefect_atomscale.flows import is_made_up_run_name, stack_from_file, stacks_from_folder
+from prefect_atomscale.flows._stacks_from_folder import stack_files
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "flows" / "examples"
@@ -656,10 +657,10 @@ def test_a_missing_relative_path_names_the_folder_it_was_resolved_against(
 def test_only_names_prefect_made_up_are_replaced_by_ours() -> None:
     from prefect.utilities.names import generate_slug
 
-    assert all(_generated(generate_slug(2)) for _ in range(500))
-    assert _generated(None) and _generated("")
+    assert all(is_made_up_run_name(generate_slug(2)) for _ in range(500))
+    assert is_made_up_run_name(None) and is_made_up_run_name("")
     # What the UI's run form proposes, left as it is (seen in Prefect 3.9.1's two UIs).
-    assert _generated("Small-Jacana") and _generated("xi309-emila-manifold")
+    assert is_made_up_run_name("Small-Jacana") and is_made_up_run_name("xi309-emila-manifold")
     for typed in (
         "Custom run",
         "rerun-after-the-fix",
@@ -667,7 +668,7 @@ def test_only_names_prefect_made_up_are_replaced_by_ours() -> None:
         "stack-from-file-sl.yaml",  # ours, from an earlier attempt: kept too
         "Ada's HEMT",
     ):
-        assert not _generated(typed), typed
+        assert not is_made_up_run_name(typed), typed
 
 
 # --------------------------------------------------------------------------- what a run shows
@@ -919,3 +920,74 @@ def test_the_flow_creates_the_stack_of_an_excel_csv(
         (1, "SrRuO3"),
         (2, "Ba0.7Sr0.3TiO3"),
     ]
+
+
+def long_stack(folder: Path, name: str, count: int, refused: set[int] = frozenset()) -> Path:
+    """A stack file of `count` layers; those at `refused` have a space group the service refuses."""
+    lines = [f"name: {name}", "substrate: SrTiO3", "layers:"]
+    for position in range(1, count + 1):
+        formula = "BaTiO3" if position % 2 else "SrTiO3"
+        extra = f", space_group: {LONG_SPACE_GROUP}" if position in refused else ""
+        lines.append(f"  - {{composition: {formula}, orientation: '001'{extra}}}")
+    path = folder / "long.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_a_long_stacks_log_is_a_summary_and_its_table_has_every_layer(
+    tmp_path: Path, block: AtomscaleCredentials, unique: str
+) -> None:
+    from test_artifacts import run_logs
+
+    from prefect_atomscale.flows._layer_log import LAYERS_LISTED
+
+    count = LAYERS_LISTED + 10
+    state = stack_from_file(str(long_stack(tmp_path, unique, count)), block, return_state=True)
+    sample_id = state.result().sample_id
+    flow_run_id = state.state_details.flow_run_id
+    logs = run_logs(flow_run_id, until="Finished in state Completed(")
+    flow_lines = [message for _, task, message in logs if task is None]
+    assert not [line for line in flow_lines if re.match(r"L\d+ ", line)]
+    key = f"layers-{unique}-s{sample_id}"
+    assert (
+        f"{count} layers in place: L1-L{count} created. Each layer's formula, orientation, "
+        f"space group and record are in the table artifact {key}."
+    ) in flow_lines
+    # One line for the whole stack from create_layers too, which agrees: created with it.
+    task_lines = [message for _, task, message in logs if task is not None]
+    assert [line for line in task_lines if line.startswith("Read back")] == [
+        f"Read back the {count}-layer stack of target material {sample_id}: its {count} layers "
+        "were created with the target material; nothing to write."
+    ]
+    assert len(layer_table(flow_run_id)) == count
+
+
+def test_a_long_stack_that_fails_warns_per_failed_layer_up_to_a_cap(
+    tmp_path: Path, block: AtomscaleCredentials, unique: str
+) -> None:
+    from test_artifacts import run_logs
+
+    from prefect_atomscale.flows._layer_log import FAILED_LISTED, LAYERS_LISTED
+
+    count = LAYERS_LISTED + 10
+    refused = set(range(1, 2 * (FAILED_LISTED + 5), 2))  # L1, L3, ...: 5 more than the cap
+    path = long_stack(tmp_path, unique, count, refused)
+    state = stack_from_file(str(path), block, return_state=True)
+    assert state.is_failed()
+    flow_run_id = state.state_details.flow_run_id
+    logs = run_logs(flow_run_id, until="Finished in state Failed")
+    warnings = [message for level, task, message in logs if level == 30 and task is None]
+    failed = [line for line in warnings if re.match(r"L\d+ \w+ 001: failed: ", line)]
+    assert len(failed) == FAILED_LISTED
+    assert failed[0] == (
+        "L1 BaTiO3 001: failed: space_group: String should have at most 32 characters (422)."
+    )
+    assert f"5 more failed: L{2 * FAILED_LISTED + 1}, " in "\n".join(warnings)
+    not_attempted = [line for line in warnings if " not attempted: " in line]
+    assert len(not_attempted) == 1  # one reason, said once for all those layers
+    assert not_attempted[0].startswith("L2, L4, L6, ")
+    infos = [message for level, task, message in logs if level == 20 and task is None]
+    assert f"The table artifact layers-{unique}-not-created has every layer" in "\n".join(infos)
+    rows = layer_table(flow_run_id)
+    assert len(rows) == count
+    assert sum(row["status"] == "failed" for row in rows) == len(refused)

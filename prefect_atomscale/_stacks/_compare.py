@@ -11,6 +11,7 @@ from pydantic import (
     Field,
 )
 
+from prefect_atomscale._exceptions import LayerDifference
 from prefect_atomscale._models import Layer, TargetMaterial, TargetMaterialRow
 from prefect_atomscale._payloads import LayerRequest
 from prefect_atomscale._reconcile import Adopt, Create, decide_layer
@@ -29,7 +30,8 @@ class ExistingStack(BaseModel):
         material: The matching target material, for `complete` and `partial`.
         layers: Its layers that match the file, by position.
         missing: Positions still to create, for `partial`.
-        problems: What differs, for `conflict`.
+        problems: What differs, for `conflict`, one sentence each.
+        differences: The layers that differ, for `conflict`, position by position.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -39,6 +41,7 @@ class ExistingStack(BaseModel):
     layers: dict[int, Layer] = Field(default_factory=dict)
     missing: list[int] = Field(default_factory=list)
     problems: list[str] = Field(default_factory=list)
+    differences: list[LayerDifference] = Field(default_factory=list)
 
 
 class _Owner(Protocol):
@@ -99,6 +102,7 @@ def compare_with_existing(
             if result.material
             for problem in result.problems
         ],
+        differences=[difference for result in results for difference in result.differences],
     )
 
 
@@ -114,6 +118,7 @@ def _compare_one(
         sample_metadata=first.sample_metadata or {},
     )
     problems: list[str] = []
+    differences: list[LayerDifference] = []
     if (first.substrate or "").strip() != spec.substrate:
         problems.append(f"its substrate is {first.substrate!r}, the file says {spec.substrate!r}")
     at: dict[int, list[Layer]] = {}
@@ -146,6 +151,9 @@ def _compare_one(
             problems.append(
                 f"L{item.position} is {there or 'empty'}, the file says {item.describe()}"
             )
+            differences.append(
+                LayerDifference(sample_id, item.position, there or "empty", item.describe())
+            )
     beyond = sorted(position for position in at if position > len(expected))
     if beyond:
         problems.append(
@@ -153,6 +161,8 @@ def _compare_one(
             + ", ".join(f"L{position}" for position in beyond[:5])
         )
     if problems:
-        return ExistingStack(status="conflict", material=material, problems=problems)
+        return ExistingStack(
+            status="conflict", material=material, problems=problems, differences=differences
+        )
     status: Literal["complete", "partial"] = "partial" if missing else "complete"
     return ExistingStack(status=status, material=material, layers=present, missing=missing)

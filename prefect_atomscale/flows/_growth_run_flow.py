@@ -7,23 +7,19 @@ that says which name the instrument's data is uploaded to.
 # No `from __future__ import annotations`: Prefect builds a model of the flow's signature
 # at run time, and a served run could not resolve the string "Credentials".
 import re
-from pathlib import Path
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
-from prefect.runtime import flow_run
 from pydantic import BaseModel
 
 from prefect_atomscale._exceptions import AtomscaleValidationError
 from prefect_atomscale._growth_run_tasks import create_growth_run
 from prefect_atomscale._growth_runs import IfLinked, checked_if_linked, checked_run_name
 from prefect_atomscale._stacks import load_stack_file
-from prefect_atomscale.flows._stack_files import (
-    Credentials,
-    StackOutcome,
-    _generated,
-    stack_from_file,
-)
+from prefect_atomscale.flows._block_parameter import Credentials
+from prefect_atomscale.flows._outcomes import StackOutcome
+from prefect_atomscale.flows._run_names import growth_run_name
+from prefect_atomscale.flows._stack_from_file import stack_from_file
 
 __all__ = ["GrowthRunOutcome", "growth_run_from_file"]
 
@@ -59,16 +55,6 @@ class GrowthRunOutcome(BaseModel):
     physical_sample_id: str
     growth_run: str
     sample_id: int | None
-
-
-def _run_name() -> str:
-    current = flow_run.get_name()
-    if not _generated(current):
-        return str(current)  # typed by a person: keep it
-    named = flow_run.parameters.get("run_name")
-    if isinstance(named, str) and named.strip():
-        return f"growth-run-{named.strip()}"
-    return f"growth-run-from-{Path(str(flow_run.parameters.get('path', ''))).name}"
 
 
 def _artifact_key(name: str) -> str:
@@ -110,7 +96,7 @@ def _publish(outcome: GrowthRunOutcome, substrate: str, layers: int) -> None:
     )
 
 
-@flow(name="growth-run-from-file", flow_run_name=_run_name)
+@flow(name="growth-run-from-file", flow_run_name=growth_run_name)
 def growth_run_from_file(
     path: str,
     credentials: Credentials,

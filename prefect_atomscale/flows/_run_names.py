@@ -1,9 +1,12 @@
-"""What a stack-file run is called and tagged: the names people look at in the runs list.
+"""What the flows' runs are called and tagged: the names people look at in the runs list.
 
 A run's name is made up by Prefect (or its UI's run form) unless a person typed one;
-only made-up names are replaced (`_generated`). Once a run's target material exists, its
-name and tags say the material's id (`show_material`), so the runs list shows it and
-can filter by it.
+only made-up names are replaced (`is_made_up_run_name`, public, for flows outside the
+package that name their runs too). A `stack-from-file` run is named after its file
+(`stack_run_name`), a `stacks-from-folder` run after its folder (`folder_run_name`), a
+`growth-run-from-file` run after its growth run (`growth_run_name`). Once a stack-file
+run's target material exists, its name and tags say the material's id
+(`show_material`), so the runs list shows it and can filter by it.
 """
 
 import functools
@@ -14,6 +17,15 @@ from uuid import UUID
 from prefect import get_run_logger
 from prefect.client.orchestration import get_client
 from prefect.runtime import flow_run
+
+__all__ = [
+    "file_run_name",
+    "folder_run_name",
+    "growth_run_name",
+    "is_made_up_run_name",
+    "show_material",
+    "stack_run_name",
+]
 
 
 @functools.cache
@@ -41,18 +53,33 @@ _GREEK = (
 )
 
 
-def _generated(name: str | None) -> bool:
-    """Whether a run's name was made up by Prefect or its UI, not typed by a person.
+def is_made_up_run_name(name: str | None) -> bool:
+    """Whether a flow run's name was made up by Prefect or its UI, not typed by a person.
 
-    A run started from a deployment without a name, or as a subflow, gets a name from
-    `prefect.utilities.names.generate_slug(2)`: two words of coolname's lists joined by
-    a hyphen (`smart-dugong`). The UI's run form proposes one too, which a person may
-    leave as it is: an adjective and an animal of its own lists, capitalised
-    (`Small-Jacana`), or, in the classic UI, a Greek letter with digits, a star and
-    maybe a cosmic noun (`xi309-emila-manifold`). Names of those shapes are replaced;
-    any other name was typed (in the form, or given to `run_deployment`) and is kept.
-    A person who types exactly such a shape loses it: the price of not reading the UI's
-    word lists.
+    For a flow's `flow_run_name` callable that names runs after what they do, as the
+    stack-file flows and `flows/stack_report.py` do, but keeps a name a person typed.
+    Made up: no name; Prefect's two-word names (`smart-dugong`, from
+    `prefect.utilities.names.generate_slug(2)`: two words of coolname's lists), which
+    runs of a deployment, subflows and runs an Automation starts get; the names the
+    UI's Custom run form proposes, which a person may leave as they are (`Small-Jacana`,
+    an adjective and an animal, capitalised; in the classic UI a Greek letter with
+    digits and words, `xi309-emila-manifold`). Any other name counts as typed. A person
+    who types exactly such a shape loses it: the price of not reading the UI's word
+    lists.
+
+    Args:
+        name: The run's name, e.g. `prefect.runtime.flow_run.get_name()`.
+
+    Returns:
+        True if the name is of a shape Prefect or its UI makes up.
+
+    Example:
+        ```python
+        from prefect_atomscale.flows import is_made_up_run_name
+
+        print(is_made_up_run_name("Small-Jacana"), is_made_up_run_name("Lab check 12"))
+        # True False
+        ```
     """
     if not name:
         return True
@@ -77,6 +104,37 @@ def file_run_name(path: str) -> str:
     return f"stack-from-file-{Path(path).name}"
 
 
+def stack_run_name() -> str:
+    """A `stack-from-file` run's name: `stack-from-file-<file>`, unless a person typed one."""
+    current = flow_run.get_name()
+    if not is_made_up_run_name(current):
+        return str(current)
+    return file_run_name(str(flow_run.parameters.get("path", "")))
+
+
+def folder_run_name() -> str:
+    """A `stacks-from-folder` run's name: `stacks-from-folder-<folder's name>`, unless typed."""
+    current = flow_run.get_name()
+    if not is_made_up_run_name(current):
+        return str(current)
+    folder = Path(str(flow_run.parameters.get("folder", ""))).resolve()
+    return f"stacks-from-folder-{folder.name}"
+
+
+def growth_run_name() -> str:
+    """A `growth-run-from-file` run's name: `growth-run-<run name>`, unless typed.
+
+    `growth-run-from-<file>` when the growth run's name is not given.
+    """
+    current = flow_run.get_name()
+    if not is_made_up_run_name(current):
+        return str(current)
+    named = flow_run.parameters.get("run_name")
+    if isinstance(named, str) and named.strip():
+        return f"growth-run-{named.strip()}"
+    return f"growth-run-from-{Path(str(flow_run.parameters.get('path', ''))).name}"
+
+
 def show_material(path: str, sample_id: int) -> None:
     """Name the current run `stack-from-file-<file>-s<id>` (unless typed) and tag its id.
 
@@ -88,7 +146,7 @@ def show_material(path: str, sample_id: int) -> None:
         return
     run_id = UUID(current_id)
     current = flow_run.get_name()
-    ours = current == file_run_name(path) or _generated(current)
+    ours = current == file_run_name(path) or is_made_up_run_name(current)
     name = f"{file_run_name(path)}-s{sample_id}" if ours else None
     tag = f"target-material-{sample_id}"
     try:

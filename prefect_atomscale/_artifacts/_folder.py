@@ -15,17 +15,36 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.settings import PREFECT_UI_URL
 
-from prefect_atomscale._artifacts import table_cell
+from prefect_atomscale._artifacts._stack import table_cell
 
-if TYPE_CHECKING:  # the flows' module imports this one
-    from prefect_atomscale.flows._stack_files import StackOutcome
+__all__ = ["FolderRow", "folder_key", "publish_folder_summary"]
 
-__all__ = ["folder_key", "publish_folder_summary"]
+
+class FolderRow(Protocol):
+    """One file of a folder run, as the table reads it (`flows.StackOutcome` is one)."""
+
+    @property
+    def path(self) -> str: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def name(self) -> str | None: ...
+    @property
+    def sample_id(self) -> int | None: ...
+    @property
+    def layers(self) -> int | None: ...
+    @property
+    def message(self) -> str: ...
+    @property
+    def flow_run_id(self) -> str | None: ...
+    @property
+    def url(self) -> str | None: ...
+
 
 # How long a reason may be in the folder's table: the table is read at a glance; the
 # whole reason is in the file's run and in the folder run's log.
@@ -41,7 +60,7 @@ def folder_key(folder: str) -> str:
 
 def publish_folder_summary(
     folder: str,
-    results: Sequence[StackOutcome],
+    results: Sequence[FolderRow],
     problems: Sequence[str],
     statuses: Sequence[str],
 ) -> str:
@@ -96,7 +115,7 @@ def publish_folder_summary(
     return key
 
 
-def _reason(outcome: StackOutcome, problems: Sequence[str]) -> str:
+def _reason(outcome: FolderRow, problems: Sequence[str]) -> str:
     """The reason in a few words, for a file that was not created; a dash for the others."""
     if outcome.status not in problems:
         return _DASH
@@ -106,7 +125,7 @@ def _reason(outcome: StackOutcome, problems: Sequence[str]) -> str:
     return text[: REASON_CHARACTERS - 1].rsplit(" ", 1)[0] + "\u2026"
 
 
-def _sample(outcome: StackOutcome) -> str:
+def _sample(outcome: FolderRow) -> str:
     """The target material's id, linked to its page in the Atomscale web app."""
     if outcome.sample_id is None:
         return _DASH
