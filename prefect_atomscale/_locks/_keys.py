@@ -157,12 +157,17 @@ class KeyLocks:
             else:
                 del self._slots[index]
                 stores, last = hold.stores, True
-        kept = True
+        kept, failed = True, None
         for store in reversed(stores):
-            if last:
-                kept = store.give_back(index) and kept
-            elif store.remote:
-                kept = bool(store.fence(index)) and kept
+            try:
+                if last:
+                    kept = store.give_back(index) and kept
+                elif store.remote:
+                    kept = bool(store.fence(index)) and kept
+            except Exception as exc:  # a lock server that is gone: still free the files
+                failed = failed or exc
+        if failed is not None:
+            raise failed
         return kept
 
     def fence(self, key: str, what: str) -> None:
