@@ -89,7 +89,9 @@ class LockDomain:
             self.epochs = RedisCounters(self._server, "epochs")
             # Values on the server for every machine, and in this machine's files too:
             # a server that restarted without its data still has this machine's copy.
-            self.values = _BothValues(RedisValues(self._server), FileValues(directory / "values"))
+            self.values = _ServerAndMachineValues(
+                RedisValues(self._server), FileValues(directory / "values")
+            )
 
     def slot_stores(self, family: str) -> list[SlotStore]:
         """Where a process takes a slot of `family`: local files, then the lock server.
@@ -170,7 +172,7 @@ class LockDomain:
         return action(*args)
 
 
-class _BothValues:
+class _ServerAndMachineValues:
     """Values written to the lock server and to this machine; read from either, server first."""
 
     def __init__(self, server: Any, machine: FileValues) -> None:

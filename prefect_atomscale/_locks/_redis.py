@@ -281,9 +281,9 @@ class RedisSlots:
         self._mutex = threading.Lock()
         self._held: dict[int, _Hold] = {}
         self._unsent: dict[int, int] = {}  # version bumps not yet added on the server
-        os.register_at_fork(after_in_child=self.reset_after_fork)
+        os.register_at_fork(after_in_child=self._reset_after_fork)
 
-    def reset_after_fork(self) -> None:
+    def _reset_after_fork(self) -> None:
         # A forked child must not pass for its parent, and holds nothing.
         self._token = _token()
         self._mutex = threading.Lock()
