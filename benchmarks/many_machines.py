@@ -15,7 +15,7 @@ Redis server (`PREFECT_ATOMSCALE_LOCK_URL`). Measured, in one run:
       process created the material empty.
   Every flow first creates its target materials and then waits until all processes
   are ready; the timed bodies start together. Throughput = all processes' layers /
-  (last body end - first body start). Also shown: the Redis commands per layer and the
+  (last body end - first body start). Also shown: the Redis round trips per layer and the
   wall time the tasks spent inside them.
 - (b) the Redis lock's cost per layer against the local `flock`: one process, one flow
   per repetition that writes `--cost-layers` layers one after another to each of two
@@ -25,9 +25,12 @@ Redis server (`PREFECT_ATOMSCALE_LOCK_URL`). Measured, in one run:
   tasks, median over the repetitions, is the cost. Taking turns task by task keeps the
   machine's changing load out of the difference, which runs of whole flows one after
   the other did not on a shared 2-core machine. Target: at most 0.3 ms more per layer.
-  Where the difference goes: each Redis command one layer sends (by command and key
-  family) with the wall time spent inside it, timed in the worker around redis-py's
-  `execute_command`; and one round trip timed alone, outside any flow.
+  Where the difference goes: each Redis round trip one layer makes (a command by its
+  key family, a script by its first key's, a pipeline by its commands) with the wall
+  time spent inside it, timed in the worker around redis-py's `execute_command` and
+  `Pipeline.execute`; and one round trip timed alone, outside any flow. (The focused
+  twin of (b), with the cache-hit path too and round trips counted at the socket, is
+  `redis_round_trips.py`: figure 24.)
 
 Every row checks at the sandbox that it received exactly one layer POST per layer (or
 no listing per target material).
@@ -94,12 +97,13 @@ ROUND_TIMEOUT = 600.0
 
 
 class RedisCallTimer:
-    """Counts the Redis commands this process sends and the wall time spent in them.
+    """Counts the Redis round trips this process makes and the wall time spent in them.
 
-    Wraps redis-py's `Redis.execute_command`, which every command goes through (the
-    package's locks and counters, and prefect-redis's lock manager): the benchmark's
-    own instrument, changing nothing of what is sent. Commands are counted by kind:
-    the command and the family of its key (`GET epochs`, `SET materials`, ...).
+    Wraps redis-py's `Redis.execute_command` (one command) and `Pipeline.execute` (one
+    pipeline), which every round trip goes through (the package's locks, counters and
+    values): the benchmark's own instrument, changing nothing of what is sent. Round
+    trips are counted by kind: the command and the family of its key (`SET material`,
+    `EVAL epochs`: a script by its first key), a pipeline by its commands.
     """
 
     def __init__(self) -> None:
@@ -108,33 +112,45 @@ class RedisCallTimer:
         self.calls: dict[str, int] = {}
         self.seconds: dict[str, float] = {}
         original = redis.Redis.execute_command
+        pipeline = redis.client.Pipeline.execute
 
         def timed(client: Any, *args: Any, **kwargs: Any) -> Any:
             started = time.perf_counter()
             try:
                 return original(client, *args, **kwargs)
             finally:
-                elapsed = time.perf_counter() - started
-                kind = _command_kind(args)
-                self.calls[kind] = self.calls.get(kind, 0) + 1
-                self.seconds[kind] = self.seconds.get(kind, 0.0) + elapsed
+                self._add(_command_kind(args), time.perf_counter() - started)
+
+        def timed_pipeline(pipe: Any, raise_on_error: bool = True) -> Any:
+            kind = " + ".join(_command_kind(args) for args, _ in pipe.command_stack)
+            started = time.perf_counter()
+            try:
+                return pipeline(pipe, raise_on_error)
+            finally:
+                self._add(f"pipeline: {kind}", time.perf_counter() - started)
 
         redis.Redis.execute_command = timed  # type: ignore[method-assign]
+        redis.client.Pipeline.execute = timed_pipeline  # type: ignore[method-assign]
+
+    def _add(self, kind: str, seconds: float) -> None:
+        self.calls[kind] = self.calls.get(kind, 0) + 1
+        self.seconds[kind] = self.seconds.get(kind, 0.0) + seconds
 
     def read(self) -> dict[str, tuple[int, float]]:
-        """Return the commands sent and the seconds spent in them so far, by kind."""
+        """Return the round trips made and the seconds spent in them so far, by kind."""
         return {kind: (self.calls[kind], self.seconds[kind]) for kind in self.calls}
 
 
 def _command_kind(args: tuple[Any, ...]) -> str:
-    """`GET epochs`, `INCRBY materials`, `EVALSHA` (a lock's release), ..."""
+    """`SET material`, `EVAL epochs` (a script, by its first key), `SADD layers`, ..."""
     command = str(args[0]).upper() if args else "?"
-    if command == "EVALSHA" or len(args) < 2:
+    key_at = 3 if command in ("EVAL", "EVALSHA") else 1
+    if len(args) <= key_at:
         return command
-    key = args[1].decode() if isinstance(args[1], bytes) else str(args[1])
+    key = args[key_at].decode() if isinstance(args[key_at], bytes) else str(args[key_at])
     parts = key.split(":")
     family = parts[1] if parts[0] == "prefect-atomscale" and len(parts) > 1 else parts[0]
-    return f"{command} {family}"
+    return f"{command} {family.split('-')[0]}"
 
 
 class _Hooks:
@@ -149,7 +165,7 @@ class _Hooks:
 
 
 def _body(started: float, before: dict[str, tuple[int, float]]) -> dict[str, Any]:
-    """The timed body's start and end, and the Redis commands sent in it by kind."""
+    """The timed body's start and end, and the Redis round trips made in it by kind."""
     ended = time.time()
     after = _Hooks.redis()
     redis_by_kind = {
@@ -166,7 +182,7 @@ def layers_flow(credentials: AtomscaleCredentials, run: str, layers: int) -> dic
 
     Returns:
         The body's start and end (`time.time()`, comparable between processes) and
-        the Redis commands it sent.
+        the Redis round trips it made.
     """
     sample_id = create_target_material(credentials, run, SUBSTRATE).sample_id
     _Hooks.barrier()
@@ -226,7 +242,7 @@ def lock_cost_flow(
     of the machine's load weighs on both kinds alike.
 
     Returns:
-        Milliseconds of each task by kind, and the Redis commands sent by kind.
+        Milliseconds of each task by kind, and the Redis round trips by kind.
     """
 
     def locks(kind: str) -> None:
@@ -460,7 +476,7 @@ def run_round(workers: list[Worker], order: dict[str, Any]) -> list[dict[str, An
 
 
 def _redis_totals(replies: list[dict[str, Any]]) -> dict[str, list[float]]:
-    """The Redis commands of some bodies, summed by kind: kind -> [commands, seconds]."""
+    """The Redis round trips of some bodies, summed by kind: kind -> [round trips, seconds]."""
     totals: dict[str, list[float]] = {}
     for reply in replies:
         for kind, (calls, seconds) in reply["redis"].items():
@@ -499,7 +515,7 @@ def main(argv: list[str] | None = None) -> int:
         ("create_layer", options.layers, 1),
         ("create_layers", options.stack_layers, options.materials),
     ]
-    # Redis commands of the lock-cost runs, by kind, over all repetitions.
+    # Redis round trips of the lock-cost runs, by kind, over all repetitions.
     cost_commands: dict[str, list[float]] = {}
     cost_layers = 0
 
@@ -603,14 +619,14 @@ def main(argv: list[str] | None = None) -> int:
             "layers/s",
             "range",
             "x 1",
-            "Redis commands/layer",
+            "Redis round trips/layer",
             "ms/layer in Redis",
         ],
         rows,
         [
             "layers/s = all processes' layers / (last body end - first body start); each flow "
             "creates its target materials first (not counted), then all bodies start together.",
-            "ms/layer in Redis: wall time the tasks spent inside Redis commands, summed over "
+            "ms/layer in Redis: wall time the tasks spent inside Redis round trips, summed over "
             "the processes, per layer.",
         ],
     )
@@ -651,9 +667,9 @@ def main(argv: list[str] | None = None) -> int:
         ],
     )
     _common.print_table(
-        "(b) Where the Redis time goes: the commands of one layer, inside the flow (all "
+        "(b) Where the Redis time goes: the round trips of one layer, inside the flow (all "
         "Redis runs)",
-        ["command and key family", "per layer", "ms/layer (mean)", "us each (mean)"],
+        ["round trip (command and key family)", "per layer", "ms/layer (mean)", "us each (mean)"],
         [
             *breakdown,
             [
@@ -665,7 +681,7 @@ def main(argv: list[str] | None = None) -> int:
         ],
         [
             f"One round trip alone, outside any flow, in the same worker: {trip:.0f} us "
-            f"({commands * trip / 1000:.2f} ms for {commands:.1f} commands).",
+            f"({commands * trip / 1000:.2f} ms for {commands:.1f} round trips).",
             *(f"CHECK FAILED: {check}" for check in checks),
             "Setup: one worker process per 'machine' (own PREFECT_HOME), started once and "
             f"warmed up ({workers_seconds:.0f} s, not counted); the sandbox, redis-server "

@@ -112,12 +112,12 @@ class Section:
 
     def view(self) -> StackView | None:
         """Read the version (before any listing); the view if it is complete at it."""
-        self.version = domain().run(domain().versions.read, self.slot)
+        self.version = domain().read_version(self.locks, self.key)
         return self._current()
 
     async def aview(self) -> StackView | None:
         """Async `view`."""
-        self.version = await domain().arun(domain().versions.read, self.slot)
+        self.version = domain().read_version(self.locks, self.key)  # no round trip
         return self._current()
 
     def _current(self) -> StackView | None:
@@ -157,7 +157,7 @@ class Section:
             await self.afence()
             return
         locks = domain()
-        self._bumped(await locks.arun(locks.begin_write, self.locks, self.key, self.what))
+        self._bumped(await locks.abegin_write(self.locks, self.key, self.what))
 
     def _bumped(self, after: int) -> None:
         # Only this process bumps the slot while it holds it: the value before is one less.
@@ -166,12 +166,12 @@ class Section:
 
     def end(self, created: Iterable[Layer] = (), updated: Iterable[Layer] = ()) -> None:
         """L5: bump again and put the written layers into this process's view."""
-        after = domain().run(domain().versions.bump, self.slot)
+        after = domain().end_write(self.locks, self.key)
         self._record(after, created, updated)
 
     async def aend(self, created: Iterable[Layer] = (), updated: Iterable[Layer] = ()) -> None:
         """Async `end`."""
-        after = await domain().arun(domain().versions.bump, self.slot)
+        after = domain().end_write(self.locks, self.key)  # no round trip
         self._record(after, created, updated)
 
     def _record(self, after: int, created: Iterable[Layer], updated: Iterable[Layer]) -> None:

@@ -26,6 +26,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import prefect.settings
 import pytest
@@ -46,7 +47,7 @@ from helpers import (
 )
 
 from atomscale_sandbox import SandboxHandle
-from prefect_atomscale import AtomscaleConflictError
+from prefect_atomscale import AtomscaleConflictError, AtomscaleCredentials
 from prefect_atomscale._locks import (
     LEASE_ENV,
     LOCK_DIR_ENV,
@@ -387,3 +388,90 @@ def test_a_lease_lost_while_a_write_was_in_flight_fails_the_task_when_given_back
             assert time.monotonic() < deadline, "the lease never ran out"
             time.sleep(0.05)
         held.end()
+
+
+# --------------------------------------------------------------- round trips to the lock server
+
+
+class _RoundTrips:
+    """Counts the requests this process writes to Redis: one per round trip.
+
+    Counted where redis-py writes to the socket (`send_packed_command`), so a pipeline
+    or one script is one, whatever it holds. No MONITOR: other tests' clients of the
+    session's server are not counted.
+    """
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from redis.connection import AbstractConnection
+
+        self.count = 0
+        original = AbstractConnection.send_packed_command
+
+        def counted(connection: Any, command: Any, check_health: bool = True) -> None:
+            self.count += 1
+            original(connection, command, check_health)
+
+        monkeypatch.setattr(AbstractConnection, "send_packed_command", counted)
+
+
+MISS_ROUND_TRIPS = 3
+"""A `create_layer` that writes (its material's stack known): cache key, take, give-back."""
+
+HIT_ROUND_TRIPS = 1
+"""A `create_layer` answered by its cache entry: the cache key's epoch only."""
+
+
+@pytest.mark.timeout(120)
+def test_a_create_layer_on_a_lock_server_makes_three_round_trips_and_a_cache_hit_one(
+    redis_server: RedisServer,
+    sandbox: SandboxHandle,
+    credentials: AtomscaleCredentials,
+    unique: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Figure 24's count, as a test: a round trip more on either path fails it.
+
+    The flow creates its target material (so it knows the stack is empty and writes
+    without a listing), then three layers one task after another; run again, every
+    layer is a cache hit. Each layer's round trips are counted around its call.
+    """
+    from prefect import flow
+
+    from prefect_atomscale import create_layer, create_target_material
+
+    monkeypatch.setenv(LOCK_URL_ENV, redis_server.url)
+    trips = _RoundTrips(monkeypatch)
+
+    @flow
+    def three_layers() -> list[int]:
+        sample = create_target_material(credentials, unique, "SrTiO3")
+        counts = []
+        for position, formula in enumerate(["SrTiO3", "BaTiO3", "SrRuO3"], start=1):
+            before = trips.count
+            create_layer(
+                credentials,
+                layer_id=position,
+                sample_id=sample.sample_id,
+                composition_string=formula,
+                orientation="001",
+            )
+            counts.append(trips.count - before)
+        return counts
+
+    written = three_layers()
+    cached = three_layers()
+
+    assert written == [MISS_ROUND_TRIPS] * 3
+    assert cached == [HIT_ROUND_TRIPS] * 3
+    sample_id = only_material(sandbox, unique)
+    assert Counter(row["layer_id"] for row in sandbox.layer_rows(sample_id=sample_id)) == {
+        1: 1,
+        2: 1,
+        3: 1,
+    }
+    # The versions the holder kept reached the server with its give-backs: two bumps a
+    # layer (before and after its write), and no holder left its mark.
+    client = redis_server.client()
+    slot = slot_of(f"material/{sample_id}")
+    assert not client.exists(f"prefect-atomscale:material-holder:{slot:04d}")
+    assert not client.exists(f"prefect-atomscale:material:{slot:04d}")

@@ -21,7 +21,7 @@ import asyncio
 import functools
 import threading
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from prefect_atomscale._locks._files import OS_FILE_LOCKS, FileCounters, FileSlots, FileValues
 from prefect_atomscale._locks._guard import ConfigurationGuard
@@ -34,6 +34,9 @@ from prefect_atomscale._locks._settings import (
     LockSettings,
     redacted,
 )
+
+if TYPE_CHECKING:
+    from prefect_atomscale._locks._redis import RedisSlots
 
 __all__ = [
     "CACHE",
@@ -86,7 +89,9 @@ class LockDomain:
             self.epochs = RedisCounters(self._server, "epochs")
             # Values on the server for every machine, and in this machine's files too:
             # a server that restarted without its data still has this machine's copy.
-            self.values = _BothValues(RedisValues(self._server), FileValues(directory / "values"))
+            self.values = _ServerAndMachineValues(
+                RedisValues(self._server), FileValues(directory / "values")
+            )
 
     def slot_stores(self, family: str) -> list[SlotStore]:
         """Where a process takes a slot of `family`: local files, then the lock server.
@@ -104,14 +109,26 @@ class LockDomain:
                 if self.settings.url is not None:
                     from prefect_atomscale._locks._redis import RedisSlots
 
-                    stores.append(RedisSlots(self._server, family, self.settings.lease))
+                    versions = self.versions if family == _VERSIONED else None
+                    lease = self.settings.lease
+                    stores.append(RedisSlots(self._server, family, lease, versions))
                 self._slots[family] = stores
             return stores
 
+    # --- the write protocol's version of a held slot (steps L2 and L5) ----------------
+    # With a lock server the holder keeps it (`_redis`), so none of these needs a round
+    # trip of its own but a fencing check that is not fresh.
+
+    def read_version(self, locks: KeyLocks, key: str) -> int:
+        """Protocol step L2: the version of `key`'s slot, which this process holds."""
+        index = slot_of(key)
+        remote = locks.held_remotely(key)
+        if remote:
+            return _versioned(remote[0]).version(index)
+        return int(self.versions.read(index))
+
     def begin_write(self, locks: KeyLocks, key: str, what: str) -> int:
         """Protocol step L5: fence `key`'s slot, then bump its version; the new version.
-
-        With a lock server, one round trip: the fencing check and the bump in one script.
 
         Raises:
             AtomscaleLockLostError: The lease ran out; nothing was bumped.
@@ -120,10 +137,29 @@ class LockDomain:
         remote = locks.held_remotely(key)
         if not remote:
             return int(self.versions.bump(index))
-        after = remote[0].fence_and_bump(index, self.versions.key(index))  # type: ignore[attr-defined]
-        if after is None:
+        held = _versioned(remote[0])
+        if not held.fence(index):
             raise lost(what)
-        return int(after)
+        return held.bump(index)
+
+    async def abegin_write(self, locks: KeyLocks, key: str, what: str) -> int:
+        """Async `begin_write`: a fencing check that asks the server runs in a thread."""
+        remote = locks.held_remotely(key)
+        if not remote:
+            return int(self.versions.bump(slot_of(key)))
+        index, held = slot_of(key), _versioned(remote[0])
+        fresh = held.fresh(index)
+        if not (held.fence(index) if fresh else await asyncio.to_thread(held.fence, index)):
+            raise lost(what)
+        return held.bump(index)
+
+    def end_write(self, locks: KeyLocks, key: str) -> int:
+        """Protocol step L5, after the write: bump the version of `key`'s slot again."""
+        index = slot_of(key)
+        remote = locks.held_remotely(key)
+        if remote:
+            return _versioned(remote[0]).bump(index)
+        return int(self.versions.bump(index))
 
     def run(self, action: Callable[..., T], *args: Any) -> T:
         """Run a store call."""
@@ -136,7 +172,7 @@ class LockDomain:
         return action(*args)
 
 
-class _BothValues:
+class _ServerAndMachineValues:
     """Values written to the lock server and to this machine; read from either, server first."""
 
     def __init__(self, server: Any, machine: FileValues) -> None:
@@ -159,6 +195,14 @@ class _BothValues:
 
 
 _GUARD = ConfigurationGuard()
+
+_VERSIONED = "material"
+"""The family whose slots carry the write protocol's versions (`MATERIAL`)."""
+
+
+def _versioned(store: SlotStore) -> RedisSlots:
+    # Only the lock server's slots of the versioned family are held remotely with one.
+    return cast("RedisSlots", store)
 
 
 @functools.lru_cache(maxsize=8)

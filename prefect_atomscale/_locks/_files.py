@@ -25,14 +25,12 @@ from pathlib import Path
 from filelock import FileLock, SoftFileLock, Timeout
 
 from prefect_atomscale._exceptions import AtomscaleConfigurationError
+from prefect_atomscale._locks._keys import SLOTS
 
-__all__ = ["OS_FILE_LOCKS", "SLOTS", "FileCounters", "FileSlots", "FileValues"]
+__all__ = ["OS_FILE_LOCKS", "FileCounters", "FileSlots", "FileValues"]
 
 OS_FILE_LOCKS = not issubclass(FileLock, SoftFileLock)
 """Whether this Python has OS file locks (fcntl or msvcrt), which die with their process."""
-
-SLOTS = 1024
-"""How many lock files (and counters) the keys of one family are spread over."""
 
 _HEADER = 16  # the incarnation's bytes, then 8 bytes per counter
 
@@ -55,9 +53,9 @@ class FileSlots:
         self._directory = directory
         self._locks: dict[int, FileLock] = {}
         self._mutex = threading.Lock()
-        os.register_at_fork(after_in_child=self.reset_after_fork)
+        os.register_at_fork(after_in_child=self._reset_after_fork)
 
-    def reset_after_fork(self) -> None:
+    def _reset_after_fork(self) -> None:
         # A forked child holds none of its parent's locks.
         self._locks = {}
         self._mutex = threading.Lock()
@@ -90,8 +88,9 @@ class FileSlots:
             return False
         return True
 
-    def fence(self, index: int) -> None:
-        """Nothing to check: a file lock lasts as long as its process."""
+    def fence(self, index: int) -> bool:
+        """Nothing to check: a file lock lasts as long as its process (True)."""
+        return True
 
     def give_back(self, index: int) -> bool:
         """Release file `index`; always still held (True)."""

@@ -26,9 +26,11 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from prefect_atomscale._exceptions import AtomscaleConflictError, AtomscaleLockLostError
-from prefect_atomscale._locks._files import SLOTS
 
-__all__ = ["DEFAULT_LOCK_TIMEOUT", "KeyLocks", "SlotStore", "lost", "slot_of"]
+__all__ = ["DEFAULT_LOCK_TIMEOUT", "SLOTS", "KeyLocks", "SlotStore", "lost", "slot_of"]
+
+SLOTS = 1024
+"""How many slots (lock files, leases, counters) the keys of one family are spread over."""
 
 DEFAULT_LOCK_TIMEOUT = 600.0
 """Seconds a run waits for a lock before failing loudly; a write holds one for a round trip."""
@@ -49,7 +51,7 @@ class SlotStore(Protocol):
 
     def try_take(self, index: int) -> bool: ...
 
-    def fence(self, index: int) -> bool | None: ...
+    def fence(self, index: int) -> bool: ...
 
     def give_back(self, index: int) -> bool: ...
 
@@ -157,12 +159,17 @@ class KeyLocks:
             else:
                 del self._slots[index]
                 stores, last = hold.stores, True
-        kept = True
+        kept, failed = True, None
         for store in reversed(stores):
-            if last:
-                kept = store.give_back(index) and kept
-            elif store.remote:
-                kept = bool(store.fence(index)) and kept
+            try:
+                if last:
+                    kept = store.give_back(index) and kept
+                elif store.remote:
+                    kept = store.fence(index) and kept
+            except Exception as exc:  # a lock server that is gone: still free the files
+                failed = failed or exc
+        if failed is not None:
+            raise failed
         return kept
 
     def fence(self, key: str, what: str) -> None:
@@ -225,14 +232,14 @@ class KeyLocks:
         if not last:
             # Other holders of this key in the process keep the slot; this one still
             # checks (and extends) the lease, as every holder's release does (L7).
-            return self._check_slot(slot_of(key))
+            return self._fence_slot(slot_of(key))
         return self._give_slot(slot_of(key))
 
-    def _check_slot(self, index: int) -> bool:
+    def _fence_slot(self, index: int) -> bool:
         with self._mutex:
             hold = self._slots.get(index)
             stores = hold.stores if hold is not None else []
-        return all(bool(store.fence(index)) for store in stores if store.remote)
+        return all(store.fence(index) for store in stores if store.remote)
 
     def _poll(self) -> float:
         return _REMOTE_POLL if self.remote() else _LOCAL_POLL
