@@ -12,7 +12,8 @@ this process just created), then each missing layer is posted, fenced, at most
 ones follow `if_exists`, as in `create_layer`. The replace-stack endpoint, which deletes
 what a stack holds, is never used: a colleague's layer is never ours to delete.
 
-Each layer created and the completed stack are Prefect events (see `_events`). If some
+The layers created (listed in one event by default, `layer_events`) and the completed
+stack are Prefect events (see `_events`). If some
 layers fail with transient faults, the failed writes settle under the lock, the task is
 retried, and the retry lists the stack again and writes only what is still missing.
 """
@@ -223,11 +224,11 @@ def _emit_created(
     stack: StackRequest,
     plan: list[tuple[LayerRequest, Adopt | Update | Create]],
     outcomes: Sequence[Layer | AtomscaleError],
+    layer_events: _events.LayerEvents,
 ) -> None:
-    """One `atomscale.layer.created` per layer created, also when others failed."""
-    created = [o for (_, d), o in zip(plan, outcomes, strict=True) if isinstance(d, Create)]
-    _events.layers_created(
-        credentials, stack.sample_id, [o for o in created if isinstance(o, Layer)]
+    """The events of the layers created, as `layer_events` asks, also when others failed."""
+    _events.stack_layers_created(
+        credentials, stack.sample_id, _of_kind(plan, outcomes, Create), layer_events
     )
 
 
@@ -311,11 +312,12 @@ def create_layers(
     layers: Sequence[Mapping[str, Any]],
     if_exists: IfExists = "error",
     max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+    layer_events: _events.LayerEvents = "batch",
 ) -> list[Layer]:
     """Write a whole layer stack of one target material inside one task.
 
-    Emits the Prefect event `atomscale.layer.created` for each layer it creates (none
-    for layers it adopts or updates) and, once every layer is in place,
+    Emits the Prefect event `atomscale.layers.created` listing the layers it creates
+    (none for layers it adopts or updates) and, once every layer is in place,
     `atomscale.stack.completed` with the counts (see the events guide).
 
     Args:
@@ -327,12 +329,17 @@ def create_layers(
         if_exists: What to do where a different layer already sits at a position:
             `"error"` (default), `"update"` or `"reuse"`, as for `create_layer`.
         max_concurrency: Most layer writes in flight at once (when not replacing).
+        layer_events: The events about the layers created: `"batch"` (default), one
+            `atomscale.layers.created` listing up to 1,000 of them; `"each"`, one
+            `atomscale.layer.created` per layer, as `create_layer` sends; `"none"`, for
+            very large stacks, none (`atomscale.stack.completed` is always sent).
 
     Returns:
         The layers, in the order given.
 
     Raises:
-        AtomscaleValidationError: A bad layer anywhere in the list; nothing is sent.
+        AtomscaleValidationError: A bad layer anywhere in the list, or a bad
+            `if_exists` or `layer_events`; nothing is sent.
         AtomscaleConflictError: A different layer is at a position and `if_exists` is
             "error"; nothing is sent.
         AtomscaleError: Any other failure, after retries for transient ones.
@@ -358,6 +365,7 @@ def create_layers(
     """
     stack = StackRequest.build(sample_id, layers)
     policy = check_if_exists(if_exists)
+    events = _events.check_layer_events(layer_events)
     client = request_client(credentials, stack)
     service = service_of(credentials)
     fresh_look(service, stack.sample_id)
@@ -384,7 +392,7 @@ def create_layers(
         held.begin()
         with ThreadPoolExecutor(max_workers=max(1, max_concurrency)) as pool:
             outcomes = list(pool.map(write, plan))
-        _emit_created(credentials, stack, plan, outcomes)
+        _emit_created(credentials, stack, plan, outcomes, events)
         if _settle(credentials, held, outcomes, plan):
             time.sleep(SETTLE_SECONDS)
     for layer in _of_kind(plan, outcomes, Update):  # and after: runs since may have cached
@@ -402,10 +410,12 @@ async def acreate_layers(
     layers: Sequence[Mapping[str, Any]],
     if_exists: IfExists = "error",
     max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+    layer_events: _events.LayerEvents = "batch",
 ) -> list[Layer]:
     """Async twin of `create_layers`: same arguments, result and errors."""
     stack = StackRequest.build(sample_id, layers)
     policy = check_if_exists(if_exists)
+    events = _events.check_layer_events(layer_events)
     client = async_request_client(credentials, stack)
     service = service_of(credentials)
     fresh_look(service, stack.sample_id)
@@ -435,7 +445,7 @@ async def acreate_layers(
 
         await held.abegin()
         outcomes = await asyncio.gather(*(write(step) for step in plan))
-        _emit_created(credentials, stack, plan, outcomes)
+        _emit_created(credentials, stack, plan, outcomes, events)
         if await _asettle(credentials, held, outcomes, plan):
             await asyncio.sleep(SETTLE_SECONDS)
     for layer in _of_kind(plan, outcomes, Update):  # and after: runs since may have cached

@@ -57,6 +57,7 @@ from prefect.settings import PREFECT_API_URL
 from atomscale_sandbox import SandboxConfig, SandboxHandle, run_sandbox
 from prefect_atomscale import (
     AtomscaleCredentials,
+    AtomscaleValidationError,
     acreate_layer,
     acreate_layers,
     acreate_target_material,
@@ -71,6 +72,7 @@ from helpers import LAYERS, ROOT, TARGET_MATERIALS, clean_environment  # isort: 
 OURS = [
     "atomscale.target-material.created",
     "atomscale.layer.created",
+    "atomscale.layers.created",
     "atomscale.stack.completed",
 ]
 STACK = [
@@ -184,7 +186,8 @@ def _check_no_secret(events: Sequence[ReceivedEvent], credentials: AtomscaleCred
 @flow
 def _build(credentials: AtomscaleCredentials, name: str) -> int:
     material = create_target_material(credentials, name, "SrTiO3")
-    # L1 on its own, then the whole stack: L1 is adopted there, L2 and L3 created.
+    # L1 on its own, then the whole stack: L1 is adopted there, L2 and L3 created and
+    # listed in one event.
     create_layer(credentials, 1, material.sample_id, "BaTiO3", "001")
     create_layers(credentials, material.sample_id, STACK)
     return material.sample_id
@@ -218,7 +221,7 @@ def test_each_creation_is_one_event_with_the_material_and_the_flow_run(
     events = _wait_until(
         "the events of the first run",
         lambda: _of_run(flow_run_id),
-        lambda found: len(found) >= 5,
+        lambda found: len(found) >= 4,
     )
     _settled(flow_run_id)
     events = _of_run(flow_run_id)
@@ -226,8 +229,7 @@ def test_each_creation_is_one_event_with_the_material_and_the_flow_run(
         [
             "atomscale.target-material.created",
             "atomscale.layer.created",  # L1, by create_layer
-            "atomscale.layer.created",  # L2, by create_layers
-            "atomscale.layer.created",  # L3, by create_layers
+            "atomscale.layers.created",  # L2 and L3, by create_layers
             "atomscale.stack.completed",
         ]
     )
@@ -244,13 +246,24 @@ def test_each_creation_is_one_event_with_the_material_and_the_flow_run(
         "layers": 0,
         "url": _page(credentials, sample_id),
     }
-    created = [event.payload for event in events if event.event == "atomscale.layer.created"]
-    assert sorted((p["layer_id"], p["composition_string"]) for p in created) == [
-        (1, "BaTiO3"),
+    one = by_name["atomscale.layer.created"].payload
+    assert (one["layer_id"], one["composition_string"], one["orientation"]) == (1, "BaTiO3", "001")
+    assert isinstance(one["record_id"], int)
+    listed = by_name["atomscale.layers.created"].payload
+    assert {key: value for key, value in listed.items() if key != "layers"} == {
+        "sample_id": sample_id,
+        "part": 1,
+        "parts": 1,
+    }
+    # The same shape per layer as atomscale.layer.created, in stack order.
+    assert [sorted(layer) for layer in listed["layers"]] == [sorted(one)] * 2
+    assert [(p["layer_id"], p["composition_string"]) for p in listed["layers"]] == [
         (2, "SrTiO3"),
         (3, "LaAlO3"),
     ]
-    assert all(isinstance(p["record_id"], int) and p["orientation"] == "001" for p in created)
+    records = [p["record_id"] for p in [one, *listed["layers"]]]
+    assert all(isinstance(record, int) for record in records) and len(set(records)) == 3
+    assert all(p["orientation"] == "001" for p in listed["layers"])
     assert by_name["atomscale.stack.completed"].payload == {
         "sample_id": sample_id,
         "sample_name": unique,
@@ -286,7 +299,7 @@ def test_each_creation_is_one_event_with_the_material_and_the_flow_run(
     _check_resource(events[0], credentials, sample_id, unique)
 
 
-def test_a_new_stack_written_by_the_async_twin_is_an_event_per_layer(
+def test_a_new_stack_written_by_the_async_twin_is_one_event_listing_its_layers(
     credentials: AtomscaleCredentials, sandbox: SandboxHandle, unique: str
 ) -> None:
     async def run() -> State[int]:
@@ -301,8 +314,11 @@ def test_a_new_stack_written_by_the_async_twin_is_an_event_per_layer(
     _settled(flow_run_id)
     events = _of_run(flow_run_id)
     assert sorted(_names(events)) == sorted(
-        ["atomscale.target-material.created", "atomscale.stack.completed"]
-        + ["atomscale.layer.created"] * 3
+        [
+            "atomscale.target-material.created",
+            "atomscale.layers.created",
+            "atomscale.stack.completed",
+        ]
     )
     for event in events:
         _check_resource(event, credentials, sample_id, unique)
@@ -318,10 +334,9 @@ def test_a_new_stack_written_by_the_async_twin_is_an_event_per_layer(
         "updated": 0,
         "url": _page(credentials, sample_id),
     }
-    created = [
-        event.payload["layer_id"] for event in events if event.event == "atomscale.layer.created"
-    ]
-    assert sorted(created) == [1, 2, 3]
+    [listed] = [event for event in events if event.event == "atomscale.layers.created"]
+    assert [layer["layer_id"] for layer in listed.payload["layers"]] == [1, 2, 3]
+    assert (listed.payload["part"], listed.payload["parts"]) == (1, 1)
 
 
 def _made_elsewhere(sandbox: SandboxHandle, name: str, substrate: str) -> int:
@@ -372,9 +387,7 @@ def test_layers_added_to_a_material_made_elsewhere_carry_its_name(
     assert _names(of_one) == ["atomscale.layer.created"]
     _check_resource(of_one[0], credentials, one, f"{unique}-one")
     of_whole = [event for event in events if event.resource["atomscale.sample-id"] == str(whole)]
-    assert sorted(_names(of_whole)) == sorted(
-        ["atomscale.layer.created"] * 2 + ["atomscale.stack.completed"]
-    )
+    assert sorted(_names(of_whole)) == ["atomscale.layers.created", "atomscale.stack.completed"]
     for event in of_whole:
         _check_resource(event, credentials, whole, f"{unique}-whole")
     completed = [event for event in of_whole if event.event == "atomscale.stack.completed"]
@@ -435,8 +448,87 @@ def test_an_event_that_cannot_be_sent_never_fails_the_flow(
     assert state.is_completed(), state
     failures = [r for r in caplog.records if r.name == "prefect_atomscale._events"]
     assert {r.levelno for r in failures} == {logging.DEBUG}
-    assert len(failures) == 5  # the material, three layers, the stack
+    assert len(failures) == 4  # the material, L1, the layers of the stack, the stack
     assert "the events client is down" in failures[0].getMessage()
+
+
+@flow
+def _stack_with(credentials: AtomscaleCredentials, name: str, layer_events: Any) -> int:
+    material = create_target_material(credentials, name, "SrTiO3")
+    create_layers(credentials, material.sample_id, STACK, layer_events=layer_events)
+    return material.sample_id
+
+
+def _events_of_stack(credentials: AtomscaleCredentials, name: str, layer_events: Any) -> Any:
+    """Our events of one new stack written with `layer_events`, and its sample_id."""
+    state = _stack_with(credentials, name, layer_events, return_state=True)
+    flow_run_id = _run_id(state)
+    _settled(flow_run_id)
+    events = _of_run(flow_run_id)
+    for event in events:
+        _check_resource(event, credentials, state.result(), name)
+        _check_related(event, flow_run_id)
+    return events, state.result()
+
+
+def test_layer_events_each_sends_one_per_layer_and_none_sends_only_the_completed_stack(
+    credentials: AtomscaleCredentials, sandbox: SandboxHandle, unique: str
+) -> None:
+    each, _ = _events_of_stack(credentials, f"{unique}-each", "each")
+    assert sorted(_names(each)) == sorted(
+        ["atomscale.target-material.created", "atomscale.stack.completed"]
+        + ["atomscale.layer.created"] * 3
+    )
+    created = [e.payload for e in each if e.event == "atomscale.layer.created"]
+    assert sorted((p["layer_id"], p["composition_string"]) for p in created) == [
+        (1, "BaTiO3"),
+        (2, "SrTiO3"),
+        (3, "LaAlO3"),
+    ]
+
+    # For very large stacks: nothing about the layers; the completed stack still counts them.
+    quiet, sample_id = _events_of_stack(credentials, f"{unique}-none", "none")
+    assert sorted(_names(quiet)) == [
+        "atomscale.stack.completed",
+        "atomscale.target-material.created",
+    ]
+    [completed] = [e for e in quiet if e.event == "atomscale.stack.completed"]
+    assert (completed.payload["sample_id"], completed.payload["created"]) == (sample_id, 3)
+
+
+def test_a_stack_longer_than_one_event_holds_is_listed_in_parts(
+    credentials: AtomscaleCredentials,
+    sandbox: SandboxHandle,
+    unique: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from prefect_atomscale import _events
+
+    # 2 layers an event instead of 1,000, so that three layers make two parts.
+    monkeypatch.setattr(_events, "LAYERS_PER_EVENT", 2)
+    events, sample_id = _events_of_stack(credentials, unique, "batch")
+    parts = [e.payload for e in events if e.event == "atomscale.layers.created"]
+    assert len(parts) == 2
+    assert sorted(
+        (p["part"], p["parts"], p["sample_id"], [layer["layer_id"] for layer in p["layers"]])
+        for p in parts
+    ) == [(1, 2, sample_id, [1, 2]), (2, 2, sample_id, [3])]
+    assert _names(events).count("atomscale.stack.completed") == 1
+
+
+def test_an_unknown_layer_events_value_is_refused_before_any_request(
+    credentials: AtomscaleCredentials, sandbox: SandboxHandle, unique: str
+) -> None:
+    @flow
+    def refused() -> None:
+        create_layers(credentials, 424242, STACK, layer_events="all")
+
+    sandbox.reset_stats()
+    state = refused(return_state=True)
+    assert state.is_failed()
+    with pytest.raises(AtomscaleValidationError, match="layer_events must be one of 'batch'"):
+        state.result()
+    assert sandbox.stats.requests == 0
 
 
 # --- the trigger: prefect.yaml's stack-report deployment ---------------------------------
