@@ -82,6 +82,7 @@ if TYPE_CHECKING:  # for type checkers and editors; at run time see __getattr__
     from prefect_atomscale._bulk import acreate_layers, create_layers
     from prefect_atomscale._client import AsyncAtomscaleClient, AtomscaleClient
     from prefect_atomscale._composition import parse_composition
+    from prefect_atomscale._events import LayerEvents
     from prefect_atomscale._growth_run_tasks import (
         acreate_growth_run,
         afind_growth_runs,
@@ -153,6 +154,7 @@ _LAZY = {
     "get_stack": "_read_tasks",
     "update_target_material": "_read_tasks",
     "IfExists": "_reconcile",
+    "LayerEvents": "_events",
     "LayerSpec": "_stacks",
     "StackLayer": "_stacks",
     "RepeatBlock": "_stacks",
@@ -205,6 +207,7 @@ __all__ = [
     "InvalidStackFileError",
     "Layer",
     "LayerDifference",
+    "LayerEvents",
     "LayerRequest",
     "LayerSpec",
     "RepeatBlock",

@@ -96,6 +96,29 @@ LayerEvents = Literal["batch", "each", "none"]
 `LAYERS_PER_EVENT` layers; `"each"`: one `atomscale.layer.created` per layer, as
 `create_layer` sends; `"none"`: no event about the layers. `atomscale.stack.completed`,
 with the counts, is sent in every case.
+
+Example:
+    ```python
+    from prefect import flow
+    from prefect_atomscale import (
+        AtomscaleCredentials,
+        LayerEvents,
+        create_layers,
+        create_target_material,
+    )
+
+    @flow
+    def backfill(layer_events: LayerEvents = "none") -> int:
+        credentials = AtomscaleCredentials.load("atomscale")
+        sample = create_target_material(credentials, "(BTO/STO)x500 archive", "SrTiO3")
+        period = [{"composition_string": "BaTiO3"}, {"composition_string": "SrTiO3"}]
+        layers = create_layers(
+            credentials, sample.sample_id, period * 500, layer_events=layer_events
+        )
+        return len(layers)  # one atomscale.stack.completed, no event per layer
+
+    print(backfill())  # 1000
+    ```
 """
 
 # Layers listed in one `atomscale.layers.created`: about 100 kB of payload, well under

@@ -47,6 +47,7 @@ DOCUMENTED = {
         "link_target_material",
         "ConnectionSettings",
         "IfExists",
+        "LayerEvents",
         "InvalidCompositionError",
         "InvalidOrientationError",
         "InvalidStackFileError",
