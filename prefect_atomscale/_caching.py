@@ -34,6 +34,7 @@ from prefect.context import TaskRunContext
 from prefect_atomscale._credentials import AtomscaleCredentials
 from prefect_atomscale._exceptions import AtomscaleError
 from prefect_atomscale._locks import domain, slot_of
+from prefect_atomscale._pool import account_of
 
 __all__ = [
     "DEFAULT_CACHE_EXPIRATION",
@@ -154,7 +155,7 @@ class AtomscaleRequestCache(CachePolicy):
             return None
         try:
             request = self.build_request(inputs)
-            fingerprint = credentials.account_fingerprint()
+            fingerprint = account_of(credentials).fingerprint
             # An unreachable lock server fails here too: the task body then says so.
             epoch = _epoch(request)
         except AtomscaleError:

@@ -22,6 +22,7 @@ from prefect_atomscale._exceptions import AtomscaleConfigurationError
 from prefect_atomscale._locks import domain
 from prefect_atomscale._models import TargetMaterial
 from prefect_atomscale._payloads import OWNER_KEY, owner_token
+from prefect_atomscale._pool import account_of
 
 __all__ = ["Owner", "alearn", "aowner_of", "learn", "owner_of"]
 
@@ -115,24 +116,26 @@ def owner_of(credentials: AtomscaleCredentials) -> Owner:
         AtomscaleConfigurationError: The block's user id is not the key's (checked
             against what the service said before), or the key cannot be read.
     """
-    account = credentials.account_fingerprint()
+    resolved = account_of(credentials)
+    account = resolved.fingerprint
     with _known_mutex:
         learned = _known.get(account)
     if learned is None and not _believed_unknown(account):
         stored = domain().run(domain().values.get, _value_name(account))
         learned = _from_store(account, stored)
-    return _checked(credentials, credentials.key_fingerprint(), learned)
+    return _checked(credentials, resolved.key_fingerprint, learned)
 
 
 async def aowner_of(credentials: AtomscaleCredentials) -> Owner:
     """Async `owner_of`."""
-    account = credentials.account_fingerprint()
+    resolved = account_of(credentials)
+    account = resolved.fingerprint
     with _known_mutex:
         learned = _known.get(account)
     if learned is None and not _believed_unknown(account):
         stored = await domain().arun(domain().values.get, _value_name(account))
         learned = _from_store(account, stored)
-    return _checked(credentials, credentials.key_fingerprint(), learned)
+    return _checked(credentials, resolved.key_fingerprint, learned)
 
 
 def _learned(credentials: AtomscaleCredentials, material: TargetMaterial) -> str | None:

@@ -16,12 +16,12 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import TypeVar
-from urllib.parse import urlsplit
 
 from prefect_atomscale._credentials import AtomscaleCredentials
 from prefect_atomscale._exceptions import AtomscaleError, AtomscaleRateLimitError
 from prefect_atomscale._locks import IDENTITY, MATERIAL, POSITION, KeyLocks, domain, lost, slot_of
 from prefect_atomscale._models import Layer
+from prefect_atomscale._pool import account_of
 from prefect_atomscale._views import StackView, material_views
 
 __all__ = [
@@ -63,11 +63,7 @@ def service_of(credentials: AtomscaleCredentials) -> str:
     two keys of its organisation, is one stack; two views of it would each be advanced
     by the other's writes without holding them (step L5), and one of them would lie.
     """
-    parts = urlsplit(credentials.resolve().base_url)
-    host = (parts.hostname or "").lower()
-    if host in ("localhost", "::1") or host.startswith("127."):
-        host = "loopback"
-    return f"{parts.scheme}://{host}:{parts.port or ''}{parts.path.rstrip('/')}"
+    return account_of(credentials).service
 
 
 def material_key(sample_id: int) -> str:
@@ -104,6 +100,9 @@ class Section:
     ) -> None:
         self.locks, self.key, self.view_key, self.what = locks, key, view_key, what
         self.versioned = versioned
+        # One lock domain for the whole section (read once: each look-up reads the
+        # environment).
+        self.domain = domain()
         self.slot = slot_of(key)
         self.version = -1
         self._before = -1
@@ -112,12 +111,12 @@ class Section:
 
     def view(self) -> StackView | None:
         """Read the version (before any listing); the view if it is complete at it."""
-        self.version = domain().read_version(self.locks, self.key)
+        self.version = self.domain.read_version(self.locks, self.key)
         return self._current()
 
     async def aview(self) -> StackView | None:
         """Async `view`."""
-        self.version = domain().read_version(self.locks, self.key)  # no round trip
+        self.version = self.domain.read_version(self.locks, self.key)  # no round trip
         return self._current()
 
     def _current(self) -> StackView | None:
@@ -141,14 +140,14 @@ class Section:
 
     async def afence(self) -> None:
         """Async `fence`."""
-        await domain().arun(self.locks.fence, self.key, self.what)
+        await self.domain.arun(self.locks.fence, self.key, self.what)
 
     def begin(self) -> None:
         """L5: fence, then bump the version: every other process's view goes stale."""
         if not self.versioned:
             self.fence()
             return
-        locks = domain()
+        locks = self.domain
         self._bumped(locks.run(locks.begin_write, self.locks, self.key, self.what))
 
     async def abegin(self) -> None:
@@ -156,7 +155,7 @@ class Section:
         if not self.versioned:
             await self.afence()
             return
-        locks = domain()
+        locks = self.domain
         self._bumped(await locks.abegin_write(self.locks, self.key, self.what))
 
     def _bumped(self, after: int) -> None:
@@ -166,12 +165,12 @@ class Section:
 
     def end(self, created: Iterable[Layer] = (), updated: Iterable[Layer] = ()) -> None:
         """L5: bump again and put the written layers into this process's view."""
-        after = domain().end_write(self.locks, self.key)
+        after = self.domain.end_write(self.locks, self.key)
         self._record(after, created, updated)
 
     async def aend(self, created: Iterable[Layer] = (), updated: Iterable[Layer] = ()) -> None:
         """Async `end`."""
-        after = domain().end_write(self.locks, self.key)  # no round trip
+        after = self.domain.end_write(self.locks, self.key)  # no round trip
         self._record(after, created, updated)
 
     def _record(self, after: int, created: Iterable[Layer], updated: Iterable[Layer]) -> None:

@@ -11,14 +11,15 @@ whose a target material is, is `_ownership`'s rule.
 
 from __future__ import annotations
 
+import inspect
 import json
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from prefect import task
 from prefect.context import TaskRunContext
 from prefect.logging import get_run_logger
-from prefect.runtime import task_run as current_task_run
 from prefect.settings import PREFECT_TASKS_REFRESH_CACHE
 
 from prefect_atomscale import _events
@@ -95,6 +96,9 @@ __all__ = [
     "task_options",
 ]
 
+# The logger Prefect's run loggers of tasks write to (`get_run_logger()` in a task run).
+_TASK_RUN_LOGGER = logging.getLogger("prefect.task_runs")
+
 # Part of every cache key: bump when what a task sends or returns changes meaning.
 TASK_VERSION = "1"
 
@@ -132,8 +136,9 @@ def _short(value: object, limit: int = 40) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _layer_run_name() -> str:
-    parameters = current_task_run.parameters
+def _layer_run_name(parameters: dict[str, Any]) -> str:
+    # Prefect passes the parameters to a callable that takes them: no `prefect.runtime`
+    # look-up (and its environment reads) on every run, hits included.
     name = (
         f"create-layer-s{_short(parameters.get('sample_id'))}-L{_short(parameters.get('layer_id'))}"
     )
@@ -141,8 +146,14 @@ def _layer_run_name() -> str:
     return f"{name}-{_short(formula)}" if isinstance(formula, str) and formula.strip() else name
 
 
-def _target_material_run_name() -> str:
-    return f"create-target-material-{_short(current_task_run.parameters.get('sample_name'))}"
+def _target_material_run_name(parameters: dict[str, Any]) -> str:
+    return f"create-target-material-{_short(parameters.get('sample_name'))}"
+
+
+# Prefect asks `inspect.signature` of a run-name callable on every run, to see whether it
+# takes `parameters`; a stored signature answers without rebuilding it from the code.
+for _run_name in (_layer_run_name, _target_material_run_name):
+    _run_name.__signature__ = inspect.signature(_run_name)  # type: ignore[attr-defined]
 
 
 def is_retry() -> bool:
@@ -315,6 +326,20 @@ def _looking(request: LayerRequest) -> str:
 
 def _finish_layer(request: LayerRequest, decision: Adopt | Update | Create, layer: Layer) -> Layer:
     """Log what happened to the layer and fill in what the server left out."""
+    if isinstance(decision, Create):
+        # DEBUG, not INFO: the routine outcome, already shown by the run's name and
+        # state, while an INFO line costs every layer a trip through Prefect's log
+        # shipping (about a tenth of a layer's time in `benchmarks/per_layer.py`). The
+        # run logger is only made when DEBUG is on: making it costs every layer too.
+        if _TASK_RUN_LOGGER.isEnabledFor(logging.DEBUG):
+            get_run_logger().debug(
+                "Created %s as record %s (space group %s, %s).",
+                request.describe(),
+                layer.id,
+                layer.space_group or "not matched",
+                layer.mp_id or "no Materials Project id",
+            )
+        return request.complete(layer)
     logger = get_run_logger()
     if isinstance(decision, Adopt) and decision.equal:
         logger.info(
@@ -329,23 +354,12 @@ def _finish_layer(request: LayerRequest, decision: Adopt | Update | Create, laye
             request.describe(),
             layer.composition_string,
         )
-    elif isinstance(decision, Update):
+    else:
         logger.info(
             "Updated record %s from %s to %s.",
             layer.id,
             decision.existing.composition_string,
             request.describe(),
-        )
-    else:
-        # DEBUG, not INFO: the routine outcome, already shown by the run's name and
-        # state, while an INFO line costs every layer a trip through Prefect's log
-        # shipping (about a tenth of a layer's time in `benchmarks/per_layer.py`).
-        logger.debug(
-            "Created %s as record %s (space group %s, %s).",
-            request.describe(),
-            layer.id,
-            layer.space_group or "not matched",
-            layer.mp_id or "no Materials Project id",
         )
     return request.complete(layer)
 

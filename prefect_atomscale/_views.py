@@ -96,6 +96,9 @@ class _MaterialViews:
 
     def __init__(self) -> None:
         self._views: OrderedDict[str, StackView] = OrderedDict()
+        # The keys of the views in each slot: a write advances only its slot's views,
+        # not every view of a worker that has written many materials.
+        self._in_slot: dict[int, set[str]] = {}
         self._held = 0  # layers in all views, kept as they change (see _trim)
         self._mutex = threading.Lock()
 
@@ -131,6 +134,7 @@ class _MaterialViews:
         with self._mutex:
             self._drop(key)
             self._views[key] = view
+            self._in_slot.setdefault(view.slot, set()).add(key)
             self._held += view.size()
             self._trim()
         return view
@@ -140,6 +144,11 @@ class _MaterialViews:
         dropped = self._views.pop(key, None)
         if dropped is not None:
             self._held -= dropped.size()
+            keys = self._in_slot.get(dropped.slot)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self._in_slot[dropped.slot]
 
     def _trim(self) -> None:
         # With the mutex held: drop the least recently used views (never the newest)
@@ -154,8 +163,9 @@ class _MaterialViews:
 
     def _advance(self, slot: int, before: int, after: int) -> None:
         # With the mutex held.
-        for view in self._views.values():
-            if view.slot == slot and view.version == before:
+        for key in self._in_slot.get(slot, ()):
+            view = self._views[key]
+            if view.version == before:
                 view.version = after
 
     def wrote(
