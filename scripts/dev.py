@@ -1,9 +1,15 @@
 """Set up a local virtual environment; run the demo, the tests, the linters or the docs in it.
 
-    python scripts/dev.py demo     # the example flow against the bundled sandbox
-    python scripts/dev.py test     # the test suite (extra arguments go to pytest)
-    python scripts/dev.py lint     # ruff and mypy on the package
-    python scripts/dev.py docs     # the documentation, mkdocs build --strict, into site/
+    python scripts/dev.py demo         # the example flow against the bundled sandbox
+    python scripts/dev.py test         # the whole test suite (extra arguments go to pytest)
+    python scripts/dev.py test --fast  # the unit lane only: no sandbox, server or process
+    python scripts/dev.py lint         # ruff and mypy on the package
+    python scripts/dev.py docs         # the documentation, mkdocs build --strict, into site/
+
+`test --fast` deselects every test marked `integration`, `processes`, `redis`, `sdk` or
+`adversary` (the markers are in pyproject.toml; tests/conftest.py sets most of them from
+the fixtures a test uses) and does not collect tests/sdk and tests/adversary at all,
+whose every test carries such a mark. See docs/guides/testing.md.
 
 Needs only Python 3.11+ and pip. The first run creates `.venv` beside this repository
 and installs the package with its extras `test` and `sdk` (the official Atomscale SDK,
@@ -28,6 +34,16 @@ VENV = ROOT / ".venv"
 STAMP = VENV / ".prefect-atomscale-installed"
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 PYTHON = BIN / ("python.exe" if os.name == "nt" else "python")
+
+
+# The unit lane. Whole-lane directories are not even collected: importing them (the SDK,
+# the adversary's machinery) costs seconds, and every test in them is deselected anyway.
+FAST_LANE = [
+    "-m",
+    "not (integration or processes or redis or sdk or adversary)",
+    "--ignore=tests/sdk",
+    "--ignore=tests/adversary",
+]
 
 
 def _run(*command: str | Path) -> int:
@@ -96,6 +112,8 @@ def main(argv: list[str]) -> int:
     if command == "demo":
         return _run(PYTHON, "flows/build_stack.py", *rest)
     if command == "test":
+        if "--fast" in rest:
+            rest = [*FAST_LANE, *(arg for arg in rest if arg != "--fast")]
         return _run(PYTHON, "-m", "pytest", *rest)
     if command == "docs":
         return _docs(rest)
