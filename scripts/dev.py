@@ -1,7 +1,7 @@
 """Set up a local virtual environment; run the demo, the tests, the linters or the docs in it.
 
     python scripts/dev.py demo         # the example flow against the bundled sandbox
-    python scripts/dev.py test         # the whole test suite (extra arguments go to pytest)
+    python scripts/dev.py test         # the whole suite on 4 workers (arguments go to pytest)
     python scripts/dev.py test --fast  # the unit lane only: no sandbox, server or process
     python scripts/dev.py lint         # ruff and mypy on the package
     python scripts/dev.py docs         # the documentation, mkdocs build --strict, into site/
@@ -9,7 +9,9 @@
 `test --fast` deselects every test marked `integration`, `processes`, `redis`, `sdk` or
 `adversary` (the markers are in pyproject.toml; tests/conftest.py sets most of them from
 the fixtures a test uses) and does not collect tests/sdk and tests/adversary at all,
-whose every test carries such a mark. See docs/guides/testing.md.
+whose every test carries such a mark; it runs in one process (starting workers costs
+more than they would save). `test` alone runs everything on pytest-xdist workers; pass
+`-n 0` (or `-p no:xdist`) to run in one process. See docs/guides/testing.md.
 
 Needs only Python 3.11+ and pip. The first run creates `.venv` beside this repository
 and installs the package with its extras `test` and `sdk` (the official Atomscale SDK,
@@ -44,6 +46,13 @@ FAST_LANE = [
     "--ignore=tests/sdk",
     "--ignore=tests/adversary",
 ]
+
+# The whole suite on pytest-xdist workers: most of its time is spent waiting on servers and
+# processes, so more workers than cores pay off. `loadgroup` keeps together what must share
+# one worker (tests/conftest.py). Given -n, --numprocesses, --dist or -p no:xdist, the
+# caller's choice stands.
+PARALLEL = ["-n", "4", "--dist", "loadgroup"]
+NO_PARALLEL = ("-n", "--numprocesses", "--dist")
 
 
 def _run(*command: str | Path) -> int:
@@ -114,6 +123,8 @@ def main(argv: list[str]) -> int:
     if command == "test":
         if "--fast" in rest:
             rest = [*FAST_LANE, *(arg for arg in rest if arg != "--fast")]
+        elif not any(arg.startswith(NO_PARALLEL) or arg.endswith("no:xdist") for arg in rest):
+            rest = [*PARALLEL, *rest]
         return _run(PYTHON, "-m", "pytest", *rest)
     if command == "docs":
         return _docs(rest)

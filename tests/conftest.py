@@ -77,7 +77,11 @@ NO_PREFECT_DIRECTORY = Path(__file__).resolve().parent / "sandbox"
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group marks
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark each test with the lanes its fixtures imply; keep the newcomer runs together."""
+    """Mark each test with the lanes its fixtures imply; keep the newcomer runs together.
+
+    On xdist workers, the tests that start processes (the longest) are handed out
+    first, so that none of them is left to run alone at the end.
+    """
     for item in items:
         used = set(getattr(item, "fixturenames", ()))
         for mark, fixtures in LANE_FIXTURES.items():
@@ -88,6 +92,24 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             # One xdist worker runs them all: each worker collects every test, and each
             # would otherwise start every newcomer script (`newcomer_runs`).
             item.add_marker(pytest.mark.xdist_group("newcomer-scripts"))
+        elif item.get_closest_marker("processes") and _module_fixtures(item):
+            # What a module starts once (a Prefect server, a Dask cluster, two machines)
+            # is started by one xdist worker, not by each worker its tests land on.
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # every worker sorts alike: a stable sort
+        items.sort(key=lambda item: item.get_closest_marker("processes") is None)
+
+
+def _module_fixtures(item: pytest.Item) -> list[str]:
+    """The module-scoped fixtures a test uses."""
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None:
+        return []
+    return [
+        name
+        for name, definitions in info.name2fixturedefs.items()
+        if definitions and definitions[-1].scope == "module"
+    ]
 
 
 def _needs_prefect(item: pytest.Item) -> bool:
