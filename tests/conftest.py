@@ -75,9 +75,8 @@ LANE_FIXTURES = {
 NO_PREFECT_DIRECTORY = Path(__file__).resolve().parent / "sandbox"
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group marks
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark each test with the lanes its fixtures imply; keep the newcomer runs together.
+    """Mark each test with the lanes its fixtures imply.
 
     On xdist workers, the tests that start processes (the longest) are handed out
     first, so that none of them is left to run alone at the end.
@@ -89,27 +88,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 item.add_marker(mark)
         if item.get_closest_marker(NEWCOMER_MARK):
             item.add_marker("processes")
-            # One xdist worker runs them all: each worker collects every test, and each
-            # would otherwise start every newcomer script (`newcomer_runs`).
-            item.add_marker(pytest.mark.xdist_group("newcomer-scripts"))
-        elif item.get_closest_marker("processes") and _module_fixtures(item):
-            # What a module starts once (a Prefect server, a Dask cluster, two machines)
-            # is started by one xdist worker, not by each worker its tests land on.
-            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
     if os.environ.get("PYTEST_XDIST_WORKER"):  # every worker sorts alike: a stable sort
         items.sort(key=lambda item: item.get_closest_marker("processes") is None)
-
-
-def _module_fixtures(item: pytest.Item) -> list[str]:
-    """The module-scoped fixtures a test uses."""
-    info = getattr(item, "_fixtureinfo", None)
-    if info is None:
-        return []
-    return [
-        name
-        for name, definitions in info.name2fixturedefs.items()
-        if definitions and definitions[-1].scope == "module"
-    ]
 
 
 def _needs_prefect(item: pytest.Item) -> bool:
@@ -248,8 +228,6 @@ def pytest_configure(config: pytest.Config) -> None:
         f"{NEWCOMER_MARK}(path): the test checks `python <path>` run as a newcomer would; "
         "the `newcomer_run` fixture gives its finished run",
     )
-    # Registered by pytest-xdist too; here for `-p no:xdist` under --strict-markers.
-    config.addinivalue_line("markers", "xdist_group(name): run on one xdist worker")
 
 
 class NewcomerRuns:
@@ -258,19 +236,27 @@ class NewcomerRuns:
     def __init__(self, scripts: list[str]) -> None:
         self._scripts = scripts
         self._running: dict[str, Started] = {}
+        self._deadlines: dict[str, float] = {}
         self._done: dict[str, subprocess.CompletedProcess[str]] = {}
-        self._deadline = 0.0
 
     def result(self, script: str) -> subprocess.CompletedProcess[str]:
         """The finished run of `script`, started with the others if none has started yet."""
         if not self._running:
-            self._deadline = time.monotonic() + NEWCOMER_SECONDS
-            for name in self._scripts:
-                self._running[name] = start_as_newcomer(name)
+            # Each xdist worker collects every test but runs only some: there, start
+            # only the script asked for (other workers run theirs at the same time).
+            wanted = [script] if os.environ.get("PYTEST_XDIST_WORKER") else self._scripts
+            for name in wanted:
+                self._start(name)
+        if script not in self._running:
+            self._start(script)
         if script not in self._done:
-            timeout = max(1.0, self._deadline - time.monotonic())
+            timeout = max(1.0, self._deadlines[script] - time.monotonic())
             self._done[script] = finish(self._running[script], timeout=timeout)
         return self._done[script]
+
+    def _start(self, script: str) -> None:
+        self._deadlines[script] = time.monotonic() + NEWCOMER_SECONDS
+        self._running[script] = start_as_newcomer(script)
 
     def stop(self) -> None:
         """Kill the runs nobody waited for (the session ended before their tests ran)."""
