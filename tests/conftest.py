@@ -78,8 +78,10 @@ NO_PREFECT_DIRECTORY = Path(__file__).resolve().parent / "sandbox"
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark each test with the lanes its fixtures imply.
 
-    On xdist workers, the tests that start processes (the longest) are handed out
-    first, so that none of them is left to run alone at the end.
+    The order stays as collected, also on xdist workers (each runs its tests in that
+    order): handing the process tests out first made tests/test_dask_cluster.py run
+    before tests/test_caching.py and tests/test_dask.py on one worker, and its Dask
+    workers' Redis lock settings, left in the machine's lock directory, failed them.
     """
     for item in items:
         used = set(getattr(item, "fixturenames", ()))
@@ -88,8 +90,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 item.add_marker(mark)
         if item.get_closest_marker(NEWCOMER_MARK):
             item.add_marker("processes")
-    if os.environ.get("PYTEST_XDIST_WORKER"):  # every worker sorts alike: a stable sort
-        items.sort(key=lambda item: item.get_closest_marker("processes") is None)
 
 
 def _needs_prefect(item: pytest.Item) -> bool:
