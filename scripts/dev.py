@@ -1,9 +1,17 @@
 """Set up a local virtual environment; run the demo, the tests, the linters or the docs in it.
 
-    python scripts/dev.py demo     # the example flow against the bundled sandbox
-    python scripts/dev.py test     # the test suite (extra arguments go to pytest)
-    python scripts/dev.py lint     # ruff and mypy on the package
-    python scripts/dev.py docs     # the documentation, mkdocs build --strict, into site/
+    python scripts/dev.py demo         # the example flow against the bundled sandbox
+    python scripts/dev.py test         # the whole suite on 4 workers (arguments go to pytest)
+    python scripts/dev.py test --fast  # the unit lane only: no sandbox, server or process
+    python scripts/dev.py lint         # ruff and mypy on the package
+    python scripts/dev.py docs         # the documentation, mkdocs build --strict, into site/
+
+`test --fast` deselects every test marked `integration`, `processes`, `redis`, `sdk` or
+`adversary` (the markers are in pyproject.toml; tests/conftest.py sets most of them from
+the fixtures a test uses) and does not collect tests/sdk and tests/adversary at all,
+whose every test carries such a mark; it runs in one process (starting workers costs
+more than they would save). `test` alone runs everything on pytest-xdist workers; pass
+`-n 0` (or `-p no:xdist`) to run in one process. See docs/guides/testing.md.
 
 Needs only Python 3.11+ and pip. The first run creates `.venv` beside this repository
 and installs the package with its extras `test` and `sdk` (the official Atomscale SDK,
@@ -28,6 +36,24 @@ VENV = ROOT / ".venv"
 STAMP = VENV / ".prefect-atomscale-installed"
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 PYTHON = BIN / ("python.exe" if os.name == "nt" else "python")
+
+
+# The unit lane. Whole-lane directories are not even collected: importing them (the SDK,
+# the adversary's machinery) costs seconds, and every test in them is deselected anyway.
+FAST_LANE = [
+    "-m",
+    "not (integration or processes or redis or sdk or adversary)",
+    "--ignore=tests/sdk",
+    "--ignore=tests/adversary",
+]
+
+# The whole suite on pytest-xdist workers: most of its time is spent waiting on servers and
+# processes, so more workers than cores pay off. Not `--dist loadgroup` or `loadfile`: they
+# hand tests out by node id, and schemathesis gives its tests one id per function (under
+# pytest 9.2), so all but one of them would silently not run. Given -n, --numprocesses,
+# --dist or -p no:xdist, the caller's choice stands.
+PARALLEL = ["-n", "4"]
+NO_PARALLEL = ("-n", "--numprocesses", "--dist")
 
 
 def _run(*command: str | Path) -> int:
@@ -96,6 +122,10 @@ def main(argv: list[str]) -> int:
     if command == "demo":
         return _run(PYTHON, "flows/build_stack.py", *rest)
     if command == "test":
+        if "--fast" in rest:
+            rest = [*FAST_LANE, *(arg for arg in rest if arg != "--fast")]
+        elif not any(arg.startswith(NO_PARALLEL) or arg.endswith("no:xdist") for arg in rest):
+            rest = [*PARALLEL, *rest]
         return _run(PYTHON, "-m", "pytest", *rest)
     if command == "docs":
         return _docs(rest)

@@ -66,8 +66,9 @@ class Started:
 def start_as_newcomer(script: str) -> Started:
     """Start `python <script>` from the repository root as a newcomer would.
 
-    The environment has no Prefect, Atomscale or key settings, and HOME and
-    PREFECT_HOME are a new empty directory: no server, no block, no profile.
+    The environment has no Prefect, Atomscale or key settings (but a longer start-up
+    timeout of Prefect's temporary server), and HOME and PREFECT_HOME are a new empty
+    directory: no server, no block, no profile.
 
     Returns:
         The running process and the files its output goes to.
@@ -78,6 +79,9 @@ def start_as_newcomer(script: str) -> Started:
         if not name.startswith(("PREFECT_", "AS_", "ATOMSCALE_"))
     }
     env["HOME"] = env["PREFECT_HOME"] = tempfile.mkdtemp(prefix="newcomer-home-")
+    # Not a setting a newcomer needs, only patience: Prefect gives its temporary server
+    # 20 s to start, which a test machine busy with other tests can take.
+    env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "120"
     return start_process([sys.executable, script], env)
 
 

@@ -95,6 +95,7 @@ def _error_of(call: Any) -> AtomscaleError:
 # --- The block type and its schema, as the server keeps them ----------------------------
 
 
+@pytest.mark.integration
 def test_the_registered_block_type_has_the_logo_description_and_a_task_in_its_example() -> None:
     block_type, _ = asyncio.run(_registered())
     assert str(block_type.logo_url) == LOGO_URL
@@ -105,6 +106,7 @@ def test_the_registered_block_type_has_the_logo_description_and_a_task_in_its_ex
     assert block_type.documentation_url
 
 
+@pytest.mark.integration
 def test_the_server_keeps_the_cards_text_as_written_and_short() -> None:
     # The server stores a block type's description and code example HTML-escaped, and
     # both UIs show what it stores as text: a `->` read `-&gt;` in the example.
@@ -143,6 +145,7 @@ def test_an_edit_that_sends_the_masked_key_back_keeps_the_key(sandbox: SandboxHa
         assert isinstance(client.list_rows(), list)
 
 
+@pytest.mark.integration
 def test_key_and_url_are_plain_string_inputs_in_the_registered_schema() -> None:
     _, schema = asyncio.run(_registered())
     properties = schema.fields["properties"]
@@ -273,6 +276,7 @@ def test_a_task_failing_on_a_refused_key_names_the_block_it_loaded(
         assert f"the AtomscaleCredentials block {name!r} (base URL {sandbox.url})" in str(error)
 
 
+@pytest.mark.integration
 def test_a_connection_error_names_the_base_url_and_the_block() -> None:
     name = _name()
     url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
@@ -286,6 +290,7 @@ def test_a_connection_error_names_the_base_url_and_the_block() -> None:
     assert WRONG_KEY not in message
 
 
+@pytest.mark.integration
 def test_a_missing_key_names_the_saved_block_to_put_it_in() -> None:
     name = _name()
     loaded = _saved(name, base_url="https://api.atomscale.ai")
@@ -296,6 +301,7 @@ def test_a_missing_key_names_the_saved_block_to_put_it_in() -> None:
     assert f"into the block {name!r} (Prefect UI, Blocks)" in message
 
 
+@pytest.mark.integration
 def test_a_bad_base_url_names_the_block_or_says_it_is_unsaved() -> None:
     name = _name()
     loaded = _saved(name, api_key=WRONG_KEY, base_url="api.atomscale.ai")

@@ -10,6 +10,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import prefect.settings
+import pytest
 from conftest import KEY_A, KEY_A2, KEY_B, PREFECT_HOME
 from helpers import LAYERS, TARGET_MATERIALS, layer_rows, requests_to
 from prefect import flow
@@ -48,6 +49,7 @@ def test_second_run_in_the_same_process_sends_no_post(
     assert sandbox.stats.requests == 0
 
 
+@pytest.mark.processes
 def test_second_run_in_a_new_process_sends_no_post(sandbox: SandboxHandle, unique: str) -> None:
     block = f"atomscale-{uuid.uuid4().hex[:8]}"
     AtomscaleCredentials(api_key=KEY_A, base_url=sandbox.url).save(block)

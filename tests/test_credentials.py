@@ -34,6 +34,8 @@ class TestStandardBlockSuite(BlockStandardTestSuite):
         assert str(block._logo_url).endswith("/prefect_atomscale/_assets/atomscale-logo.svg")
 
 
+@pytest.mark.processes
+@pytest.mark.integration
 def test_block_type_slug_and_registration() -> None:
     assert AtomscaleCredentials.get_block_type_slug() == "atomscale-credentials"
     env = {**os.environ, "PREFECT_API_URL": str(prefect.settings.PREFECT_API_URL.value())}
@@ -58,6 +60,7 @@ def test_block_type_slug_and_registration() -> None:
     assert documentation_url
 
 
+@pytest.mark.processes
 def test_importing_the_package_loads_only_the_block_and_the_errors() -> None:
     # Prefect imports every installed integration when it loads them (server start,
     # workers), so the package root must stay light: the tasks, clients and stack files,
@@ -206,6 +209,7 @@ def test_block_pickles_without_losing_the_key() -> None:
     assert clone.account_fingerprint() == credentials.account_fingerprint()
 
 
+@pytest.mark.integration
 def test_save_and_load_round_trip() -> None:
     name = f"atomscale-{uuid.uuid4().hex[:8]}"
     original = AtomscaleCredentials(api_key=SECRET, base_url="https://eu.example.org", timeout=7)

@@ -43,6 +43,7 @@ def _stack_at_sandbox(sandbox: SandboxHandle, sample_id: int) -> list[tuple[Any,
 
 
 @pytest.mark.timeout(180)
+@pytest.mark.processes
 def test_example_flow_on_dask_builds_the_same_stack(
     sandbox: SandboxHandle,
     credentials: AtomscaleCredentials,

@@ -40,6 +40,8 @@ from atomscale_sandbox import SandboxConfig, SandboxHandle, run_sandbox
 from prefect_atomscale import AtomscaleCredentials
 from prefect_atomscale._stacks import STACK_FILE_SUFFIXES, load_stack_file
 
+pytestmark = pytest.mark.processes  # every test starts servers or scripts
+
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "flows" / "examples"
 EXAMPLE_FILES = sorted(p for p in EXAMPLES.iterdir() if p.suffix in STACK_FILE_SUFFIXES)

@@ -412,6 +412,7 @@ def _one_each(accounts: list[AtomscaleCredentials], name: str) -> list[int]:
     return [create_target_material(each, name, "SrTiO3").sample_id for each in accounts]
 
 
+@pytest.mark.integration
 def test_the_same_sample_id_on_two_services_is_two_resources(unique: str) -> None:
     config = SandboxConfig(api_keys={KEY_A: "lab-a"})
     with run_sandbox(config) as first, run_sandbox(config) as second:
@@ -579,6 +580,7 @@ def _report_trigger() -> dict[str, Any]:
     return trigger
 
 
+@pytest.mark.processes
 def test_a_completed_stack_runs_the_stack_report_deployment(
     credentials: AtomscaleCredentials, sandbox: SandboxHandle, unique: str, tmp_path: Path
 ) -> None:

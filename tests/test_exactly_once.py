@@ -118,6 +118,7 @@ def _materials_named(sandbox: SandboxHandle, name: str) -> list[int]:
     ]
 
 
+@pytest.mark.processes
 def test_a_run_killed_halfway_is_completed_by_a_rerun(sandbox: SandboxHandle, unique: str) -> None:
     block = _save_block(sandbox)
     run = subprocess.Popen(
@@ -151,6 +152,7 @@ def test_a_run_killed_halfway_is_completed_by_a_rerun(sandbox: SandboxHandle, un
     assert positions(sandbox, sample_id) == Counter(range(1, 41))
 
 
+@pytest.mark.processes
 def test_the_same_flow_started_twice_at_once_writes_once(
     sandbox: SandboxHandle, unique: str
 ) -> None:
@@ -414,6 +416,7 @@ write_then_die()
 """
 
 
+@pytest.mark.processes
 def test_a_layer_written_by_a_worker_that_died_is_seen_by_the_creator(
     sandbox: SandboxHandle, unique: str
 ) -> None:

@@ -223,6 +223,7 @@ def test_an_outage_in_a_subflow_ends_the_run_without_running_the_other_files(
     assert rows["s3.yaml"]["reason"].startswith("service unreachable: ")
 
 
+@pytest.mark.integration
 def test_a_service_that_is_down_fails_the_run_after_the_listing_alone(
     tmp_path: Path, unique: str
 ) -> None:

@@ -109,10 +109,11 @@ def _redis_name(kind: str, key: str) -> str:
     [
         ("CacheLockManager", "files"),
         ("KeyLocks", "files"),
-        ("CacheLockManager", "redis"),
-        ("KeyLocks", "redis"),
+        pytest.param("CacheLockManager", "redis", marks=pytest.mark.redis),
+        pytest.param("KeyLocks", "redis", marks=pytest.mark.redis),
     ],
 )
+@pytest.mark.processes
 def test_a_second_process_waits_while_the_holder_lives_and_gets_the_lock_once_it_is_killed(
     kind: str,
     backend: str,
@@ -266,6 +267,7 @@ def _wait_until(done: Callable[[], bool], runs: list[Started], what: str) -> Non
         pytest.param(LAYERS, id="layer-key-lock"),
     ],
 )
+@pytest.mark.processes
 def test_a_run_started_while_another_is_inside_its_write_waits_and_writes_nothing(
     held: str,
     backend: str,

@@ -48,6 +48,8 @@ from helpers import (
 
 from atomscale_sandbox import FaultKind, SandboxHandle
 
+pytestmark = pytest.mark.processes  # every test starts servers or scripts
+
 STACK = 40
 
 
@@ -270,6 +272,7 @@ def test_a_stack_killed_halfway_on_one_machine_is_finished_by_the_other_from_the
 
 
 @pytest.mark.timeout(180)
+@pytest.mark.redis
 def test_a_lock_server_that_is_down_fails_the_run_clearly_and_nothing_is_written(
     machines: tuple[Machine, Machine], sandbox: SandboxHandle, unique: str
 ) -> None:

@@ -11,6 +11,7 @@ import pickle
 import subprocess
 import sys
 
+import pytest
 from prefect import flow, unmapped
 from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -87,6 +88,7 @@ def test_the_block_pickles_without_a_client(sandbox: SandboxHandle) -> None:
     assert pickle.loads(data).account_fingerprint() == credentials.account_fingerprint()
 
 
+@pytest.mark.processes
 def test_the_pool_is_closed_when_the_process_exits(sandbox: SandboxHandle) -> None:
     # Exit hooks run last-registered first: this one, registered before the pool module
     # is imported, runs after the pool's own hook and reports what that hook left.

@@ -474,6 +474,7 @@ def error_texts(error: BaseException) -> list[str | bytes]:
 # --- The test -------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_the_key_is_written_nowhere(
     canary: tuple[SandboxHandle, RequestRecorder],
     capfd: pytest.CaptureFixture[str],
@@ -640,6 +641,7 @@ def test_plain_http_to_another_host_is_refused_before_connecting(
     assert remote == []
 
 
+@pytest.mark.integration
 def test_the_task_refuses_plain_http_to_another_host(monkeypatch: pytest.MonkeyPatch) -> None:
     remote = block_remote_connections(monkeypatch)
     credentials = AtomscaleCredentials(
@@ -736,6 +738,7 @@ def run_layer_task(credentials: AtomscaleCredentials) -> BaseException | None:
     return asyncio.run(send())
 
 
+@pytest.mark.integration
 def test_a_redirect_to_another_host_is_not_followed(monkeypatch: pytest.MonkeyPatch) -> None:
     remote = block_remote_connections(monkeypatch)
     with another_host() as other, CannedServer() as api:

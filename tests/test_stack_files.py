@@ -758,6 +758,7 @@ def test_a_new_file_in_an_outage_publishes_its_stack_and_says_to_run_again(
     assert rows[0]["reason"].startswith("not written: ") and "(503)" in rows[0]["reason"]
 
 
+@pytest.mark.integration
 def test_a_service_that_is_down_still_gets_the_files_stack_published(
     tmp_path: Path, unique: str
 ) -> None:

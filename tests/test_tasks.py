@@ -265,6 +265,7 @@ def test_auth_errors_are_attempted_once_and_never_show_the_key(
     assert requests_to(sandbox, "POST", LAYERS) == 1
 
 
+@pytest.mark.integration
 def test_unreachable_service_is_a_connection_error(unique: str) -> None:
     # Port 9 (discard) is closed on loopback: the connection is refused at once.
     credentials = AtomscaleCredentials(api_key="k", base_url="http://127.0.0.1:9")

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import httpx
 import prefect
+import pytest
 from helpers import clean_environment, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,6 +77,7 @@ def _readme_recipe() -> tuple[str, str]:
     return block.group(1), block.group(2)
 
 
+@pytest.mark.processes
 def test_the_readme_recipe_points_the_ui_at_the_servers_own_port(tmp_path: Path) -> None:
     export, command = _readme_recipe()
     assert "4300" in export and "--port 4300" in command, (export, command)

@@ -616,6 +616,7 @@ def test_a_reply_lost_after_commit_leaves_exactly_one_record(
 # --- configuration and storage -------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_the_409_shape_is_configured_at_start_and_from_the_command_line(tmp_path: Path) -> None:
     from atomscale_sandbox.__main__ import _parser
 

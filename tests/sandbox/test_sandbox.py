@@ -1002,6 +1002,7 @@ def _ignore_sigint() -> None:
 
 
 @pytest.mark.parametrize("started_in_background", [False, True])
+@pytest.mark.processes
 def test_command_line_serves_until_interrupted(tmp_path: Path, started_in_background: bool) -> None:
     # Without keys from the command line or the environment it makes one and prints it.
     # Started in the background by a shell, a process inherits SIGINT ignored: Ctrl-C
@@ -1047,6 +1048,7 @@ def test_command_line_serves_until_interrupted(tmp_path: Path, started_in_backgr
     assert out.strip() == "Stopped."
 
 
+@pytest.mark.processes
 def test_sandbox_imports_nothing_from_prefect_or_the_integration() -> None:
     # Read from the source, so an import inside a function counts too ...
     package = Path(__file__).resolve().parents[2] / "atomscale_sandbox"

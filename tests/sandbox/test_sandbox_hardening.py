@@ -323,6 +323,7 @@ def test_no_route_lets_one_organisation_read_or_write_anothers_records(
 # --- the key check is constant-time -------------------------------------------------
 
 
+@pytest.mark.integration
 def test_key_check_compares_every_key_in_full_whatever_is_presented(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -433,6 +434,7 @@ def test_oversized_body_is_413_on_every_route_and_the_connection_stays_usable(
     assert sandbox.stats.requests == 2
 
 
+@pytest.mark.integration
 def test_body_limit_is_configurable() -> None:
     with (
         run_sandbox(_config(max_body_bytes=300)) as server,
@@ -508,6 +510,7 @@ def fuzzed_sandbox() -> Iterator[SandboxHandle]:
     deadline=None,
     suppress_health_check=list(HealthCheck),
 )
+@pytest.mark.integration
 def test_no_input_makes_it_answer_500(case: Any, fuzzed_sandbox: SandboxHandle) -> None:
     # Fault injection must be off, or its deliberate 5xx replies would be findings.
     assert fuzzed_sandbox.faults.rate == 0.0
@@ -528,6 +531,7 @@ def test_no_input_makes_it_answer_500(case: Any, fuzzed_sandbox: SandboxHandle) 
 
 
 @pytest.mark.parametrize("parser", available_http_parsers())
+@pytest.mark.integration
 def test_each_http_parser_counts_connections_and_drops_them_for_faults(parser: HttpParser) -> None:
     with run_sandbox(_config(http_parser=parser)) as server:
         with httpx.Client(base_url=server.url, headers={"X-API-KEY": KEY_A}) as client:
@@ -549,6 +553,7 @@ def test_each_http_parser_counts_connections_and_drops_them_for_faults(parser: H
         assert server.stats.faults == {"reset": 1, "drop_after_commit": 1}
 
 
+@pytest.mark.integration
 def test_http_parser_is_validated_and_auto_falls_back_to_h11(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -671,6 +676,7 @@ def _stored_layer_ids(db_path: Path) -> list[int]:
         return [row[0] for row in db.execute("SELECT id FROM layers ORDER BY id")]
 
 
+@pytest.mark.integration
 def test_concurrent_writes_are_all_kept_and_survive_a_restart(tmp_path: Path) -> None:
     db_path = tmp_path / "load.db"
     config = _config(db_path=db_path)
@@ -692,6 +698,7 @@ def test_concurrent_writes_are_all_kept_and_survive_a_restart(tmp_path: Path) ->
             assert positions == list(range(1, WRITES_PER_CLIENT + 1))
 
 
+@pytest.mark.integration
 def test_under_faults_stored_writes_are_exactly_the_acknowledged_plus_committed_faults(
     tmp_path: Path,
 ) -> None:
@@ -717,6 +724,8 @@ def test_under_faults_stored_writes_are_exactly_the_acknowledged_plus_committed_
     assert len(stored) == len(outcome.acknowledged) + committed_unacknowledged
 
 
+@pytest.mark.processes
+@pytest.mark.integration
 def test_acknowledged_writes_survive_the_server_being_killed(tmp_path: Path) -> None:
     db_path = tmp_path / "crash.db"
     command = [
