@@ -338,6 +338,7 @@ def test_every_declared_field_survives_pickling() -> None:
     assert (plain.sample_id, plain.stack_summary) == (None, None)
 
 
+@pytest.mark.integration
 def test_every_declared_field_survives_a_failed_prefect_state() -> None:
     from prefect import flow
 

@@ -67,6 +67,7 @@ def test_a_changed_field_gives_a_fresh_account() -> None:
     assert after.service == "http://loopback:9000"
 
 
+@pytest.mark.processes
 def test_another_process_cannot_take_a_slot_held_here(tmp_path: Path) -> None:
     slots = FileSlots(tmp_path / "material")
     assert slots.try_take(7)

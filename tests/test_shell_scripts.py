@@ -43,6 +43,7 @@ def run_script(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.processes
 def test_an_invalid_file_prints_its_problems_and_no_traceback_and_the_others_go_on(
     tmp_path: Path, sandbox: SandboxHandle, unique: str
 ) -> None:
@@ -78,6 +79,8 @@ def test_an_invalid_file_prints_its_problems_and_no_traceback_and_the_others_go_
     assert any("Traceback (most recent call last)" in line for line in logged)
 
 
+@pytest.mark.integration
+@pytest.mark.processes
 def test_a_block_that_does_not_exist_is_a_usage_error(tmp_path: Path) -> None:
     result = run_script(tmp_path / "home", "--block", f"no-{uuid.uuid4().hex[:8]}", "x.yaml")
     assert result.returncode == 2
