@@ -25,7 +25,7 @@ SCRIPT = "flows/stack_from_file.py"
 
 
 def run_script(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """`python flows/stack_from_file.py ARGS` from the repository root, on this session's server.
+    """`python flows/stack_from_file.py ARGS` from the repository root, on the tests' server.
 
     The environment is a shell's: no Prefect settings but the server's address, and a home
     of its own.
