@@ -56,7 +56,7 @@ from urllib.parse import urlsplit
 from prefect.events import emit_event
 
 from prefect_atomscale._credentials import AtomscaleCredentials
-from prefect_atomscale._exceptions import AtomscaleValidationError
+from prefect_atomscale._exceptions import checked_choice
 from prefect_atomscale._models import GrowthRun, Layer, TargetMaterial, TargetMaterialRow
 from prefect_atomscale._web_app import web_app_url
 
@@ -287,12 +287,7 @@ def check_layer_events(layer_events: object) -> LayerEvents:
     Raises:
         AtomscaleValidationError: If it is not one of "batch", "each", "none".
     """
-    choices = get_args(LayerEvents)
-    if layer_events not in choices:
-        raise AtomscaleValidationError(
-            f"layer_events must be one of {', '.join(map(repr, choices))}, got {layer_events!r}."
-        )
-    return layer_events  # type: ignore[return-value]
+    return checked_choice("layer_events", layer_events, get_args(LayerEvents))  # type: ignore[return-value]
 
 
 def _layer_payload(layer: Layer) -> dict[str, Any]:

@@ -669,3 +669,16 @@ class StackConflictError(AtomscaleConflictError):
             "file a new name, or make it describe what exists.",
             reason=f"{said}: {'; '.join(self.problems)}",
         )
+
+
+def checked_choice(argument: str, value: object, choices: tuple[str, ...]) -> str:
+    """`value` if it is one of `choices`; else the validation error naming them.
+
+    One wording for every argument that takes one of a few words (`if_exists`,
+    `layer_events`, ...), checked before any request.
+    """
+    if value not in choices:
+        raise AtomscaleValidationError(
+            f"{argument} must be one of {', '.join(map(repr, choices))}, got {value!r}."
+        )
+    return str(value)

@@ -17,7 +17,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, get_args
 
-from prefect_atomscale._exceptions import AtomscaleConflictError, AtomscaleValidationError
+from prefect_atomscale._exceptions import (
+    AtomscaleConflictError,
+    checked_choice,
+)
 from prefect_atomscale._models import Layer
 from prefect_atomscale._payloads import LayerRequest
 
@@ -103,12 +106,7 @@ def check_if_exists(if_exists: object) -> IfExists:
     Raises:
         AtomscaleValidationError: If it is not one of "error", "update", "reuse".
     """
-    choices = get_args(IfExists)
-    if if_exists not in choices:
-        raise AtomscaleValidationError(
-            f"if_exists must be one of {', '.join(map(repr, choices))}, got {if_exists!r}."
-        )
-    return if_exists  # type: ignore[return-value]
+    return checked_choice("if_exists", if_exists, get_args(IfExists))  # type: ignore[return-value]
 
 
 def decide_layer(
